@@ -1,0 +1,141 @@
+"""`autotune`: run, bench, export, studies, show. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from autotuner import __version__
+from autotuner.errors import AutotuneError, UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autotune", description=("Find the best deployment configuration of a model by measuring it.")
+    )
+    p.add_argument("--version", action="version", version=f"autotune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    r = sub.add_parser("run", help="search a spec's space and pick the best config")
+    r.add_argument("spec", help="SPEC.yaml")
+    r.add_argument("--trials", type=int, help="budget of trials (default: the spec's budget.trials)")
+    r.add_argument("--study", help="study name (default: the spec's study or name)")
+    r.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db)")
+    r.add_argument("--executor", default="local", help="where trials run (default: local)")
+    common(r)
+
+    e = sub.add_parser("export", help="write the best-config YAML of a study again")
+    e.add_argument("study")
+    e.add_argument("--storage")
+    e.add_argument("-o", "--output", help="path (default: reports/STUDY.best.yaml)")
+    e.add_argument("--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)")
+    common(e)
+
+    b = sub.add_parser("bench", help="measure one config, no search; prints its metrics")
+    b.add_argument("spec")
+    b.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter value (repeatable); unset ones take their first value",
+    )
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    common(b)
+
+    s = sub.add_parser("studies", help="list the stored studies")
+    s.add_argument("--storage", help="SQLAlchemy URL (default: every studies/*.db)")
+    common(s)
+
+    sh = sub.add_parser("show", help="one study at a glance")
+    sh.add_argument("study")
+    sh.add_argument("--storage")
+    common(sh)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except AutotuneError as e:
+        if args.debug:
+            raise
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("autotune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"autotune: internal error: {type(e).__name__}: {first} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from autotuner.api import run
+
+        out = run(
+            args.spec, trials=args.trials, study=args.study, storage=args.storage, executor=args.executor
+        )
+        return 0 if out.pick is not None else 1
+    if args.command == "export":
+        from autotuner.api import export
+
+        path = export(args.study, storage=args.storage, output=args.output, rule=args.rule)
+        print(f"best config: {path}")
+        return 0
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "studies":
+        from autotuner.inspect import list_studies
+
+        return list_studies(args.storage)
+    if args.command == "show":
+        from autotuner.inspect import show_study
+
+        return show_study(args.study, args.storage)
+    raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from autotuner.api import bench
+
+    config: dict[str, Any] = {}
+    for item in args.sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            config[key] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            config[key] = raw
+    full, result = bench(args.spec, config)
+    if args.json:
+        print(json.dumps({"params": full, **result.to_dict()}, indent=2))
+    else:
+        print("params: " + " ".join(f"{k}={v}" for k, v in full.items()))
+        if not result.ok:
+            print(f"FAIL {result.failure_class}: {result.failure_message}")
+        for k, v in result.metrics.items():
+            print(f"  {k:<24} {v:.6g}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

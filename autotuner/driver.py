@@ -1,0 +1,267 @@
+"""The driver: Optuna ask/tell. The only process that writes the study database."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from autotuner import __version__
+from autotuner.errors import UsageError
+from autotuner.executors import Executor, TrialRequest
+from autotuner.executors.process import kill_all
+from autotuner.progress import Progress, fmt_config
+from autotuner.registry import runner_for
+from autotuner.result import TrialResult
+from autotuner.space import make_sampler, suggest
+from autotuner.spec import Spec
+from autotuner.spec_load import spec_to_dict
+from autotuner.storage import open_storage, redact
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+HEARTBEAT_S = 5.0
+GRACE_S = 30.0
+OWNER = "autotune:driver"
+BEAT = "autotune:heartbeat"
+DETERMINISTIC = ("unsupported", "oom", "predicted-oom")
+NOT_LAUNCHED = ("unsupported", "predicted-oom")
+RUNNABLE = "runnable"
+
+
+@dataclass
+class Session:
+    """One driver session over a study (created or resumed)."""
+
+    spec: Spec
+    study: optuna.Study
+    storage_url: str
+    budget: int
+    caps: dict[str, Any]
+    progress: Progress
+
+
+def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
+    storage = open_storage(storage_url, create=True)
+    directions = [o.direction for o in spec.objectives]
+    name = spec.study_name
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        have = [d.name.lower() for d in study.directions]
+        if have != directions:
+            raise UsageError(
+                f"study {name!r} in {redact(storage_url)} optimizes {have}, the spec asks for "
+                f"{directions}; use another --study name"
+            )
+        if study.user_attrs.get("spec_fingerprint") != spec.fingerprint():
+            progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study.set_user_attr("spec", spec_to_dict(spec))
+    study.set_user_attr("spec_fingerprint", spec.fingerprint())
+    study.set_user_attr("environment", caps)
+    study.set_user_attr("autotune_version", __version__)
+    study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return study
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that use up budget: finished ones, except those interrupted (they are retried)."""
+    return sum(
+        1 for t in trials if t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted"
+    ) + sum(1 for t in trials if t.state == TrialState.RUNNING)
+
+
+def recover_stale(study: optuna.Study, progress: Progress) -> int:
+    """Fail RUNNING trials whose driver is gone, and queue their configs again."""
+    host = socket.gethostname()
+    now = time.time()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get(OWNER) or {}
+        beat = float(t.system_attrs.get(BEAT, t.datetime_start.timestamp() if t.datetime_start else 0))
+        dead_here = owner.get("host") == host and not _alive(int(owner.get("pid", -1)))
+        if not (dead_here or now - beat > GRACE_S):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "failure_class", "interrupted")
+        storage.set_trial_user_attr(
+            t._trial_id,
+            "failure_message",
+            f"driver {owner.get('host', '?')}:{owner.get('pid', '?')} stopped while the trial ran",
+        )
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        n += 1
+    if n:
+        progress.say(f"recovered {n} trial(s) left running by a stopped driver; they run again")
+    return n
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def precheck(
+    spec: Spec, config: dict[str, Any], caps: dict[str, Any], trials: list[FrozenTrial]
+) -> TrialResult | None:
+    """A failure known without launching: the runner refuses it, or the same config (or the
+    same one at a smaller batch) already failed in a way that does not change on a rerun."""
+    try:
+        cls = runner_for(str(config.get("backend", "torch-eager")))
+    except UsageError as e:
+        return TrialResult.failure("unsupported", str(e))
+    reason = cls.check(spec, config, caps)
+    if reason:
+        return TrialResult.failure("unsupported", reason)
+    rest = {k: v for k, v in config.items() if k != "batch_size"}
+    for t in trials:
+        cls_ = t.user_attrs.get("failure_class")
+        if not t.state.is_finished() or cls_ not in DETERMINISTIC:
+            continue
+        other = t.user_attrs.get("config") or {}
+        if other == config:
+            return TrialResult.failure(
+                cls_, f"same config as trial #{t.number}: {t.user_attrs.get('failure_message')}"
+            )
+        if cls_ == "oom" and {k: v for k, v in other.items() if k != "batch_size"} == rest:
+            if int(config.get("batch_size", 1)) >= int(other.get("batch_size", 1)):
+                return TrialResult.failure(
+                    "predicted-oom",
+                    f"trial #{t.number} ran out of memory at batch_size={other.get('batch_size')} "
+                    "with the same other settings",
+                )
+    return None
+
+
+def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -> tuple[str, str | None]:
+    """Store every metric and tell the outcome. Returns (one-line summary, failure class)."""
+    for k, v in result.metrics.items():
+        trial.set_user_attr(k, v if math.isfinite(v) else None)
+    if result.latency_samples_ms:
+        trial.set_user_attr("latency_samples_ms", result.latency_samples_ms)
+    if result.info:
+        trial.set_user_attr("info", result.info)
+    failure = result.failure_class
+    message = result.failure_message
+    if result.ok:
+        wanted = [o.metric for o in spec.objectives] + [c.metric for c in spec.constraints]
+        bad = [m for m in wanted if not math.isfinite(result.metrics.get(m, math.nan))]
+        if bad:
+            failure = "invalid-metric"
+            message = f"{bad[0]} is {'missing' if bad[0] not in result.metrics else 'not finite'}"
+    if failure:
+        trial.set_user_attr("failure_class", failure)
+        trial.set_user_attr("failure_message", message)
+        if failure in NOT_LAUNCHED:
+            # Known without running: PRUNED and infeasible, so that samplers which read only
+            # COMPLETE and PRUNED trials (TPE, NSGA-II) rank it last and steer away from it.
+            trial.set_constraint(RUNNABLE, 1.0)
+            study.tell(trial, state=TrialState.PRUNED)
+            return f"PRUNED {failure}: {message}", failure
+        study.tell(trial, state=TrialState.FAIL)
+        return f"FAIL {failure}: {message}", failure
+    for c in spec.constraints:
+        trial.set_constraint(c.text, c.violation(result.metrics[c.metric]))
+    values = [result.metrics[o.metric] for o in spec.objectives]
+    study.tell(trial, values)
+    ok = all(c.violation(result.metrics[c.metric]) <= 0 for c in spec.constraints)
+    shown = ", ".join(f"{o.metric}={result.metrics[o.metric]:.4g}" for o in spec.objectives)
+    return f"{shown}{'' if ok else ' (infeasible)'}", None
+
+
+def best_line(spec: Spec, study: optuna.Study) -> str | None:
+    from autotuner.pick import completed_feasible
+
+    o = spec.objectives[0]
+    pool = completed_feasible(study.get_trials(deepcopy=False))
+    if not pool:
+        return None
+    pick = max if o.direction == "maximize" else min
+    t = pick(pool, key=lambda t: t.values[0])
+    return f"#{t.number} {o.metric}={t.values[0]:.4g}"
+
+
+def drive(session: Session, executor: Executor, wall_time_s: float | None) -> None:
+    spec, study, progress = session.spec, session.study, session.progress
+    recover_stale(study, progress)
+    # A resumed study gets a new seed, so the sampler does not replay the configs it began with.
+    study.sampler = make_sampler(spec, seed=spec.seed + len(study.get_trials(deepcopy=False)))
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    running: dict[Future[TrialResult], tuple[Trial, float, int]] = {}
+    deadline = time.monotonic() + wall_time_s if wall_time_s else None
+    total = session.budget
+    try:
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            room = total - counted(trials)
+            while (
+                room > 0
+                and len(running) < executor.slots
+                and (deadline is None or time.monotonic() < deadline)
+            ):
+                trial = study.ask()
+                study._storage.set_trial_system_attr(trial._trial_id, OWNER, owner)
+                config = suggest(trial, spec)
+                trial.set_user_attr("config", config)
+                n = counted(study.get_trials(deepcopy=False))
+                known = precheck(spec, config, session.caps, trials)
+                if known is not None:
+                    summary, failure = record(spec, study, trial, known)
+                    progress.trial_finished(
+                        n, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, failure, None
+                    )
+                    trials = study.get_trials(deepcopy=False)
+                    room = total - counted(trials)
+                    continue
+                progress.trial_started(n, total, trial.number, config)
+                running[executor.submit(TrialRequest(trial.number, config))] = (trial, time.monotonic(), n)
+                room -= 1
+            if not running:
+                break
+            done, _ = wait(list(running), timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
+            for fut in done:
+                trial, started, n = running.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as e:  # noqa: BLE001 - an executor fault fails the trial only
+                    result = TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
+                summary, failure = record(spec, study, trial, result)
+                progress.trial_finished(
+                    n,
+                    total,
+                    trial.number,
+                    summary,
+                    time.monotonic() - started,
+                    failure,
+                    best_line(spec, study),
+                )
+            beat = time.time()
+            for trial, _, _ in running.values():
+                study._storage.set_trial_system_attr(trial._trial_id, BEAT, beat)
+    except KeyboardInterrupt:
+        for trial, _, _ in running.values():
+            trial.set_user_attr("failure_class", "interrupted")
+            trial.set_user_attr("failure_message", "stopped by the user (Ctrl-C)")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        raise
+    finally:
+        kill_all()

@@ -1,0 +1,34 @@
+"""The exception tree. The CLI catches AutotuneError, prints one line and exits with its code."""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Root of every error autotune reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(AutotuneError):
+    """A command line or API call that cannot be carried out as asked."""
+
+    exit_code = 2
+
+
+class SpecError(UsageError):
+    """A spec that is malformed: names the file, the field path, what is wrong, what is allowed."""
+
+    def __init__(self, file: str, path: str, problem: str) -> None:
+        self.file = file
+        self.path = path
+        self.problem = problem
+        where = f"{file}: {path}: " if path else f"{file}: "
+        super().__init__(where + problem)
+
+
+class StudyNotFound(UsageError):
+    """A study name that the storage does not hold."""
+
+
+class UnsupportedConfig(AutotuneError):
+    """Raised inside a worker when a config turns out to be unsupported after setup began."""

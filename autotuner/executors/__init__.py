@@ -1,0 +1,20 @@
+"""Executors by name. Heavy ones (ray) are imported only when asked for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autotuner.errors import UsageError
+from autotuner.executors.base import Executor, TrialRequest
+from autotuner.spec import Spec
+
+__all__ = ["EXECUTORS", "Executor", "TrialRequest", "make_executor"]
+EXECUTORS = ("local",)
+
+
+def make_executor(name: str, spec: Spec, caps: dict[str, Any]) -> Executor:
+    if name == "local":
+        from autotuner.executors.local import LocalExecutor
+
+        return LocalExecutor(spec, caps)
+    raise UsageError(f"--executor {name!r} is not available; allowed: {', '.join(EXECUTORS)}")

@@ -1,0 +1,33 @@
+"""Metric names (units in the names) and their definitions, shared by spec, harness and report."""
+
+from __future__ import annotations
+
+METRICS: dict[str, str] = {
+    "latency_p50_ms": "median wall time of one batch, after warm-up, device synchronized",
+    "latency_p90_ms": "90th percentile of the per-batch latency samples",
+    "latency_p95_ms": "95th percentile of the per-batch latency samples",
+    "latency_p99_ms": "99th percentile of the per-batch latency samples",
+    "latency_mean_ms": "mean of the per-batch latency samples",
+    "latency_std_ms": "standard deviation of the per-batch latency samples",
+    "latency_cv": "coefficient of variation (std / mean) of the latency samples",
+    "throughput_items_s": "items (batch_size x iterations) divided by the summed batch latencies",
+    "peak_memory_mb": "peak device memory: CUDA max allocated on a GPU, peak RSS of the worker on CPU",
+    "host_rss_mb": "peak resident set size of the worker process (MiB)",
+    "setup_s": "load + export + quantize + compile + first call, apart from steady state",
+    "measure_s": "wall time spent in timed iterations",
+    "n_iterations": "number of timed iterations",
+    "unstable": "1 when the CV target was not met before the time or iteration limit, else 0",
+    "accuracy_cosine": "lowest per-sample cosine similarity of the outputs against the fp32 reference",
+    "accuracy_max_abs_error": "largest absolute difference of any output element from the reference",
+    "accuracy_top1": "share of samples whose argmax over the last output axis matches the reference",
+}
+
+DEFAULT_DIRECTION: dict[str, str] = {
+    "throughput_items_s": "maximize",
+    "accuracy_cosine": "maximize",
+    "accuracy_top1": "maximize",
+}
+
+
+def direction_of(metric: str) -> str:
+    return DEFAULT_DIRECTION.get(metric, "minimize")

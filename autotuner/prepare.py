@@ -1,0 +1,187 @@
+"""Artifacts shared by trials, made once in a child process and cached by content hash.
+
+- the ONNX export of a torch model (and its fp16 / int8 variants);
+- the fp32 reference outputs on the seeded accuracy inputs.
+
+They are made in a child process so that a trial's peak memory is not inflated by a model it
+does not run, and so that a crash there is reported like any other trial error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotuner.errors import AutotuneError
+from autotuner.spec import Spec
+from autotuner.spec_load import spec_from_dict, spec_to_dict
+
+OPSET = 17
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("AUTOTUNE_CACHE_DIR") or Path.home() / ".cache" / "autotune"
+    return Path(root)
+
+
+def onnx_path(spec: Spec, precision: str) -> Path:
+    """The ONNX file for a precision, made on first use."""
+    from autotuner.models import model_identity
+
+    if spec.model.onnx is not None and precision == "fp32":
+        return spec.resolve(spec.model.onnx)
+    path = cache_dir() / "onnx" / f"{model_identity(spec)}.{precision}.onnx"
+    if not path.exists():
+        _in_child("onnx", spec, {"precision": precision, "path": str(path)})
+    return path
+
+
+def reference_outputs(spec: Spec) -> np.ndarray:
+    from autotuner.models import model_identity
+
+    name = f"{model_identity(spec)}.seed{spec.seed}.n{spec.accuracy.samples}.npy"
+    path = cache_dir() / "reference" / name
+    if not path.exists():
+        _in_child("reference", spec, {"path": str(path)})
+    return np.load(path)
+
+
+def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
+    from autotuner.inputs import make_inputs
+    from autotuner.models import model_inputs
+
+    # A seed apart from the timed batch, the same for every config.
+    return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.seed + 1)
+
+
+def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
+    payload = json.dumps({"kind": kind, "spec": spec_to_dict(spec), **extra})
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotuner.prepare"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise AutotuneError(f"preparing the {kind} failed (exit {proc.returncode}): {tail[0]}")
+
+
+def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _export(spec: Spec, precision: str, path: Path) -> None:
+    if precision == "fp32":
+        _export_fp32(spec, path)
+        return
+    source = onnx_path(spec, "fp32")
+    if precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        _atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
+    elif precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        _atomic_write(
+            path,
+            lambda tmp: quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8),
+            ".onnx",
+        )
+    else:
+        raise AutotuneError(f"no ONNX variant for precision {precision!r}")
+
+
+def _export_fp32(spec: Spec, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from autotuner.inputs import make_inputs
+    from autotuner.models import build_torch_model, model_inputs
+
+    model = build_torch_model(spec)
+    specs = model_inputs(spec)
+    sample = {k: torch.from_numpy(v) for k, v in make_inputs(specs, 2, spec.seed).items()}
+    names = [s.name for s in specs]
+    axes = {s.name: {s.shape.index("batch"): "batch"} for s in specs}
+    axes["output"] = {0: "batch"}
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (),
+                tmp,
+                kwargs=sample,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+
+    _atomic_write(path, write, ".onnx")
+
+
+def _reference(spec: Spec, path: Path) -> None:
+    inputs = accuracy_inputs(spec)
+    if spec.model.onnx is not None:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(onnx_path(spec, "fp32")), providers=["CPUExecutionProvider"])
+        out = np.asarray(sess.run(None, inputs)[0], dtype=np.float32)
+    else:
+        import torch
+
+        from autotuner.models import build_torch_model
+
+        model = build_torch_model(spec)
+        with torch.inference_mode():
+            res = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        out = first_tensor(res).float().numpy()
+    _atomic_write(path, lambda tmp: np.save(tmp, out), ".npy")
+    # np.save appends .npy to names without it; mkstemp gave one with it.
+
+
+def first_tensor(res: Any) -> Any:
+    """The first tensor of a model's output (a tensor, a tuple or list, or a dict)."""
+    if isinstance(res, dict):
+        res = next(iter(res.values()))
+    while isinstance(res, list | tuple):
+        res = res[0]
+    if hasattr(res, "last_hidden_state"):
+        res = res.last_hidden_state
+    return res
+
+
+def _main() -> None:
+    req = json.loads(sys.stdin.read())
+    spec = spec_from_dict(req["spec"])
+    if req["kind"] == "onnx":
+        _export(spec, req["precision"], Path(req["path"]))
+    else:
+        _reference(spec, Path(req["path"]))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,1 @@
+"""Runners, installed as autotuner.backends. Each module imports its heavy library lazily."""

@@ -1,0 +1,184 @@
+"""ONNX Runtime runner: CPU, CUDA and TensorRT providers; fp32 / fp16 / dynamic int8.
+
+A requested provider that is not available never falls back silently: `check` refuses it from
+the probed provider list, and `setup` refuses a session whose first provider is not the one asked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autotuner.errors import UnsupportedConfig
+from autotuner.runner import Runner, common_check
+from autotuner.spec import Spec
+
+PROVIDERS = {
+    "onnxruntime-cpu": "CPUExecutionProvider",
+    "onnxruntime-cuda": "CUDAExecutionProvider",
+    "onnxruntime-tensorrt": "TensorrtExecutionProvider",
+}
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+    backends = tuple(PROVIDERS)
+    knobs = frozenset({"graph_optimization_level", "inter_op_threads", "execution_mode", "io_binding"})
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+        reason = common_check(cls, config, caps)
+        if reason:
+            return reason
+        backend = config["backend"]
+        provider = PROVIDERS[backend]
+        offered = caps.get("ort_providers") or []
+        if provider not in offered:
+            version = caps.get("libraries", {}).get("onnxruntime") or caps.get("libraries", {}).get(
+                "onnxruntime-gpu", "?"
+            )
+            return (
+                f"{provider} is not available in onnxruntime {version} here "
+                f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
+            )
+        precision = config.get("precision", "fp32")
+        if precision == "int8" and backend != "onnxruntime-cpu":
+            return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs it needs calibration"
+        level = config.get("graph_optimization_level", "all")
+        if level not in OPT_LEVELS:
+            return f"graph_optimization_level {level!r} is not one of {', '.join(OPT_LEVELS)}"
+        mode = config.get("execution_mode", "sequential")
+        if mode not in EXEC_MODES:
+            return f"execution_mode {mode!r} is not one of {', '.join(EXEC_MODES)}"
+        if config.get("io_binding") and backend == "onnxruntime-cpu":
+            return "io_binding applies to the CUDA and TensorRT providers"
+        return None
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+
+        from autotuner.prepare import cache_dir, onnx_path
+
+        backend = self.config["backend"]
+        precision = self.config.get("precision", "fp32")
+        # TensorRT builds its own fp16 engine from the fp32 graph.
+        source = "fp32" if backend == "onnxruntime-tensorrt" else precision
+        path = onnx_path(self.spec, source)
+        self.provider = PROVIDERS[backend]
+        so = ort.SessionOptions()
+        threads = self.config.get("threads")
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = int(self.config.get("inter_op_threads", 1))
+        so.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, OPT_LEVELS[self.config.get("graph_optimization_level", "all")]
+        )
+        so.execution_mode = getattr(
+            ort.ExecutionMode, EXEC_MODES[self.config.get("execution_mode", "sequential")]
+        )
+        so.log_severity_level = 3
+        opts: dict[str, Any] = {}
+        if self.provider != "CPUExecutionProvider":
+            opts["device_id"] = int(self.device.cuda_index or 0)
+        if self.provider == "TensorrtExecutionProvider":
+            opts["trt_fp16_enable"] = precision == "fp16"
+            opts["trt_engine_cache_enable"] = True
+            opts["trt_engine_cache_path"] = str(cache_dir() / "tensorrt")
+        self.session = ort.InferenceSession(str(path), so, providers=[(self.provider, opts)])
+        active = self.session.get_providers()
+        if not active or active[0] != self.provider:
+            raise UnsupportedConfig(
+                f"onnxruntime created the session on {active[0] if active else 'nothing'} "
+                f"instead of {self.provider}; not accepted as a silent fallback"
+            )
+        self.ort = ort
+        self.binding = None
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
+        sess = self.session
+        if self.config.get("io_binding") and self._on_gpu:
+            idx = int(self.device.cuda_index or 0)
+            binding = sess.io_binding()
+            for name, arr in batch.items():
+                binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(arr, "cuda", idx))
+            for out in sess.get_outputs():
+                binding.bind_output(out.name, "cuda", idx)
+            self.binding = binding
+            return lambda: sess.run_with_iobinding(binding)
+        feeds = dict(batch)
+        return lambda: sess.run(None, feeds)
+
+    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.session.run(None, batch)[0], dtype=np.float32)
+
+    def synchronize(self) -> None:
+        if self.binding is not None:
+            self.binding.synchronize_outputs()
+
+    def device_peak_memory_mb(self) -> float | None:
+        if not self._on_gpu:
+            return None
+        return _nvidia_process_memory_mb(os.getpid())
+
+    def teardown(self) -> None:
+        self.session = None
+
+    @classmethod
+    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        backend = config["backend"]
+        precision = config.get("precision", "fp32")
+        settings: dict[str, Any] = {
+            "providers": [PROVIDERS[backend]],
+            "session_options": {
+                "intra_op_num_threads": int(config.get("threads") or 0),
+                "inter_op_num_threads": int(config.get("inter_op_threads", 1)),
+                "graph_optimization_level": OPT_LEVELS[config.get("graph_optimization_level", "all")],
+                "execution_mode": EXEC_MODES[config.get("execution_mode", "sequential")],
+            },
+            "io_binding": bool(config.get("io_binding", False)),
+        }
+        if precision == "int8":
+            settings["quantization"] = (
+                "onnxruntime.quantization.quantize_dynamic(fp32_model, int8_model, "
+                "weight_type=QuantType.QInt8)"
+            )
+        elif precision == "fp16" and backend != "onnxruntime-tensorrt":
+            settings["conversion"] = (
+                "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"
+            )
+        if backend == "onnxruntime-tensorrt":
+            settings["provider_options"] = {"trt_fp16_enable": precision == "fp16"}
+        return {"onnxruntime": settings}
+
+
+def _nvidia_process_memory_mb(pid: int) -> float | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            return float(parts[1])
+    return None

@@ -1,0 +1,143 @@
+"""PyTorch runner: eager or torch.compile, on CPU or CUDA, fp32 / fp16 / bf16 / dynamic int8."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autotuner.runner import Runner, common_check
+from autotuner.spec import Spec
+
+_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class TorchRunner(Runner):
+    name = "torch"
+    backends = ("torch-eager", "torch-compile")
+    knobs = frozenset({"device", "compile_mode"})
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+
+    @classmethod
+    def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+        reason = common_check(cls, config, caps)
+        if reason:
+            return reason
+        if spec.model.onnx is not None:
+            return "an ONNX model file runs only on onnxruntime-* backends"
+        device = config.get("device", "cpu")
+        precision = config.get("precision", "fp32")
+        if device not in ("cpu", "cuda"):
+            return f"device {device!r} is not known to the torch runner (cpu, cuda)"
+        if device == "cuda":
+            if not caps.get("cuda_devices"):
+                return "device=cuda but torch sees no CUDA device on this machine"
+            if precision == "int8":
+                return "dynamic int8 quantization in torch runs on CPU only"
+            if precision == "bf16" and not caps.get("cuda_bf16"):
+                return "this GPU does not support bf16"
+        mode = config.get("compile_mode")
+        if mode is not None:
+            if config.get("backend") != "torch-compile":
+                return "compile_mode applies to backend torch-compile only"
+            if mode not in COMPILE_MODES:
+                return f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}"
+        return None
+
+    def setup(self) -> None:
+        import torch
+
+        from autotuner.models import build_torch_model
+
+        threads = self.config.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.dev = torch.device("cuda", self.device.cuda_index or 0) if self._cuda else None
+        if self.dev is not None:
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        model = build_torch_model(self.spec)
+        precision = self.config.get("precision", "fp32")
+        self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
+        if precision == "int8":
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.dtype is not None:
+            model = model.to(self.dtype)
+        if self.dev is not None:
+            model = model.to(self.dev)
+        if self.config.get("backend") == "torch-compile":
+            mode = self.config.get("compile_mode", "default")
+            model = torch.compile(model, mode=None if mode == "default" else mode)
+        self.model = model
+
+    @property
+    def _cuda(self) -> bool:
+        return self.config.get("device", "cpu") == "cuda"
+
+    def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        torch = self.torch
+        out = {}
+        for k, v in batch.items():
+            t = torch.from_numpy(v)
+            if self.dtype is not None and t.is_floating_point():
+                t = t.to(self.dtype)
+            out[k] = t.to(self.dev) if self.dev is not None else t
+        return out
+
+    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
+        tensors = self._tensors(batch)
+        model, inference_mode = self.model, self.torch.inference_mode
+
+        def step() -> object:
+            with inference_mode():
+                return model(**tensors)
+
+        return step
+
+    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        from autotuner.prepare import first_tensor
+
+        with self.torch.inference_mode():
+            out = first_tensor(self.model(**self._tensors(batch)))
+        return out.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.dev is not None:
+            self.torch.cuda.synchronize(self.dev)
+
+    def activate(self) -> None:
+        threads = self.config.get("threads")
+        if threads:
+            self.torch.set_num_threads(int(threads))
+
+    def device_peak_memory_mb(self) -> float | None:
+        if self.dev is None:
+            return None
+        return self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+
+    def teardown(self) -> None:
+        self.model = None
+
+    @classmethod
+    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        precision = config.get("precision", "fp32")
+        settings: dict[str, Any] = {
+            "device": config.get("device", "cpu"),
+            "dtype": {"fp32": "float32", "int8": "float32", **_DTYPES}[precision],
+            "inference_mode": True,
+        }
+        if precision == "int8":
+            settings["quantization"] = (
+                "torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
+            )
+        if config.get("backend") == "torch-compile":
+            settings["compile"] = {"mode": config.get("compile_mode", "default")}
+        if config.get("threads"):
+            settings["num_threads"] = int(config["threads"])
+        return {"torch": settings}
