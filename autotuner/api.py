@@ -65,6 +65,13 @@ def run(
     if isinstance(spec, str | Path):
         st.set_user_attr("spec_path", str(spec))
     budget = trials or s.budget.trials
+    if s.sampler.type == "grid":
+        from autotuner.space import grid_size
+
+        size = grid_size(s)
+        if size is not None and size < budget:
+            progress.say(f"the grid holds {size} configs: the budget is {size} trials, not {budget}")
+            budget = size
     progress.say(f"study {s.study_name} in {redact(url)}: budget {budget} trials, executor {executor}")
     session = Session(s, st, url, budget, caps, progress)
     try:

@@ -96,7 +96,11 @@ def _call_factory(spec: Spec) -> Any:
         inspect.signature(fn).bind(**spec.model.options)
     except TypeError as e:
         raise UsageError(f"model.options do not fit {target}: {e}") from None
-    module = fn(**spec.model.options)
+    # Seeded, so that a factory that draws random weights builds the same model in every
+    # process (the fp32 reference is computed in another process than the trial).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        module = fn(**spec.model.options)
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"model.factory {target} returned {type(module).__name__}, not nn.Module")
     return module

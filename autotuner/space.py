@@ -74,8 +74,7 @@ def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "grid":
-        # BruteForceSampler walks conditional spaces, unlike GridSampler.
-        return optuna.samplers.BruteForceSampler(seed=seed)
+        return _Grid(seed=seed)
     if s.type == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.TPESampler(
@@ -85,3 +84,36 @@ def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
         constant_liar=True,
         n_startup_trials=s.n_startup_trials,
     )
+
+
+class _Grid(optuna.samplers.BruteForceSampler):
+    """BruteForceSampler walks conditional spaces (GridSampler does not). Its after_trial calls
+    study.stop() once the grid is done, which only works inside study.optimize; the driver
+    bounds the budget by grid_size() instead."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def grid_size(spec: Spec) -> int | None:
+    """How many distinct configs the space holds, conditions included; None if unbounded."""
+    names = order(spec.space)
+
+    def count(i: int, config: dict[str, Any]) -> int | None:
+        if i == len(names):
+            return 1
+        p = spec.space[names[i]]
+        if not active(p, config):
+            return count(i + 1, config)
+        values = p.values()
+        if values is None:
+            return None
+        total = 0
+        for v in values:
+            n = count(i + 1, {**config, names[i]: v})
+            if n is None:
+                return None
+            total += n
+        return total
+
+    return count(0, {})

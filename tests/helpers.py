@@ -1,0 +1,51 @@
+"""Spec builders shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# A small model keeps each worker quick; it is still a real transformer run by torch and ORT.
+SMALL_MODEL = {
+    "builtin": "tiny-transformer",
+    "options": {"layers": 1, "hidden": 64, "heads": 2, "seq_len": 16, "vocab": 200},
+}
+FAST_MEASUREMENT = {
+    "warmup_iters": 1,
+    "min_iters": 5,
+    "min_time_s": 0.05,
+    "max_time_s": 0.3,
+    "trial_timeout_s": 120,
+}
+
+
+def make_spec_dict(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "t",
+        "model": SMALL_MODEL,
+        "space": {
+            "backend": ["torch-eager", "onnxruntime-cpu"],
+            "precision": ["fp32", "int8"],
+            "batch_size": {"low": 1, "high": 8, "log": True},
+            "threads": [1],
+        },
+        "objectives": [
+            {"metric": "throughput_items_s", "direction": "maximize"},
+            {"metric": "latency_p95_ms", "direction": "minimize"},
+        ],
+        "constraints": ["accuracy_cosine >= 0.99"],
+        "budget": {"trials": 4},
+        "sampler": {"type": "random"},
+        "measurement": FAST_MEASUREMENT,
+        "pick": {"top_k": 2, "rounds": 2, "round_time_s": 0.1},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def write_spec(directory: Path, name: str = "spec.yaml", **overrides: Any) -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(make_spec_dict(**overrides), sort_keys=False))
+    return path

@@ -1,0 +1,42 @@
+"""Model factories used by the tests. Their misbehaviour is real: a real signal, a real sleep,
+a real allocation failure, a real exception, real NaN."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+from torch import nn
+
+
+class Misbehaving(nn.Module):
+    """Behaves by batch size: 1 fine, 2 SIGSEGV, 3 raise, 4 hang, 5 NaN, 6 allocate 1 PiB."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        if b == 2:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if b == 3:
+            raise ValueError("this model refuses batches of three")
+        if b == 4:
+            time.sleep(3600)
+        if b == 5:
+            return self.lin(x) * float("nan")
+        if b == 6:
+            torch.empty(2**48, dtype=torch.float32)  # 1 PiB: no machine has it
+        return self.lin(x)
+
+
+def misbehaving() -> nn.Module:
+    return Misbehaving()
+
+
+def mlp(hidden: int = 32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, 4))

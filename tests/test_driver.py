@@ -1,0 +1,157 @@
+"""The driver and the study: real SQLite files, the real PostgreSQL server, real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import write_spec
+from optuna.trial import TrialState
+
+from autotuner.api import run
+from autotuner.metrics import METRICS
+from autotuner.progress import Progress
+
+QUIET = Progress(quiet=True)
+MEASURED = [m for m in METRICS if m != "peak_memory_mb"]
+
+
+def _study(name: str = "t", url: str = "sqlite:///studies/t.db") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_run_stores_everything_and_rerun_resumes(in_tmp: Path) -> None:
+    spec = write_spec(in_tmp)
+    out = run(spec, progress=QUIET)
+    assert (in_tmp / "studies" / "t.db").exists()
+    assert out.best_config_path == Path("reports/t.best.yaml") and out.best_config_path.exists()
+    study = _study()
+    first = {t.number: t.datetime_complete for t in study.trials}
+    assert len(first) == 4
+    assert study.user_attrs["spec"]["name"] == "t"
+    assert study.user_attrs["environment"]["cpu_cores"] >= 1
+    assert study.user_attrs["autotune_version"]
+    for t in study.trials:
+        assert t.state.is_finished()
+        assert set(t.user_attrs["config"]) >= {"backend", "precision", "batch_size", "threads"}
+        if t.state == TrialState.COMPLETE:
+            assert set(MEASURED) <= set(t.user_attrs)
+            assert "accuracy_cosine >= 0.99" in t.constraints
+            assert len(t.user_attrs["latency_samples_ms"]) > 0
+    best = yaml.safe_load(out.best_config_path.read_text())
+    assert set(best) >= {
+        "params",
+        "deploy",
+        "metrics",
+        "constraints",
+        "choice",
+        "environment",
+        "provenance",
+        "remeasure_command",
+    }
+    winner = study.trials[best["provenance"]["trial"]]
+    assert best["params"] == winner.user_attrs["config"]
+    assert best["constraints"][0]["satisfied"] is True
+    assert best["remeasure_command"].startswith("autotune bench ")
+
+    run(spec, trials=6, progress=QUIET)
+    study = _study()
+    assert len(study.trials) == 6
+    assert {t.number: t.datetime_complete for t in study.trials[:4]} == first
+
+
+def test_sigkill_mid_run_then_rerun_reaches_budget_with_nothing_running(in_tmp: Path) -> None:
+    spec = write_spec(
+        in_tmp,
+        budget={"trials": 5},
+        measurement={
+            "warmup_iters": 1,
+            "min_iters": 5,
+            "min_time_s": 1.5,
+            "max_time_s": 1.5,
+            "trial_timeout_s": 120,
+        },
+    )
+    cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = _study().trials
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        if sum(t.state.is_finished() for t in trials) >= 2 and any(
+            t.state == TrialState.RUNNING for t in trials
+        ):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = _study().trials
+    running = [t for t in killed if t.state == TrialState.RUNNING]
+    assert len(running) == 1, "the driver was killed while a trial ran"
+    finished_before = {t.number: t.datetime_complete for t in killed if t.state.is_finished()}
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    study = _study()
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    stale = study.trials[running[0].number]
+    assert stale.state == TrialState.FAIL and stale.user_attrs["failure_class"] == "interrupted"
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retry) == 1 and retry[0].params == stale.params
+    counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
+    assert len(counted) == 5
+    # No finished trial was measured again.
+    assert {n: study.trials[n].datetime_complete for n in finished_before} == finished_before
+
+
+def test_resumed_sampler_does_not_replay_its_first_configs(in_tmp: Path) -> None:
+    spec = write_spec(
+        in_tmp,
+        budget={"trials": 3},
+        space={"batch_size": {"low": 1, "high": 64}, "threads": [1], "backend": ["onnxruntime-cpu"]},
+    )
+    run(spec, progress=QUIET)
+    run(spec, trials=6, progress=QUIET)
+    sizes = [t.params["batch_size"] for t in _study().trials]
+    assert sizes[3:] != sizes[:3]
+
+
+def _postgres_url() -> str:
+    return os.environ.get("AUTOTUNE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_up() -> bool:
+    try:
+        import sqlalchemy
+
+        with sqlalchemy.create_engine(_postgres_url()).connect():
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _postgres_up(), reason="no PostgreSQL server at 127.0.0.1:5432")
+def test_study_in_postgresql(in_tmp: Path) -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    spec = write_spec(in_tmp, budget={"trials": 2}, study=name)
+    url = _postgres_url()
+    try:
+        out = run(spec, storage=url, progress=QUIET)
+        study = _study(name, url)
+        assert len(study.trials) == 2 and study.user_attrs["spec"]["study"] == name
+        assert not (in_tmp / "studies").exists()
+        assert out.best_config_path is not None
+        assert yaml.safe_load(out.best_config_path.read_text())["provenance"]["storage"].startswith(
+            "postgresql"
+        )
+    finally:
+        optuna.delete_study(study_name=name, storage=url)

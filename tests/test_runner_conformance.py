@@ -1,0 +1,137 @@
+"""Every registered runner passes the same suite, on real models with torch and onnxruntime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import make_spec_dict
+
+from autotuner.accuracy import compare
+from autotuner.errors import UnsupportedConfig
+from autotuner.harness import HarnessSettings, measure
+from autotuner.inputs import chunks, make_inputs
+from autotuner.models import model_inputs
+from autotuner.prepare import accuracy_inputs, reference_outputs
+from autotuner.registry import all_backends, runner_for, runners
+from autotuner.runner import Device
+from autotuner.spec_load import spec_from_dict
+from autotuner.worker import build
+
+CPU_CASES = [
+    ("torch-eager", "fp32"),
+    ("torch-eager", "bf16"),
+    ("torch-eager", "int8"),
+    ("onnxruntime-cpu", "fp32"),
+    ("onnxruntime-cpu", "fp16"),
+    ("onnxruntime-cpu", "int8"),
+]
+SPEC = spec_from_dict(make_spec_dict())
+CPU = Device("cpu", (0,))
+
+
+def _exercise(config: dict[str, Any], caps: dict[str, Any], device: Device) -> dict[str, float]:
+    runner = build(SPEC, config, device, caps)
+    runner.setup()
+    specs = model_inputs(SPEC)
+    step = runner.prepare(make_inputs(specs, config["batch_size"], SPEC.seed))
+    metrics, samples = measure(
+        step,
+        HarnessSettings(warmup_iters=1, min_iters=3, min_time_s=0.01, max_time_s=0.2),
+        config["batch_size"],
+        runner.synchronize,
+    )
+    assert metrics["n_iterations"] >= 3 and len(samples) == min(500, metrics["n_iterations"])
+    assert 0 < metrics["latency_p50_ms"] <= metrics["latency_p99_ms"]
+    outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(SPEC), specs, config["batch_size"])]
+    out = np.concatenate(outs)
+    assert out.dtype == np.float32
+    runner.teardown()
+    return compare(out, reference_outputs(SPEC))
+
+
+def test_every_runner_declares_what_the_core_needs() -> None:
+    assert set(runners()) >= {"torch", "onnxruntime"}
+    for name, cls in runners().items():
+        assert cls.name == name and cls.backends and "fp32" in cls.precisions
+        for backend in cls.backends:
+            assert all_backends()[backend] == name
+
+
+@pytest.mark.parametrize(("backend", "precision"), CPU_CASES, ids=[f"{b}-{p}" for b, p in CPU_CASES])
+def test_runner_measures_and_matches_the_reference(backend: str, precision: str, caps: dict) -> None:
+    config = {"backend": backend, "precision": precision, "batch_size": 3, "threads": 1}
+    acc = _exercise(config, caps, CPU)
+    floor = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.98}[precision]
+    assert acc["accuracy_cosine"] >= floor, acc
+    if precision == "fp32":
+        assert acc["accuracy_max_abs_error"] < 1e-4
+        assert acc["accuracy_top1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"backend": "onnxruntime-cpu", "precision": "bf16"}, "does not offer precision 'bf16'"),
+        ({"backend": "torch-eager", "threads": 999}, "threads=999 exceeds"),
+        ({"backend": "torch-eager", "page_size": 16}, "page_size applies to LLM serving"),
+        ({"backend": "onnxruntime-cpu", "io_binding": True}, "io_binding applies to the CUDA"),
+        (
+            {"backend": "torch-eager", "compile_mode": "default"},
+            "compile_mode applies to backend torch-compile",
+        ),
+        ({"backend": "onnxruntime-cpu", "graph_optimization_level": "max"}, "graph_optimization_level 'max'"),
+    ],
+)
+def test_check_refuses_unsupported_combinations_with_a_reason(config: dict, needle: str, caps: dict) -> None:
+    reason = runner_for(config["backend"]).check(SPEC, config, caps)
+    assert reason is not None and needle in reason
+
+
+def test_a_missing_provider_is_refused_never_replaced(caps: dict) -> None:
+    import onnxruntime as ort
+
+    missing = [
+        b
+        for b, p in {
+            "onnxruntime-cuda": "CUDAExecutionProvider",
+            "onnxruntime-tensorrt": "TensorrtExecutionProvider",
+        }.items()
+        if p not in ort.get_available_providers()
+    ]
+    if not missing:
+        pytest.skip("every GPU provider is available here")
+    for backend in missing:
+        reason = runner_for(backend).check(SPEC, {"backend": backend}, caps)
+        assert reason is not None and "never replaced by another provider" in reason
+        with pytest.raises(UnsupportedConfig):
+            build(SPEC, {"backend": backend}, CPU, caps)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_torch_cuda(precision: str, caps: dict) -> None:
+    config = {"backend": "torch-eager", "device": "cuda", "precision": precision, "batch_size": 4}
+    acc = _exercise(config, caps, Device("cuda", (0,), 0))
+    assert acc["accuracy_cosine"] >= 0.99
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
+def test_onnxruntime_gpu_providers(backend: str, caps: dict) -> None:
+    config = {"backend": backend, "precision": "fp32", "batch_size": 4, "io_binding": True}
+    reason = runner_for(backend).check(SPEC, config, caps)
+    if reason:
+        pytest.skip(reason)
+    acc = _exercise(config, caps, Device("cuda", (0,), 0))
+    assert acc["accuracy_cosine"] >= 0.999

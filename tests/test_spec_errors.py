@@ -1,0 +1,692 @@
+"""A corpus of malformed specs, each pinned to the exact one-line error it gets.
+
+Every case starts from a valid spec (a copy of search_spaces/quickstart.yaml), breaks one thing,
+writes it to tmp_path/spec.yaml and checks that load_spec raises SpecError whose text is
+`spec.yaml: FIELD.PATH: PROBLEM` (or `spec.yaml: PROBLEM` where the whole file is at fault).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autotuner.errors import SpecError, UsageError
+from autotuner.metrics import METRICS
+from autotuner.models import BUILTINS
+from autotuner.registry import all_backends, all_knobs
+from autotuner.spec import Spec
+from autotuner.spec_load import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+FILE = "spec.yaml"
+
+# A copy of search_spaces/quickstart.yaml, so that edits to the shipped example do not move these cases.
+BASE: dict[str, Any] = {
+    "name": "quickstart",
+    "model": {
+        "builtin": "tiny-transformer",
+        "options": {"layers": 4, "hidden": 256, "heads": 4, "seq_len": 64},
+    },
+    "space": {
+        "backend": ["torch-eager", "onnxruntime-cpu"],
+        "precision": ["fp32", "bf16", "int8"],
+        "batch_size": {"low": 1, "high": 32, "log": True},
+        "threads": [1, 2],
+    },
+    "objectives": [
+        {"metric": "throughput_items_s", "direction": "maximize"},
+        {"metric": "latency_p95_ms", "direction": "minimize"},
+    ],
+    "constraints": ["accuracy_cosine >= 0.99"],
+    "budget": {"trials": 24},
+    "seed": 0,
+    "measurement": {"warmup_iters": 2, "min_iters": 10, "min_time_s": 0.4, "max_time_s": 1.5},
+    "pick": {"top_k": 3, "rounds": 4, "round_time_s": 0.4, "tie_break": "min:peak_memory_mb"},
+}
+
+# The "allowed: ..." tails come from the package's own tables, so a new metric or knob does not
+# break every case; test_allowed_lists_name_the_intended_values checks they hold the fix.
+METRIC_LIST = ", ".join(METRICS)
+KNOB_LIST = ", ".join(sorted(all_knobs()))
+BACKEND_LIST = ", ".join(sorted(all_backends()))
+BUILTIN_LIST = ", ".join(sorted(BUILTINS))
+TOP_FIELDS = (
+    "name, model, inputs, space, objectives, constraints, budget, sampler, seed, "
+    "measurement, accuracy, pick, baseline, storage, study"
+)
+
+NOT_A_MAPPING = "must be a mapping of fields (name, model, space, ...), got"
+AT_LEAST_1 = "Input should be greater than or equal to 1"
+NOT_A_DICT = "Input should be a valid dictionary (got list)"
+GRID_NEEDS_FINITE = (
+    "grid needs finite parameters, but space.batch_size is a continuous or log range; give choices or a step"
+)
+
+FACTORY = {"factory": "mypkg.models:build"}
+DELETE = object()
+MISSING = object()  # no file at all
+DIRECTORY = object()  # a directory where the file should be
+
+
+def mod(changes: dict[str, Any]) -> dict[str, Any]:
+    """BASE with each dotted path ('measurement.min_iters', 'objectives.0.metric') set or deleted."""
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            if value is DELETE:
+                del node[int(last)]
+            else:
+                node[int(last)] = value
+        elif value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return data
+
+
+def factory_with(*inputs: dict[str, Any]) -> dict[str, Any]:
+    return mod({"model": FACTORY, "inputs": list(inputs)})
+
+
+def case(id: str, content: Any, path: str, problem: str) -> Any:
+    return pytest.param(content, path, problem, id=id)
+
+
+CASES = [
+    # --- the file itself ---------------------------------------------------------------------------
+    case("missing-file", MISSING, "", "no such file"),
+    case("directory", DIRECTORY, "", "is a directory, not a spec file"),
+    case(
+        "not-utf8",
+        b"name: \xff\xfe\n",
+        "",
+        "cannot be read: 'utf-8' codec can't decode byte 0xff in position 6: invalid start byte",
+    ),
+    case(
+        "yaml-unclosed-flow-mapping",
+        "name: q\nmodel: {builtin: tiny-transformer\nspace: {}\n",
+        "",
+        "line 3, column 6: not valid YAML (expected ',' or '}', but got ':')",
+    ),
+    case(
+        "yaml-tab-indent",
+        "name: q\n\tmodel: x\n",
+        "",
+        "line 2, column 1: not valid YAML (found character '\\t' that cannot start any token)",
+    ),
+    case(
+        "yaml-bad-dedent",
+        "name: q\nspace:\n  threads: [1]\n precision: [fp32]\n",
+        "",
+        "line 4, column 2: not valid YAML (expected <block end>, but found '<block mapping start>')",
+    ),
+    case(
+        "top-level-list",
+        "- name: q\n- model: {builtin: tiny-transformer}\n",
+        "",
+        f"{NOT_A_MAPPING} a list",
+    ),
+    case("top-level-scalar", "quickstart\n", "", f"{NOT_A_MAPPING} a str"),
+    case("empty-file", "", "", f"{NOT_A_MAPPING} empty"),
+    case("comments-only", "# nothing here\n", "", f"{NOT_A_MAPPING} empty"),
+    # --- top level -------------------------------------------------------------------------------
+    case("missing-name", mod({"name": DELETE}), "name", "required field is missing"),
+    case("missing-space", mod({"space": DELETE}), "space", "required field is missing"),
+    case(
+        "bad-name-chars",
+        mod({"name": "my model!"}),
+        "name",
+        "'my model!' is not a usable name; use letters, digits, '_', '-', '.' (up to 100)",
+    ),
+    case(
+        "bad-study-chars",
+        mod({"study": "runs/a"}),
+        "study",
+        "'runs/a' is not a usable name; use letters, digits, '_', '-', '.' (up to 100)",
+    ),
+    case("unknown-top-level-field", mod({"trails": 5}), "trails", f"unknown field; allowed: {TOP_FIELDS}"),
+    case("seed-negative", mod({"seed": -1}), "seed", "Input should be greater than or equal to 0"),
+    # --- model -----------------------------------------------------------------------------------
+    case(
+        "model-two-sources",
+        mod({"model.onnx": "model.onnx"}),
+        "model",
+        "give exactly one of builtin, factory, onnx (got builtin, onnx)",
+    ),
+    case(
+        "model-no-source",
+        mod({"model": {"options": {}}}),
+        "model",
+        "give exactly one of builtin, factory, onnx (got none)",
+    ),
+    case(
+        "model-unknown-builtin",
+        mod({"model.builtin": "tiny-transfomer"}),
+        "model.builtin",
+        f"unknown builtin 'tiny-transfomer'; allowed: {BUILTIN_LIST}",
+    ),
+    case(
+        "model-bad-factory-format",
+        mod({"model": {"factory": "mypkg/models.py"}, "inputs": [{"name": "x", "shape": ["batch", 16]}]}),
+        "model",
+        "factory 'mypkg/models.py' must look like 'package.module:function'",
+    ),
+    case(
+        "model-onnx-not-dot-onnx",
+        mod({"model": {"onnx": "model.pt"}, "inputs": [{"name": "x", "shape": ["batch", 16]}]}),
+        "model",
+        "onnx 'model.pt' must be a path to a .onnx file",
+    ),
+    case(
+        "model-unknown-field",
+        mod({"model.path": "model.onnx"}),
+        "model.path",
+        "unknown field; allowed: builtin, factory, onnx, options",
+    ),
+    case(
+        "model-as-string",
+        mod({"model": "tiny-transformer"}),
+        "model",
+        "Input should be a valid dictionary or instance of ModelSpec (got str)",
+    ),
+    # --- inputs ----------------------------------------------------------------------------------
+    case(
+        "factory-without-inputs",
+        mod({"model": FACTORY}),
+        "inputs",
+        "required when the model is a factory or an ONNX file",
+    ),
+    case(
+        "input-shape-without-batch",
+        factory_with({"name": "x", "shape": [8, 16]}),
+        "inputs[0]",
+        "shape must hold the word 'batch' exactly once, e.g. [batch, 128]",
+    ),
+    case(
+        "input-shape-batch-twice",
+        factory_with({"name": "x", "shape": ["batch", "batch"]}),
+        "inputs[0]",
+        "shape must hold the word 'batch' exactly once, e.g. [batch, 128]",
+    ),
+    case(
+        "input-shape-zero-dim",
+        factory_with({"name": "x", "shape": ["batch", 0]}),
+        "inputs[0]",
+        "every fixed dimension of shape must be a positive integer",
+    ),
+    case(
+        "input-shape-other-word",
+        factory_with({"name": "x", "shape": ["batch", "seq"]}),
+        "inputs[0].shape[1]",
+        "Input should be a valid integer, unable to parse string as an integer",
+    ),
+    case(
+        "input-bad-dtype",
+        factory_with({"name": "x", "shape": ["batch", 16], "dtype": "float64"}),
+        "inputs[0].dtype",
+        "Input should be 'float32', 'float16', 'int64', 'int32' or 'bool'",
+    ),
+    case(
+        "input-low-not-below-high",
+        factory_with({"name": "x", "shape": ["batch", 16], "low": 1.0, "high": 1.0}),
+        "inputs[0]",
+        "low (1.0) must be below high (1.0)",
+    ),
+    case(
+        "input-bad-name",
+        factory_with({"name": "input-ids", "shape": ["batch"]}),
+        "inputs[0].name",
+        "String should match pattern '^[A-Za-z_][A-Za-z0-9_]*$'",
+    ),
+    case(
+        "input-name-twice",
+        factory_with({"name": "x", "shape": ["batch"]}, {"name": "x", "shape": ["batch"]}),
+        "inputs",
+        "an input name is listed twice",
+    ),
+    case(
+        "input-unknown-field",
+        factory_with({"name": "x", "shape": ["batch"], "type": "float32"}),
+        "inputs[0].type",
+        "unknown field; allowed: name, shape, dtype, low, high",
+    ),
+    # --- space -----------------------------------------------------------------------------------
+    case(
+        "space-unknown-parameter",
+        mod({"space.bach_size": [1, 2]}),
+        "space",
+        f"unknown parameter 'bach_size'; allowed: {KNOB_LIST}",
+    ),
+    case("space-empty", mod({"space": {}}), "space", "space must define at least one parameter"),
+    case("space-as-list", mod({"space": ["batch_size"]}), "space", NOT_A_DICT),
+    case(
+        "categorical-empty-choices",
+        mod({"space.precision": {"type": "categorical", "choices": []}}),
+        "space.precision",
+        "choices must list at least one value",
+    ),
+    case(
+        "categorical-empty-list-shorthand",
+        mod({"space.precision": []}),
+        "space.precision",
+        "choices must list at least one value",
+    ),
+    case(
+        "categorical-repeated-choice",
+        mod({"space.precision": ["fp32", "bf16", "fp32"]}),
+        "space.precision",
+        "choices must not repeat a value",
+    ),
+    case(
+        "int-range-low-above-high",
+        mod({"space.batch_size": {"low": 64, "high": 1}}),
+        "space.batch_size",
+        "low (64) must not exceed high (1)",
+    ),
+    case(
+        "int-range-fractional-bounds",
+        mod({"space.batch_size": {"type": "int", "low": 1.5, "high": 32}}),
+        "space.batch_size",
+        "an int range needs integer low and high",
+    ),
+    case(
+        "range-without-high",
+        mod({"space.batch_size": {"type": "int", "low": 1}}),
+        "space.batch_size",
+        "an int range needs both low and high",
+    ),
+    case(
+        "log-range-low-zero",
+        mod({"space.batch_size": {"low": 0, "high": 32, "log": True}}),
+        "space.batch_size",
+        "a log range needs low > 0",
+    ),
+    case(
+        "step-with-log",
+        mod({"space.batch_size": {"low": 1, "high": 32, "log": True, "step": 2}}),
+        "space.batch_size",
+        "step and log cannot be combined",
+    ),
+    case(
+        "step-zero",
+        mod({"space.batch_size": {"low": 1, "high": 32, "step": 0}}),
+        "space.batch_size",
+        "step must be positive",
+    ),
+    case(
+        "int-range-fractional-step",
+        mod({"space.batch_size": {"type": "int", "low": 1, "high": 32, "step": 0.5}}),
+        "space.batch_size",
+        "an int range needs an integer step",
+    ),
+    case(
+        "choices-on-int-param",
+        mod({"space.batch_size": {"type": "int", "low": 1, "high": 32, "choices": [1, 2]}}),
+        "space.batch_size",
+        "'choices' does not apply to a int parameter",
+    ),
+    case(
+        "log-on-categorical",
+        mod({"space.threads": {"choices": [1, 2], "log": True}}),
+        "space.threads",
+        "'log' does not apply to a categorical parameter",
+    ),
+    case(
+        "fixed-without-value",
+        mod({"space.threads": {"type": "fixed"}}),
+        "space.threads",
+        "a fixed parameter needs a value",
+    ),
+    case(
+        "param-unknown-type",
+        mod({"space.threads": {"type": "integer", "low": 1, "high": 4}}),
+        "space.threads.type",
+        "Input should be 'categorical', 'int', 'float' or 'fixed'",
+    ),
+    case(
+        "param-unknown-field",
+        mod({"space.batch_size": {"low": 1, "high": 32, "lg": True}}),
+        "space.batch_size.lg",
+        "unknown field; allowed: type, choices, low, high, step, log, value, when",
+    ),
+    case(
+        "unknown-backend",
+        mod({"space.backend": ["torch-eager", "tensorrt"]}),
+        "space",
+        f"backend 'tensorrt' is not known; allowed: {BACKEND_LIST}",
+    ),
+    case(
+        "backend-continuous-range",
+        mod({"space.backend": {"low": 0.5, "high": 2.0}}),
+        "space",
+        "backend must be categorical or fixed",
+    ),
+    case(
+        "when-names-non-parameter",
+        mod({"space.precision": {"choices": ["fp32", "int8"], "when": {"device": ["cuda"]}}}),
+        "space",
+        "precision.when names 'device', which is not another parameter",
+    ),
+    case(
+        "when-names-itself",
+        mod({"space.threads": {"choices": [1, 2], "when": {"threads": [1]}}}),
+        "space",
+        "threads.when names 'threads', which is not another parameter",
+    ),
+    case(
+        "when-impossible-value",
+        mod({"space.precision": {"choices": ["fp32", "int8"], "when": {"backend": ["tensorrt"]}}}),
+        "space",
+        "precision.when: backend can never be 'tensorrt'; its values: torch-eager, onnxruntime-cpu",
+    ),
+    case(
+        "when-value-not-a-list",
+        mod({"space.precision": {"choices": ["fp32"], "when": {"backend": "torch-eager"}}}),
+        "space.precision.when.backend",
+        "Input should be a valid list",
+    ),
+    case(
+        "when-cycle",
+        mod(
+            {
+                "space.precision": {"choices": ["fp32", "int8"], "when": {"threads": [1]}},
+                "space.threads": {"choices": [1, 2], "when": {"precision": ["fp32"]}},
+            }
+        ),
+        "space",
+        "conditions form a cycle: precision -> threads -> precision",
+    ),
+    # --- objectives and constraints ----------------------------------------------------------------
+    case(
+        "objectives-empty",
+        mod({"objectives": []}),
+        "objectives",
+        "List should have at least 1 item after validation, not 0",
+    ),
+    case(
+        "objectives-five",
+        mod({"objectives": [{"metric": m, "direction": "minimize"} for m in list(METRICS)[:5]]}),
+        "objectives",
+        "List should have at most 4 items after validation, not 5",
+    ),
+    case(
+        "objective-unknown-metric",
+        mod({"objectives.0.metric": "throughput"}),
+        "objectives[0].metric",
+        f"unknown metric 'throughput'; allowed: {METRIC_LIST}",
+    ),
+    case(
+        "objective-bad-direction",
+        mod({"objectives.0.direction": "max"}),
+        "objectives[0].direction",
+        "Input should be 'minimize' or 'maximize'",
+    ),
+    case(
+        "objective-missing-direction",
+        mod({"objectives.1.direction": DELETE}),
+        "objectives[1].direction",
+        "required field is missing",
+    ),
+    case(
+        "objective-duplicate",
+        mod({"objectives.1": {"metric": "throughput_items_s", "direction": "maximize"}}),
+        "objectives",
+        "a metric is listed twice",
+    ),
+    case(
+        "objective-unknown-field",
+        mod({"objectives.0.goal": "max"}),
+        "objectives[0].goal",
+        "unknown field; allowed: metric, direction",
+    ),
+    case(
+        "constraint-without-operator",
+        mod({"constraints": ["accuracy_cosine 0.99"]}),
+        "constraints",
+        "constraint 0 'accuracy_cosine 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)",
+    ),
+    case(
+        "constraint-equals-operator",
+        mod({"constraints": ["latency_p95_ms < 50", "accuracy_cosine == 0.99"]}),
+        "constraints",
+        "constraint 1 'accuracy_cosine == 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)",
+    ),
+    case(
+        "constraint-unknown-metric",
+        mod({"constraints": ["accuracy >= 0.99"]}),
+        "constraints",
+        f"unknown metric 'accuracy'; allowed: {METRIC_LIST}",
+    ),
+    case(
+        "constraints-not-a-list",
+        mod({"constraints": "accuracy_cosine >= 0.99"}),
+        "constraints",
+        "Input should be a valid list",
+    ),
+    # --- budget, sampler -------------------------------------------------------------------------
+    case("budget-trials-zero", mod({"budget.trials": 0}), "budget.trials", AT_LEAST_1),
+    case(
+        "budget-trials-fractional",
+        mod({"budget.trials": 2.5}),
+        "budget.trials",
+        "Input should be a valid integer, got a number with a fractional part",
+    ),
+    case(
+        "budget-wall-time-zero",
+        mod({"budget.wall_time_s": 0}),
+        "budget.wall_time_s",
+        "Input should be greater than 0",
+    ),
+    case(
+        "budget-unknown-field",
+        mod({"budget": {"trial": 3}}),
+        "budget.trial",
+        "unknown field; allowed: trials, wall_time_s",
+    ),
+    case(
+        "sampler-unknown-type",
+        mod({"sampler": {"type": "cmaes"}}),
+        "sampler.type",
+        "Input should be 'tpe', 'random', 'grid' or 'nsga2'",
+    ),
+    case(
+        "grid-with-log-range",
+        mod({"sampler": {"type": "grid"}}),
+        "sampler.type",
+        GRID_NEEDS_FINITE,
+    ),
+    case(
+        "grid-with-float-range",
+        mod({"sampler": {"type": "grid"}, "space.batch_size": {"low": 1.0, "high": 32.0}}),
+        "sampler.type",
+        GRID_NEEDS_FINITE,
+    ),
+    # --- measurement, accuracy, pick, baseline ---------------------------------------------------
+    case(
+        "measurement-min-iters-above-max",
+        mod({"measurement.min_iters": 100, "measurement.max_iters": 10}),
+        "measurement",
+        "min_iters (100) exceeds max_iters (10)",
+    ),
+    case(
+        "measurement-min-time-above-max",
+        mod({"measurement.min_time_s": 5}),
+        "measurement",
+        "min_time_s (5) exceeds max_time_s (1.5)",
+    ),
+    case(
+        "measurement-cv-target-zero",
+        mod({"measurement.cv_target": 0}),
+        "measurement.cv_target",
+        "Input should be greater than 0",
+    ),
+    case(
+        "measurement-unknown-field",
+        mod({"measurement.warmup": 3}),
+        "measurement.warmup",
+        "unknown field; allowed: warmup_iters, min_iters, max_iters, min_time_s, max_time_s, "
+        "cv_target, trial_timeout_s, keep_samples",
+    ),
+    case(
+        "accuracy-samples-zero",
+        mod({"accuracy": {"samples": 0}}),
+        "accuracy.samples",
+        AT_LEAST_1,
+    ),
+    case(
+        "pick-tie-break-bad-rule",
+        mod({"pick.tie_break": "smallest:peak_memory_mb"}),
+        "pick.tie_break",
+        "rule 'smallest:peak_memory_mb' must look like 'min:METRIC' or 'max:METRIC'",
+    ),
+    case(
+        "pick-tie-break-unknown-metric",
+        mod({"pick.tie_break": "min:memory"}),
+        "pick.tie_break",
+        f"unknown metric 'memory'; allowed: {METRIC_LIST}",
+    ),
+    case(
+        "pick-confidence-0.8",
+        mod({"pick.confidence": 0.8}),
+        "pick.confidence",
+        "Input should be 0.9, 0.95 or 0.99",
+    ),
+    case("pick-top-k-zero", mod({"pick.top_k": 0}), "pick.top_k", AT_LEAST_1),
+    case(
+        "pick-unknown-field",
+        mod({"pick.topk": 3}),
+        "pick.topk",
+        "unknown field; allowed: top_k, rounds, confidence, tie_break, round_time_s",
+    ),
+    case(
+        "baseline-key-not-in-space",
+        mod({"baseline": {"batch_size": 8, "num_threads": 2}}),
+        "baseline",
+        "'num_threads' is not a parameter of space",
+    ),
+    case("baseline-as-list", mod({"baseline": ["threads"]}), "baseline", NOT_A_DICT),
+]
+
+
+def _write(tmp_path: Path, content: Any) -> None:
+    target = tmp_path / FILE
+    if content is MISSING:
+        return
+    if content is DIRECTORY:
+        target.mkdir()
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
+    elif isinstance(content, str):
+        target.write_text(content, encoding="utf-8")
+    else:
+        target.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
+    ids = [p.id for p in CASES]
+    assert len(set(ids)) == len(ids)
+
+
+def test_base_spec_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, BASE)
+    spec = load_spec(FILE)
+    assert isinstance(spec, Spec)
+    assert spec.name == "quickstart"
+
+
+def test_shipped_quickstart_is_valid() -> None:
+    assert load_spec(ROOT / "search_spaces" / "quickstart.yaml").name == "quickstart"
+
+
+def test_allowed_lists_name_the_intended_values() -> None:
+    # The "allowed:" tails must offer the fix for the typos used in the corpus.
+    assert "batch_size" in KNOB_LIST.split(", ")
+    assert "tiny-transformer" in BUILTIN_LIST.split(", ")
+    assert "torch-eager" in BACKEND_LIST.split(", ")
+    assert {"throughput_items_s", "peak_memory_mb", "accuracy_cosine"} <= set(METRIC_LIST.split(", "))
+
+
+@pytest.mark.parametrize(("content", "path", "problem"), CASES)
+def test_malformed_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: Any, path: str, problem: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, content)
+    with pytest.raises(SpecError) as info:
+        load_spec(FILE)
+    err = info.value
+    expected = f"{FILE}: {path}: {problem}" if path else f"{FILE}: {problem}"
+    assert str(err) == expected
+    assert err.file == FILE
+    assert "\n" not in str(err)
+    assert isinstance(err, UsageError)
+    assert err.exit_code == 2
+
+
+@pytest.mark.xfail(
+    strict=True, reason="Constraint.metric is not checked when a constraint is given as a mapping"
+)
+def test_constraint_mapping_with_unknown_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, mod({"constraints": [{"metric": "accuracy", "op": ">=", "bound": 0.99}]}))
+    with pytest.raises(SpecError, match=r"unknown metric 'accuracy'"):
+        load_spec(FILE)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+BAD_SPEC = (
+    "name: q\n"
+    "model: {builtin: tiny-transformer}\n"
+    "space: {bach_size: [1, 2]}\n"
+    "objectives: [{metric: latency_p95_ms, direction: minimize}]\n"
+)
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "BAD.yaml").write_text(BAD_SPEC, encoding="utf-8")
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    return subprocess.run(
+        [sys.executable, "-m", "autotuner.cli", "run", "BAD.yaml", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_reports_a_bad_spec_in_one_line(tmp_path: Path) -> None:
+    proc = _cli(tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    expected = f"BAD.yaml: space: unknown parameter 'bach_size'; allowed: {KNOB_LIST}"
+    assert lines[0] == f"autotune: error: {expected}"
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "studies").exists()
+    assert not (tmp_path / "reports").exists()
+
+
+def test_cli_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = _cli(tmp_path, "--debug")
+    assert proc.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "autotuner.errors.SpecError: BAD.yaml: space: unknown parameter 'bach_size'" in proc.stderr
+    assert "autotune: error:" not in proc.stderr
+    assert not (tmp_path / "studies").exists()
