@@ -1,0 +1,95 @@
+"""The command line contract: run, bench, export, studies, show; one-line errors, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import write_spec
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autotuner.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def done_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    d = tmp_path_factory.mktemp("cli")
+    shutil.copy(Path(__file__).parent / "models_for_tests.py", d)
+    write_spec(d, budget={"trials": 3})
+    out = cli("run", "spec.yaml", cwd=d)
+    assert out.returncode == 0, out.stderr
+    assert "[3/3]" in out.stdout and "best config: reports/t.best.yaml" in out.stdout
+    assert "study: studies/t.db" in out.stdout
+    return d
+
+
+def test_studies_and_show(done_study: Path) -> None:
+    out = cli("studies", cwd=done_study)
+    assert out.returncode == 0 and "t " in out.stdout and "3" in out.stdout
+    out = cli("show", "t", cwd=done_study)
+    assert out.returncode == 0
+    assert "trials: complete" in out.stdout and "chosen: trial #" in out.stdout
+
+
+def test_export_by_another_rule_measures_nothing(done_study: Path) -> None:
+    before = (done_study / "studies" / "t.db").stat().st_mtime_ns
+    out = cli("export", "t", "--pick", "min:latency_p95_ms", "-o", "lat.yaml", cwd=done_study)
+    assert out.returncode == 0, out.stderr
+    best = yaml.safe_load((done_study / "lat.yaml").read_text())
+    assert best["choice"]["rule"] == "min:latency_p95_ms"
+    lat = [c["measured"] for c in best["choice"]["candidates"]]
+    assert lat == sorted(lat)
+    assert (done_study / "studies" / "t.db").stat().st_mtime_ns >= before
+
+
+def test_bench_measures_one_config(done_study: Path) -> None:
+    out = cli(
+        "bench",
+        "spec.yaml",
+        "--set",
+        "backend=onnxruntime-cpu",
+        "--set",
+        "batch_size=2",
+        "--json",
+        cwd=done_study,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["ok"] and res["params"]["backend"] == "onnxruntime-cpu" and res["params"]["batch_size"] == 2
+    assert res["metrics"]["latency_p50_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "nope"], "no study database at studies/nope.db"),
+        (["show", "nope", "--storage", "sqlite:///studies/t.db"], "no study named 'nope'"),
+        (["bench", "spec.yaml", "--set", "bogus=1"], "--set bogus: not a parameter"),
+        (["bench", "spec.yaml", "--set", "novalue"], "expected KEY=VALUE"),
+        (["export", "t", "--pick", "fastest"], "--pick: rule 'fastest' must look like"),
+        (["run", "spec.yaml", "--executor", "k8s"], "--executor 'k8s' is not available"),
+        (["run", "spec.yaml", "--trials", "0"], "--trials must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(done_study: Path, args: list[str], needle: str) -> None:
+    out = cli(*args, cwd=done_study)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autotune: error: ") and needle in lines[0], lines
+
+
+def test_a_password_never_appears(done_study: Path) -> None:
+    out = cli(
+        "run", "spec.yaml", "--storage", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/db", cwd=done_study
+    )
+    assert out.returncode == 2
+    assert "s3cret-pw" not in out.stderr + out.stdout and "***" in out.stderr
