@@ -6,17 +6,68 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from autotuner.metrics import METRICS
 
-Scalar = bool | int | float | str
+
+class FieldError(ValueError):
+    """A problem at a field below the one being validated; `path` is relative to it.
+
+    A validator raises FieldError(("low",), "...") and load_spec reports the error at
+    pydantic's location plus this path, e.g. `space.batch_size.low` rather than `space.batch_size`.
+    """
+
+    def __init__(self, path: str | int | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path: tuple[str | int, ...] = path if isinstance(path, tuple) else (path,)
+
+
+def value_kind(v: Any) -> str:
+    """What a YAML value is, in words: 'a string', 'a list', 'nothing'."""
+    if v is None:
+        return "nothing"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list | tuple):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return f"a {type(v).__name__}"
+
+
+def _scalar(v: Any) -> Any:
+    if not isinstance(v, bool | int | float | str):
+        raise ValueError(f"must be a single value (number, string or boolean), got {value_kind(v)}")
+    return v
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"must be a number, got {value_kind(v)}")
+    return v
+
+
+Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
+Number = Annotated[float, BeforeValidator(_number)]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+def _a(word: str) -> str:
+    """The word with its article: 'an int', 'a float'."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 class _Strict(BaseModel):
@@ -34,11 +85,21 @@ class ModelSpec(_Strict):
         given = [k for k in ("builtin", "factory", "onnx") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of builtin, factory, onnx (got {', '.join(given) or 'none'})")
-        if self.factory is not None and not FACTORY_RE.match(self.factory):
-            raise ValueError(f"factory {self.factory!r} must look like 'package.module:function'")
-        if self.onnx is not None and not self.onnx.endswith(".onnx"):
-            raise ValueError(f"onnx {self.onnx!r} must be a path to a .onnx file")
         return self
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str | None) -> str | None:
+        if v is not None and not FACTORY_RE.match(v):
+            raise ValueError(f"{v!r} must look like 'package.module:function'")
+        return v
+
+    @field_validator("onnx")
+    @classmethod
+    def _onnx(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".onnx"):
+            raise ValueError(f"{v!r} must be a path to a .onnx file")
+        return v
 
     @field_validator("builtin")
     @classmethod
@@ -51,29 +112,46 @@ class ModelSpec(_Strict):
 
 
 class InputSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str
     shape: list[int | Literal["batch"]]
     dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
-    low: float | None = None
-    high: float | None = None
+    low: Number | None = None
+    high: Number | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not INPUT_NAME_RE.match(v):
+            raise ValueError(f"{v!r} must start with a letter or '_' and hold only letters, digits and '_'")
+        return v
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v  # pydantic says it must be a list
+        for i, d in enumerate(v):
+            if d != "batch" and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+                raise FieldError(
+                    i, f"{d!r} is not a dimension; use a positive integer or 'batch' (the only word allowed)"
+                )
+        if v.count("batch") != 1:
+            raise ValueError("must hold the word 'batch' exactly once, e.g. [batch, 128]")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
-        if self.shape.count("batch") != 1:
-            raise ValueError("shape must hold the word 'batch' exactly once, e.g. [batch, 128]")
-        if any(isinstance(d, int) and d < 1 for d in self.shape):
-            raise ValueError("every fixed dimension of shape must be a positive integer")
         if self.low is not None and self.high is not None and self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            raise FieldError("low", f"{self.low:g} must be below high ({self.high:g})")
         return self
 
 
 class ParamSpec(_Strict):
     type: Literal["categorical", "int", "float", "fixed"]
     choices: list[Scalar] | None = None
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
+    low: Number | None = None
+    high: Number | None = None
+    step: Number | None = None
     log: bool = False
     value: Scalar | None = None
     when: dict[str, list[Scalar]] | None = None
@@ -107,33 +185,43 @@ class ParamSpec(_Strict):
         }[t]
         for key in ("choices", "low", "high", "step", "value"):
             if getattr(self, key) is not None and key not in allowed:
-                raise ValueError(f"'{key}' does not apply to a {t} parameter")
+                raise FieldError(key, f"does not apply to {_a(t)} parameter")
         if self.log and t not in ("int", "float"):
-            raise ValueError(f"'log' does not apply to a {t} parameter")
+            raise FieldError("log", f"does not apply to {_a(t)} parameter")
         if t == "categorical":
             if not self.choices:
                 raise ValueError("choices must list at least one value")
-            if len({json.dumps(c) for c in self.choices}) != len(self.choices):
-                raise ValueError("choices must not repeat a value")
+            seen: set[str] = set()
+            for c in self.choices:
+                if json.dumps(c) in seen:
+                    raise ValueError(f"choices must not repeat a value; {c!r} is listed twice")
+                seen.add(json.dumps(c))
         elif t == "fixed":
             if self.value is None:
                 raise ValueError("a fixed parameter needs a value")
         else:
             if self.low is None or self.high is None:
-                raise ValueError(f"an {t} range needs both low and high")
-            if t == "int" and not all(float(v).is_integer() for v in (self.low, self.high)):
-                raise ValueError("an int range needs integer low and high")
+                raise ValueError(f"{_a(t)} range needs both low and high")
+            if t == "int":
+                for key in ("low", "high"):
+                    if not float(getattr(self, key)).is_integer():
+                        raise FieldError(
+                            key,
+                            f"{getattr(self, key):g} is not an integer; an int range needs integer bounds",
+                        )
             if self.low > self.high:
-                raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+                raise FieldError("low", f"{self.low:g} exceeds high ({self.high:g})")
             if self.log and self.low <= 0:
-                raise ValueError("a log range needs low > 0")
+                raise FieldError("low", f"must be above 0 in a log range, got {self.low:g}")
             if self.step is not None:
                 if self.step <= 0:
-                    raise ValueError("step must be positive")
+                    raise FieldError("step", f"must be positive, got {self.step:g}")
                 if self.log:
                     raise ValueError("step and log cannot be combined")
                 if t == "int" and not float(self.step).is_integer():
-                    raise ValueError("an int range needs an integer step")
+                    raise FieldError(
+                        "step", f"{self.step:g} is not an integer; an int range needs an integer step"
+                    )
         return self
 
     def values(self) -> list[Scalar] | None:
@@ -163,7 +251,12 @@ class Objective(_Strict):
 class Constraint(_Strict):
     metric: str
     op: Literal["<=", ">=", "<", ">"]
-    bound: float
+    bound: Number
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_metric(v)
 
     @property
     def text(self) -> str:
@@ -196,10 +289,13 @@ class Measurement(_Strict):
 
     @model_validator(mode="after")
     def _order(self) -> Measurement:
-        if self.min_iters > self.max_iters:
-            raise ValueError(f"min_iters ({self.min_iters}) exceeds max_iters ({self.max_iters})")
-        if self.min_time_s > self.max_time_s:
-            raise ValueError(f"min_time_s ({self.min_time_s:g}) exceeds max_time_s ({self.max_time_s:g})")
+        # Point at the field the user wrote: min_* if given, else the max_* that undercuts its default.
+        for low, high in (("min_iters", "max_iters"), ("min_time_s", "max_time_s")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo > hi:
+                if low in self.model_fields_set or high not in self.model_fields_set:
+                    raise FieldError(low, f"{lo:g} exceeds {high} ({hi:g})")
+                raise FieldError(high, f"{hi:g} is below {low} ({lo:g})")
         return self
 
 
@@ -225,7 +321,7 @@ class Spec(_Strict):
     model: ModelSpec
     inputs: list[InputSpec] | None = None
     space: dict[str, ParamSpec]
-    objectives: list[Objective] = Field(min_length=1, max_length=4)
+    objectives: list[Objective]
     constraints: list[Constraint] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -246,6 +342,28 @@ class Spec(_Strict):
             raise ValueError(f"{v!r} is not a usable name; use letters, digits, '_', '-', '.' (up to 100)")
         return v
 
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, v: list[InputSpec] | None) -> list[InputSpec] | None:
+        names = [i.name for i in v or []]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise FieldError((i, "name"), f"{name!r} is listed twice")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[Objective]) -> list[Objective]:
+        if not v:
+            raise ValueError("list at least one objective (at most 4)")
+        if len(v) > 4:
+            raise ValueError(f"list at most 4 objectives, got {len(v)}")
+        metrics = [o.metric for o in v]
+        for i, metric in enumerate(metrics):
+            if metric in metrics[:i]:
+                raise FieldError((i, "metric"), f"{metric!r} is listed twice")
+        return v
+
     @field_validator("constraints", mode="before")
     @classmethod
     def _parse_constraints(cls, v: Any) -> Any:
@@ -258,10 +376,12 @@ class Spec(_Strict):
                 continue
             m = CONSTRAINT_RE.match(item)
             if not m:
-                raise ValueError(
-                    f"constraint {i} {item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)"
-                )
-            out.append({"metric": _known_metric(m[1]), "op": m[2], "bound": float(m[3])})
+                raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
+            try:
+                metric = _known_metric(m[1])
+            except ValueError as e:
+                raise FieldError(i, str(e)) from None
+            out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
         return out
 
     @field_validator("space")
@@ -270,55 +390,59 @@ class Spec(_Strict):
         from autotuner.registry import all_backends, all_knobs
 
         if not space:
-            raise ValueError("space must define at least one parameter")
+            raise ValueError("must define at least one parameter")
         knobs = all_knobs()
         for name, p in space.items():
             if name not in knobs:
                 raise ValueError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(knobs))}")
             for dep, vals in (p.when or {}).items():
-                if dep == name or dep not in space:
-                    raise ValueError(f"{name}.when names {dep!r}, which is not another parameter")
+                if dep == name:
+                    raise FieldError(
+                        (name, "when"), f"names {dep!r} itself; a condition must name another parameter"
+                    )
+                if dep not in space:
+                    others = ", ".join(n for n in space if n != name)
+                    raise FieldError(
+                        (name, "when"), f"names {dep!r}, which is not another parameter; allowed: {others}"
+                    )
                 dep_vals = space[dep].values()
                 if dep_vals is not None:
                     bad = [v for v in vals if v not in dep_vals]
                     if bad:
-                        raise ValueError(
-                            f"{name}.when: {dep} can never be {bad[0]!r}; "
-                            f"its values: {', '.join(map(str, dep_vals))}"
+                        shown = ", ".join(map(str, dep_vals))
+                        raise FieldError(
+                            (name, "when", dep), f"{bad[0]!r} is never a value of {dep}; its values: {shown}"
                         )
         backends = all_backends()
         if "backend" in space:
-            vals = space["backend"].values()
-            if vals is None:
-                raise ValueError("backend must be categorical or fixed")
-            bad = [v for v in vals if v not in backends]
+            b = space["backend"]
+            if b.type not in ("categorical", "fixed"):
+                raise FieldError("backend", f"must be categorical or fixed, not {_a(b.type)} range")
+            bad = [v for v in b.values() or [] if v not in backends]
             if bad:
-                raise ValueError(f"backend {bad[0]!r} is not known; allowed: {', '.join(sorted(backends))}")
+                raise FieldError(
+                    "backend", f"{bad[0]!r} is not a known backend; allowed: {', '.join(sorted(backends))}"
+                )
         _check_acyclic(space)
         return space
 
     @model_validator(mode="after")
     def _whole(self) -> Spec:
         if self.inputs is None and self.model.builtin is None:
-            raise ValueError("inputs: required when the model is a factory or an ONNX file")
-        names = [o.metric for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise ValueError("objectives: a metric is listed twice")
-        if self.inputs is not None:
-            in_names = [i.name for i in self.inputs]
-            if len(set(in_names)) != len(in_names):
-                raise ValueError("inputs: an input name is listed twice")
+            raise FieldError("inputs", "required when the model is a factory or an ONNX file")
         if self.sampler.type == "grid":
             for name, p in self.space.items():
                 if p.values() is None:
-                    raise ValueError(
-                        f"sampler.type: grid needs finite parameters, but space.{name} is a "
-                        "continuous or log range; give choices or a step"
+                    raise FieldError(
+                        ("sampler", "type"),
+                        f"grid needs finite parameters, but space.{name} is a "
+                        "continuous or log range; give choices or a step",
                     )
-        if self.baseline is not None:
-            for k in self.baseline:
-                if k not in self.space:
-                    raise ValueError(f"baseline: {k!r} is not a parameter of space")
+        for k in self.baseline or {}:
+            if k not in self.space:
+                raise FieldError(
+                    ("baseline", k), f"not a parameter of space; allowed: {', '.join(self.space)}"
+                )
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -11,9 +12,42 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from autotuner.errors import SpecError
-from autotuner.spec import Spec
+from autotuner.spec import FieldError, Spec, value_kind
 
 _UNION_TAGS = {"int", "float", "str", "bool", "list", "dict", "none"}
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"key {key!r} is given twice")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML keeps the last one silently)
+    and reads 1e-3 as a number, as YAML 1.2 does (PyYAML wants 1.0e-3)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges may be overridden by a key given here
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:
+                continue  # an unhashable key; SafeLoader says so itself
+            if seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, first[key] + 1)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
@@ -29,14 +63,18 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(shown, "", f"cannot be read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: plain data only
+    except _DuplicateKey as e:
+        raise SpecError(
+            shown, "", f"line {e.line}: key {e.key!r} is given twice (first on line {e.first_line})"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(shown, "", f"{where}not valid YAML ({problem})") from None
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        kind = "empty" if data is None else value_kind(data)
         raise SpecError(shown, "", f"must be a mapping of fields (name, model, space, ...), got {kind}")
     data = dict(data)
     data.update(overrides or {})
@@ -49,7 +87,11 @@ def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> Spec:
         return Spec.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        raise SpecError(source, _path(err["loc"]), _problem(err)) from None
+        path = _path(err["loc"])
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, FieldError):  # a validator pointing below its own field
+            path = _join(path, error.path)
+        raise SpecError(source, path, _problem(err)) from None
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
@@ -58,15 +100,19 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
+    """pydantic's location as a field path, leaving out the tags it adds for union members."""
+    return _join(
+        "", tuple(p for p in loc if isinstance(p, int) or not ("[" in str(p) or str(p) in _UNION_TAGS))
+    )
+
+
+def _join(path: str, parts: tuple[Any, ...]) -> str:
+    for part in parts:
         if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in str(part) or str(part) in _UNION_TAGS:
-            continue
+            path += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
-    return out
+            path += f".{part}" if path else str(part)
+    return path
 
 
 def _problem(err: dict[str, Any]) -> str:
@@ -81,7 +127,9 @@ def _problem(err: dict[str, Any]) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind in ("model_type", "dict_type"):
-        return f"{msg} (got {type(err.get('input')).__name__})"
+        return f"must be a mapping, got {value_kind(err.get('input'))}"
+    if kind == "list_type":
+        return f"must be a list, got {value_kind(err.get('input'))}"
     return msg
 
 
