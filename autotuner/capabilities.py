@@ -42,7 +42,7 @@ def _static() -> dict[str, Any]:
         except PackageNotFoundError:
             continue
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)),
         "machine": platform.machine(),
         "os": platform.platform(terse=True),
@@ -77,7 +77,7 @@ def _live() -> dict[str, Any]:
     return caps
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

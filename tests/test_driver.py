@@ -155,3 +155,44 @@ def test_study_in_postgresql(in_tmp: Path) -> None:
         )
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
+    spec = write_spec(
+        in_tmp,
+        budget={"trials": 6},
+        measurement={
+            "warmup_iters": 1,
+            "min_iters": 5,
+            "min_time_s": 3.0,
+            "max_time_s": 3.0,
+            "trial_timeout_s": 120,
+        },
+    )
+    cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            if any(t.state == TrialState.RUNNING for t in _study().trials):
+                break
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "autotune: interrupted; run the same command again to resume"
+    study = _study()
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in study.trials if t.user_attrs.get("failure_class") == "interrupted"]
+    assert len(stopped) == 1
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [t.user_attrs.get("retry_of") for t in waiting] == [stopped[0].number]
+
+
+def test_wall_time_budget_stops_asking(in_tmp: Path) -> None:
+    spec = write_spec(in_tmp, budget={"trials": 50, "wall_time_s": 1})
+    run(spec, progress=QUIET)
+    assert 1 <= len(_study().trials) <= 2
