@@ -85,6 +85,8 @@ def run(
     _summary(s, st, pick, progress)
     if path:
         progress.say(f"best config: {path}")
+    html_path = report([s.study_name], storage=url, output=Path(reports_dir) / f"{s.study_name}.html")
+    progress.say(f"report: {html_path}")
     db = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact(url)
     progress.say(f"study: {db}")
     return RunOutcome(s.study_name, redact(url), path, pick, len(st.trials))
@@ -159,6 +161,38 @@ def export(
     return _export(spec, st, pick, url, Path(output or f"reports/{study_name}.best.yaml"))
 
 
+def report(
+    studies: list[str], *, storage: str | None = None, output: str | Path | None = None, fmt: str = "html"
+) -> Path:
+    """Write the HTML report (several studies: fronts overlaid), or the trial table as CSV/JSON."""
+    from autotuner import report_data
+    from autotuner.storage import load_study
+
+    if fmt not in ("html", "csv", "json"):
+        raise UsageError(f"--format {fmt!r}: allowed: html, csv, json")
+    if not studies:
+        raise UsageError("name at least one study")
+    if fmt != "html" and len(studies) > 1:
+        raise UsageError(f"--format {fmt} writes one study's table; name one study")
+    loaded = []
+    for name in studies:
+        url = storage or default_url(name)
+        st = load_study(name, url)
+        loaded.append((st, report_data.load(st, redact(url))))
+    stem = "-vs-".join(studies)
+    path = Path(output or f"reports/{stem}.{fmt}")
+    if fmt != "html":
+        return report_data.write_table(loaded[0][1], path, fmt)
+    from autotuner.report_html import build
+
+    text = build(loaded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, Any], TrialResult]:
     """Measure one config (no search, nothing stored). Unset parameters take their first value."""
     from autotuner.capabilities import probe
@@ -218,4 +252,4 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
         progress.say(f"  {pick.reason}")
 
 
-__all__ = ["Candidate", "RunOutcome", "bench", "export", "run"]
+__all__ = ["Candidate", "RunOutcome", "bench", "export", "report", "run"]

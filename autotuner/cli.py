@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)")
     common(e)
 
+    rp = sub.add_parser("report", help="write the offline HTML report (or the trial table)")
+    rp.add_argument("studies", nargs="+", metavar="STUDY", help="one study, or several to compare")
+    rp.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db each)")
+    rp.add_argument("-o", "--output", help="path (default: reports/STUDY.html, .csv or .json)")
+    rp.add_argument("--format", dest="fmt", default="html", choices=["html", "csv", "json"])
+    common(rp)
+
     b = sub.add_parser("bench", help="measure one config, no search; prints its metrics")
     b.add_argument("spec")
     b.add_argument(
@@ -98,6 +105,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "report":
+        from autotuner.api import report
+
+        path = report(args.studies, storage=args.storage, output=args.output, fmt=args.fmt)
+        print(f"report: {path}")
+        return 0
     if args.command == "studies":
         from autotuner.inspect import list_studies
 

@@ -45,7 +45,7 @@ def make_spec_dict(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
-def write_spec(directory: Path, name: str = "spec.yaml", **overrides: Any) -> Path:
-    path = directory / name
+def write_spec(directory: Path, filename: str = "spec.yaml", **overrides: Any) -> Path:
+    path = directory / filename
     path.write_text(yaml.safe_dump(make_spec_dict(**overrides), sort_keys=False))
     return path

@@ -23,7 +23,7 @@ class Misbehaving(nn.Module):
         if b == 2:
             os.kill(os.getpid(), signal.SIGSEGV)
         if b == 3:
-            raise ValueError("this model refuses batches of three")
+            raise ValueError("this model refuses batches of three <script>window.__pwned = 1</script>")
         if b == 4:
             time.sleep(3600)
         if b == 5:

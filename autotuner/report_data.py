@@ -1,0 +1,113 @@
+"""The study as a table: one row per trial, every parameter and metric, state and failure.
+
+Reads the study only; nothing is re-measured. Shared by the HTML report and the CSV/JSON export.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotuner.metrics import METRICS
+from autotuner.pick import feasible, pareto_front
+
+
+@dataclass
+class StudyData:
+    name: str
+    storage: str  # redacted
+    spec: dict[str, Any]
+    environment: dict[str, Any]
+    version: str
+    directions: list[str]
+    objectives: list[str]
+    constraints: list[dict[str, Any]]
+    params: list[str]
+    trials: list[FrozenTrial]
+    pick: dict[str, Any] | None
+    remeasure: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    @property
+    def feasible(self) -> list[FrozenTrial]:
+        return [t for t in self.completed if feasible(t)]
+
+    @property
+    def front(self) -> list[FrozenTrial]:
+        return pareto_front(self.feasible, self.directions) if self.feasible else []
+
+    @property
+    def winner(self) -> int | None:
+        return self.pick["winner"] if self.pick else None
+
+    def config(self, t: FrozenTrial) -> dict[str, Any]:
+        return dict(t.user_attrs.get("config", t.params))
+
+
+def load(study: optuna.Study, storage: str) -> StudyData:
+    spec = dict(study.user_attrs.get("spec", {}))
+    trials = study.get_trials(deepcopy=False)
+    params = list(spec.get("space", {})) or sorted({k for t in trials for k in t.params})
+    return StudyData(
+        name=study.study_name,
+        storage=storage,
+        spec=spec,
+        environment=dict(study.user_attrs.get("environment", {})),
+        version=str(study.user_attrs.get("autotune_version", "?")),
+        directions=[d.name.lower() for d in study.directions],
+        objectives=[o["metric"] for o in spec.get("objectives", [])]
+        or [f"objective_{i}" for i in range(len(study.directions))],
+        constraints=list(spec.get("constraints", [])),
+        params=params,
+        trials=trials,
+        pick=study.user_attrs.get("pick"),
+        remeasure=dict(study.user_attrs.get("remeasure", {}).get("rounds", {})),
+    )
+
+
+def rows(data: StudyData) -> list[dict[str, Any]]:
+    """Flat rows: trial, state, feasible, failure, duration, param:*, every metric."""
+    out = []
+    for t in data.trials:
+        config = data.config(t)
+        row: dict[str, Any] = {
+            "trial": t.number,
+            "state": t.state.name,
+            "feasible": (t.state == TrialState.COMPLETE and feasible(t)),
+            "failure_class": t.user_attrs.get("failure_class"),
+            "failure_message": t.user_attrs.get("failure_message"),
+            "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
+        }
+        for p in data.params:
+            row[f"param:{p}"] = config.get(p)
+        for m in METRICS:
+            v = t.user_attrs.get(m)
+            row[m] = v if isinstance(v, int | float) and math.isfinite(v) else None
+        out.append(row)
+    return out
+
+
+def write_table(data: StudyData, path: Path, fmt: str) -> Path:
+    table = rows(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "json":
+        tmp.write_text(json.dumps({"study": data.name, "trials": table}, indent=1), encoding="utf-8")
+    else:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            header = list(table[0]) if table else ["trial", "state"]
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(table)
+    tmp.replace(path)
+    return path
