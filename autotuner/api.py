@@ -45,22 +45,26 @@ def run(
     study: str | None = None,
     storage: str | None = None,
     executor: str = "local",
+    address: str | None = None,
     progress: Progress | None = None,
     reports_dir: str | Path = "reports",
 ) -> RunOutcome:
     """Search, re-measure the top candidates, pick, and write the best-config YAML."""
     from autotuner.capabilities import probe
     from autotuner.driver import Session, drive, open_study
-    from autotuner.executors import make_executor
+    from autotuner.executors import EXECUTORS, make_executor
 
     s = _spec(spec, study, storage)
     if trials is not None and trials < 1:
         raise UsageError("--trials must be at least 1")
     progress = progress or Progress()
     url = s.storage or default_url(s.study_name)
-    executor_obj = make_executor(executor, s, {})
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor!r} is not available; allowed: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        raise UsageError("--address applies to --executor ray")
     caps = probe()
-    executor_obj.caps = caps
+    executor_obj = make_executor(executor, s, caps, address)
     st = open_study(s, url, caps, progress)
     if isinstance(spec, str | Path):
         st.set_user_attr("spec_path", str(spec))
@@ -72,7 +76,10 @@ def run(
         if size is not None and size < budget:
             progress.say(f"the grid holds {size} configs: the budget is {size} trials, not {budget}")
             budget = size
-    progress.say(f"study {s.study_name} in {redact(url)}: budget {budget} trials, executor {executor}")
+    progress.say(
+        f"study {s.study_name} in {redact(url)}: budget {budget} trials, executor {executor} "
+        f"({executor_obj.slots} at once)"
+    )
     session = Session(s, st, url, budget, caps, progress)
     try:
         drive(session, executor_obj, s.budget.wall_time_s)

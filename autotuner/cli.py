@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--trials", type=int, help="budget of trials (default: the spec's budget.trials)")
     r.add_argument("--study", help="study name (default: the spec's study or name)")
     r.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db)")
-    r.add_argument("--executor", default="local", help="where trials run (default: local)")
+    r.add_argument("--executor", default="local", help="where trials run: local (default) or ray")
+    r.add_argument("--address", help="with --executor ray: an existing cluster ('auto' or ray://host:port)")
     common(r)
 
     e = sub.add_parser("export", help="write the best-config YAML of a study again")

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.stats import mean_ci, paired_difference
@@ -68,17 +69,19 @@ def config_key(config: dict[str, Any]) -> str:
 
 def pareto_front(trials: list[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
     """Non-dominated trials (all objectives), first of each config only."""
-    signs = [1 if d == "minimize" else -1 for d in directions]
-
-    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
-        av = [s * v for s, v in zip(signs, a.values, strict=True)]
-        bv = [s * v for s, v in zip(signs, b.values, strict=True)]
-        return all(x <= y for x, y in zip(av, bv, strict=True)) and av != bv
-
-    front = [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
+    if not trials:
+        return []
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    losses = np.array([t.values for t in trials], dtype=float) * signs
+    keep = []
+    for i, row in enumerate(losses):
+        # Dominated: another trial at least as good everywhere and better somewhere.
+        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
+        if not dominated:
+            keep.append(trials[i])
     seen: set[str] = set()
     out = []
-    for t in sorted(front, key=lambda t: t.number):
+    for t in sorted(keep, key=lambda t: t.number):
         k = config_key(t.user_attrs.get("config", t.params))
         if k not in seen:
             seen.add(k)

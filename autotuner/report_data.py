@@ -9,6 +9,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,25 @@ class StudyData:
     pick: dict[str, Any] | None
     remeasure: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
-    @property
+    # Derived once: the report asks for them per trial, and a study can hold thousands.
+    @cached_property
     def completed(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
 
-    @property
+    @cached_property
     def feasible(self) -> list[FrozenTrial]:
         return [t for t in self.completed if feasible(t)]
 
-    @property
+    @cached_property
+    def feasible_numbers(self) -> frozenset[int]:
+        return frozenset(t.number for t in self.feasible)
+
+    @cached_property
     def front(self) -> list[FrozenTrial]:
         return pareto_front(self.feasible, self.directions) if self.feasible else []
+
+    def is_feasible(self, t: FrozenTrial) -> bool:
+        return t.number in self.feasible_numbers
 
     @property
     def winner(self) -> int | None:

@@ -74,9 +74,10 @@ def pareto(datas: list[StudyData], x: str, y: str) -> Figure:
     for i, d in enumerate(datas):
         color = COLORS[i % len(COLORS)]
         tag = f"{d.name}: " if compare else ""
+        on_front = {f.number for f in d.front}
         groups = {
-            "infeasible": [t for t in d.completed if t not in d.feasible],
-            "feasible": [t for t in d.feasible if t not in d.front],
+            "infeasible": [t for t in d.completed if not d.is_feasible(t)],
+            "feasible": [t for t in d.feasible if t.number not in on_front],
         }
         for label, ts in groups.items():
             ts = [t for t in ts if _num(t.user_attrs.get(x)) and _num(t.user_attrs.get(y))]
@@ -258,7 +259,7 @@ def history(data: StudyData) -> Figure | None:
         sign = -1 if data.directions[0] == "maximize" else 1
         best, line = math.inf, []
         for t in ts:
-            if t in data.feasible:
+            if data.is_feasible(t):
                 best = min(best, sign * t.values[0])
             line.append(sign * best if math.isfinite(best) else None)
         traces = [
@@ -267,7 +268,7 @@ def history(data: StudyData) -> Figure | None:
         ]
         return _fig(traces, _layout("optimization history", "trial", data.objectives[0]))
     signs = np.array([-1.0 if d == "maximize" else 1.0 for d in data.directions])
-    feas = [t for t in ts if t in data.feasible]
+    feas = [t for t in ts if data.is_feasible(t)]
     if not feas:
         return None
     from optuna._hypervolume import compute_hypervolume

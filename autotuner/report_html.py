@@ -298,7 +298,7 @@ def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
     body = []
     for t in d.trials:
         cfg = d.config(t)
-        feasible = t in d.feasible
+        feasible = d.is_feasible(t)
         cells = [
             f"#{t.number}",
             t.state.name,

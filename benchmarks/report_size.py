@@ -55,7 +55,10 @@ def open_in_chromium(path: Path) -> tuple[float, int, int]:
         page.goto(path.as_uri())
         page.wait_for_load_state("load")
         load_s = time.perf_counter() - t
-        figures = page.evaluate("document.querySelectorAll('.figure .main-svg').length")
+        figures = page.evaluate(
+            "Array.from(document.querySelectorAll('.figure'))"
+            ".filter(d => d.querySelector('.main-svg')).length"
+        )
         b.close()
     return load_s, len(errors), figures
 

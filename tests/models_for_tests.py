@@ -12,7 +12,8 @@ from torch import nn
 
 
 class Misbehaving(nn.Module):
-    """Behaves by batch size: 1 fine, 2 SIGSEGV, 3 raise, 4 hang, 5 NaN, 6 allocate 1 PiB."""
+    """Behaves by batch size: 1 fine, 2 SIGSEGV, 3 raise, 4 hang, 5 NaN, 6 allocate 1 PiB,
+    7 report its pids and wait (for kill drills)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,6 +31,11 @@ class Misbehaving(nn.Module):
             return self.lin(x) * float("nan")
         if b == 6:
             torch.empty(2**48, dtype=torch.float32)  # 1 PiB: no machine has it
+        if b == 7 and os.environ.get("AUTOTUNE_TEST_PIDFILE"):
+            # Tell the test who runs this trial (the worker and its parent), then wait to be killed.
+            with open(os.environ["AUTOTUNE_TEST_PIDFILE"], "w") as f:
+                f.write(f"{os.getpid()} {os.getppid()}")
+            time.sleep(3600)
         return self.lin(x)
 
 

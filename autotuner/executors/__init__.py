@@ -9,12 +9,18 @@ from autotuner.executors.base import Executor, TrialRequest
 from autotuner.spec import Spec
 
 __all__ = ["EXECUTORS", "Executor", "TrialRequest", "make_executor"]
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
-def make_executor(name: str, spec: Spec, caps: dict[str, Any]) -> Executor:
+def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:
+    if address is not None and name != "ray":
+        raise UsageError("--address applies to --executor ray")
     if name == "local":
         from autotuner.executors.local import LocalExecutor
 
         return LocalExecutor(spec, caps)
+    if name == "ray":
+        from autotuner.executors.ray_executor import RayExecutor
+
+        return RayExecutor(spec, caps, address)
     raise UsageError(f"--executor {name!r} is not available; allowed: {', '.join(EXECUTORS)}")

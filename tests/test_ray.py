@@ -1,0 +1,108 @@
+"""The Ray executor on a real local Ray cluster, and on a simulated two-node cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import FAST_MEASUREMENT, write_spec
+from optuna.trial import TrialState
+
+from autotuner.api import run
+from autotuner.progress import Progress
+
+ray = pytest.importorskip("ray", reason="pip install 'autotune[ray]'")
+QUIET = Progress(quiet=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left() -> None:
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _study() -> optuna.Study:
+    return optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
+
+
+def test_trials_run_side_by_side_on_disjoint_cores(in_tmp: Path) -> None:
+    spec = write_spec(
+        in_tmp, budget={"trials": 4}, measurement={**FAST_MEASUREMENT, "min_time_s": 1.0, "max_time_s": 1.0}
+    )
+    out = run(spec, executor="ray", progress=QUIET)
+    study = _study()
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(study.trials) == 4 and len(done) >= 3 and out.pick is not None
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), "no two trials overlapped"
+    assert all(t.user_attrs.get("info", {}).get("node") for t in done)
+
+
+def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path, monkeypatch) -> None:
+    pidfile = in_tmp / "pids"
+    monkeypatch.setenv("AUTOTUNE_TEST_PIDFILE", str(pidfile))
+    spec = write_spec(
+        in_tmp,
+        model={"factory": "models_for_tests:misbehaving"},
+        inputs=[{"name": "x", "shape": ["batch", 16]}],
+        sampler={"type": "grid"},
+        space={"backend": ["torch-eager"], "batch_size": [1, 7, 8], "threads": [1]},
+        objectives=[{"metric": "latency_p50_ms", "direction": "minimize"}],
+        measurement={**FAST_MEASUREMENT, "trial_timeout_s": 60},
+    )
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not pidfile.exists():
+            time.sleep(0.2)
+        time.sleep(0.5)
+        worker, ray_worker = (int(x) for x in pidfile.read_text().split())
+        for pid in (ray_worker, worker):  # the Ray worker first: that is the drill
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    run(spec, executor="ray", progress=QUIET)
+    t.join(timeout=5)
+    study = _study()
+    by_bs = {tr.user_attrs["config"]["batch_size"]: tr for tr in study.trials}
+    assert killed, "the drill did not find the trial to kill"
+    assert by_bs[7].state == TrialState.FAIL and by_bs[7].user_attrs["failure_class"] == "crash"
+    assert "Ray worker died" in by_bs[7].user_attrs["failure_message"]
+    assert by_bs[1].state == TrialState.COMPLETE and by_bs[8].state == TrialState.COMPLETE
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(in_tmp: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        spec = write_spec(
+            in_tmp,
+            budget={"trials": 4},
+            measurement={**FAST_MEASUREMENT, "min_time_s": 1.0, "max_time_s": 1.0},
+        )
+        run(spec, executor="ray", address=cluster.address, progress=QUIET)
+        nodes = {
+            t.user_attrs.get("info", {}).get("node")
+            for t in _study().trials
+            if t.state == TrialState.COMPLETE
+        }
+        assert len(nodes) == 2, nodes
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
