@@ -7,9 +7,10 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -20,6 +21,7 @@ from autotuner.executors import Executor, TrialRequest
 from autotuner.executors.process import kill_all
 from autotuner.progress import Progress, fmt_config
 from autotuner.registry import runner_for
+from autotuner.resilience import DB_ERRORS, Journal, replay, retry_db
 from autotuner.result import TrialResult
 from autotuner.space import make_sampler, suggest
 from autotuner.spec import Spec
@@ -28,6 +30,7 @@ from autotuner.storage import open_storage, redact
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+T = TypeVar("T")
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0
 OWNER = "autotune:driver"
@@ -201,7 +204,28 @@ def best_line(spec: Spec, study: optuna.Study) -> str | None:
 
 def drive(session: Session, executor: Executor, wall_time_s: float | None) -> None:
     spec, study, progress = session.spec, session.study, session.progress
-    recover_stale(study, progress)
+    say = progress.say
+
+    def db(fn: Callable[[], T], what: str) -> T:
+        return retry_db(fn, what, say, session.storage_url)
+
+    journal = Journal(study.study_name, session.storage_url)
+
+    def store(trial: Trial, result: TrialResult) -> tuple[str, str | None]:
+        """Journal first (never lose a measurement), then the study, waiting out outages."""
+        journal.add(trial._trial_id, trial.number, result)
+        try:
+            out = db(lambda: record(spec, study, trial, result), f"storing trial #{trial.number}")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            out = ("stored before the connection dropped", None)
+        journal.done(trial._trial_id)
+        return out
+
+    db(
+        lambda: replay(journal, study, lambda tid, res: record(spec, study, Trial(study, tid), res), say),
+        "replaying the journal",
+    )
+    db(lambda: recover_stale(study, progress), "recovering stale trials")
     # A resumed study gets a new seed, so the sampler does not replay the configs it began with.
     study.sampler = make_sampler(spec, seed=spec.seed + len(study.get_trials(deepcopy=False)))
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -210,25 +234,28 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
     total = session.budget
     try:
         while True:
-            trials = study.get_trials(deepcopy=False)
+            trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
             room = total - counted(trials)
             while (
                 room > 0
                 and len(running) < executor.slots
                 and (deadline is None or time.monotonic() < deadline)
             ):
-                trial = study.ask()
-                study._storage.set_trial_system_attr(trial._trial_id, OWNER, owner)
-                config = suggest(trial, spec)
-                trial.set_user_attr("config", config)
-                n = counted(study.get_trials(deepcopy=False))
+                trial = db(study.ask, "asking for a trial")
+                db(
+                    lambda t=trial: study._storage.set_trial_system_attr(t._trial_id, OWNER, owner),
+                    "claiming the trial",
+                )
+                config = db(lambda t=trial: suggest(t, spec), "sampling a config")
+                db(lambda t=trial, c=config: t.set_user_attr("config", c), "storing the config")
+                n = counted(db(lambda: study.get_trials(deepcopy=False), "reading the study"))
                 known = precheck(spec, config, session.caps, trials)
                 if known is not None:
-                    summary, failure = record(spec, study, trial, known)
+                    summary, failure = store(trial, known)
                     progress.trial_finished(
                         n, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, failure, None
                     )
-                    trials = study.get_trials(deepcopy=False)
+                    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
                     room = total - counted(trials)
                     continue
                 progress.trial_started(n, total, trial.number, config)
@@ -243,19 +270,17 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     result = fut.result()
                 except Exception as e:  # noqa: BLE001 - an executor fault fails the trial only
                     result = TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
-                summary, failure = record(spec, study, trial, result)
+                summary, failure = store(trial, result)
+                best = db(lambda: best_line(spec, study), "reading the study")
                 progress.trial_finished(
-                    n,
-                    total,
-                    trial.number,
-                    summary,
-                    time.monotonic() - started,
-                    failure,
-                    best_line(spec, study),
+                    n, total, trial.number, summary, time.monotonic() - started, failure, best
                 )
             beat = time.time()
             for trial, _, _ in running.values():
-                study._storage.set_trial_system_attr(trial._trial_id, BEAT, beat)
+                try:
+                    study._storage.set_trial_system_attr(trial._trial_id, BEAT, beat)
+                except DB_ERRORS:
+                    pass  # a missed heartbeat is harmless; the next one retries
     except KeyboardInterrupt:
         for trial, _, _ in running.values():
             trial.set_user_attr("failure_class", "interrupted")
@@ -265,3 +290,4 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
         raise
     finally:
         kill_all()
+    journal.compact()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
 
 from autotuner.spec import ParamSpec, Spec
+
+# TPE's multivariate/group options and BruteForceSampler are marked experimental; the driver
+# relies on them deliberately.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def order(space: dict[str, ParamSpec]) -> list[str]:

@@ -1,0 +1,117 @@
+"""Surviving a database that goes away: retry with backoff, and a local journal of results.
+
+A measurement that finished while the database was unreachable is written to a journal file on
+this machine first, so it is never lost: the driver writes it to the study when the database is
+back, or, if the driver itself dies first, the next start replays it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+
+from autotuner.errors import AutotuneError
+from autotuner.prepare import cache_dir
+from autotuner.result import TrialResult
+from autotuner.storage import redact
+
+T = TypeVar("T")
+DB_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
+MAX_WAIT_S = float(os.environ.get("AUTOTUNE_DB_WAIT_S", "600"))
+
+
+def retry_db(fn: Callable[[], T], what: str, say: Callable[[str], None], url: str) -> T:
+    """Call fn; while the database is unreachable, wait with backoff (1, 2, 4 .. 15 s) and say so."""
+    delay, waited = 1.0, 0.0
+    while True:
+        try:
+            return fn()
+        except DB_ERRORS as e:
+            reason = _reason(e, url)
+            if waited >= MAX_WAIT_S:
+                raise AutotuneError(
+                    f"the database {redact(url)} stayed unreachable for {waited:.0f} s while {what}: {reason}"
+                ) from None
+            say(f"database {redact(url)} unreachable while {what} ({reason}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
+
+
+def _reason(e: BaseException, url: str) -> str:
+    text = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+    from sqlalchemy.engine import make_url
+
+    password = make_url(url).password
+    return text.replace(str(password), "***")[:200] if password else text[:200]
+
+
+class Journal:
+    """Append-only JSON lines: {"trial_id", "number", "result"} then {"done": trial_id}."""
+
+    def __init__(self, study: str, url: str) -> None:
+        key = hashlib.sha256(f"{redact(url)}|{study}".encode()).hexdigest()[:12]
+        self.path = cache_dir() / "journal" / f"{study}-{key}.jsonl"
+
+    def add(self, trial_id: int, number: int, result: TrialResult) -> None:
+        self._append({"trial_id": trial_id, "number": number, "result": result.to_dict()})
+
+    def done(self, trial_id: int) -> None:
+        self._append({"done": trial_id})
+
+    def pending(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        entries: dict[int, dict[str, Any]] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if "done" in rec:
+                entries.pop(int(rec["done"]), None)
+            else:
+                entries[int(rec["trial_id"])] = rec
+        return list(entries.values())
+
+    def compact(self) -> None:
+        if self.path.exists() and not self.pending():
+            self.path.unlink()
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def replay(
+    journal: Journal,
+    study: optuna.Study,
+    tell: Callable[[int, TrialResult], None],
+    say: Callable[[str], None],
+) -> int:
+    """Write results a previous driver kept in its journal but never stored."""
+    n = 0
+    for rec in journal.pending():
+        t = study._storage.get_trial(rec["trial_id"])
+        if t.state == optuna.trial.TrialState.RUNNING:
+            tell(rec["trial_id"], TrialResult.from_dict(rec["result"]))
+            n += 1
+        journal.done(rec["trial_id"])
+    if n:
+        say(f"stored {n} measured result(s) kept in {journal.path} by a driver that stopped")
+    journal.compact()
+    return n

@@ -1,0 +1,140 @@
+"""Drills: the database goes away mid-run; a driver dies holding a measured result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import write_spec
+from optuna.trial import TrialState
+
+from autotuner.api import run
+from autotuner.progress import Progress
+from autotuner.resilience import Journal
+from autotuner.result import TrialResult
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+class Lines(Progress):
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_a_journaled_result_of_a_dead_driver_is_stored_not_rerun(in_tmp: Path) -> None:
+    spec = write_spec(in_tmp, budget={"trials": 2})
+    run(spec, trials=1, progress=Progress(quiet=True))
+    url = "sqlite:///studies/t.db"
+    study = optuna.load_study(study_name="t", storage=url)
+    # A driver measured trial #1, journaled the result, and died before writing it.
+    trial = study.ask()
+    trial.set_user_attr(
+        "config", {"backend": "torch-eager", "precision": "fp32", "batch_size": 2, "threads": 1}
+    )
+    measured = TrialResult(
+        ok=True,
+        metrics={
+            "throughput_items_s": 123.0,
+            "latency_p95_ms": 4.5,
+            "accuracy_cosine": 1.0,
+            "latency_p50_ms": 4.0,
+        },
+    )
+    Journal("t", url).add(trial._trial_id, trial.number, measured)
+    progress = Lines()
+    run(spec, progress=progress)
+    t1 = optuna.load_study(study_name="t", storage=url).trials[1]
+    assert t1.state == TrialState.COMPLETE and t1.values == [123.0, 4.5]
+    assert t1.user_attrs.get("failure_class") is None
+    assert any("stored 1 measured result" in line for line in progress.lines)
+    assert not Journal("t", url).path.exists()
+
+
+def _pg_control() -> list[str] | None:
+    if os.geteuid() != 0 or not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main"] if versions else None
+
+
+def _pg_up() -> bool:
+    try:
+        import sqlalchemy
+
+        with sqlalchemy.create_engine(PG).connect():
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(
+    _pg_control() is None or not _pg_up(),
+    reason="needs the local PostgreSQL server and root to stop and start it",
+)
+def test_postgresql_stopped_mid_run_the_driver_waits_and_loses_nothing(in_tmp: Path) -> None:
+    ctl = _pg_control()
+    assert ctl is not None
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    spec = write_spec(
+        in_tmp,
+        budget={"trials": 5},
+        study=name,
+        measurement={
+            "warmup_iters": 1,
+            "min_iters": 5,
+            "min_time_s": 1.5,
+            "max_time_s": 1.5,
+            "trial_timeout_s": 120,
+        },
+    )
+    stopped = threading.Event()
+
+    def outage() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                trials = optuna.load_study(study_name=name, storage=PG).trials
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING for t in trials
+            ):
+                break
+        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True)
+        stopped.set()
+        time.sleep(6)  # the running trial ends while the database is down
+        subprocess.run([*ctl, "start"], check=True, capture_output=True)
+
+    t = threading.Thread(target=outage, daemon=True)
+    progress = Lines()
+    t.start()
+    try:
+        run(spec, storage=PG, progress=progress)
+    finally:
+        t.join(timeout=60)
+        if not _pg_up():
+            subprocess.run([*ctl, "start"], capture_output=True)
+    try:
+        assert stopped.is_set()
+        assert any("unreachable" in line and "retrying in" in line for line in progress.lines), progress.lines
+        study = optuna.load_study(study_name=name, storage=PG)
+        assert len(study.trials) == 5
+        assert not [tr for tr in study.trials if tr.state == TrialState.RUNNING]
+        for tr in study.trials:
+            if tr.state == TrialState.COMPLETE:
+                assert tr.user_attrs["latency_p50_ms"] > 0
+        assert sum(tr.state == TrialState.COMPLETE for tr in study.trials) >= 4
+    finally:
+        optuna.delete_study(study_name=name, storage=PG)
