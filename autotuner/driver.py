@@ -84,6 +84,25 @@ def counted(trials: list[FrozenTrial]) -> int:
     ) + sum(1 for t in trials if t.state == TrialState.RUNNING)
 
 
+def within_budget(study: optuna.Study, number: int, budget: int) -> bool:
+    """Whether a just-asked trial is among the first `budget` counted ones (by number), so that
+    drivers sharing a study agree on which one is over the budget."""
+    trials = study.get_trials(deepcopy=False)
+    counted_numbers = sorted(
+        t.number
+        for t in trials
+        if t.state == TrialState.RUNNING
+        or (t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted")
+    )
+    return number in counted_numbers[:budget]
+
+
+def surplus(study: optuna.Study, trial: Trial) -> None:
+    trial.set_user_attr("failure_class", "interrupted")
+    trial.set_user_attr("failure_message", "not run: another driver on this study reached the budget first")
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def recover_stale(study: optuna.Study, progress: Progress) -> int:
     """Fail RUNNING trials whose driver is gone, and queue their configs again."""
     host = socket.gethostname()
@@ -246,6 +265,10 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     lambda t=trial: study._storage.set_trial_system_attr(t._trial_id, OWNER, owner),
                     "claiming the trial",
                 )
+                if not db(lambda t=trial: within_budget(study, t.number, total), "reading the study"):
+                    # Another driver sharing the study took the last place between our count and ask.
+                    db(lambda t=trial: surplus(study, t), "returning a surplus trial")
+                    break
                 config = db(lambda t=trial: suggest(t, spec), "sampling a config")
                 db(lambda t=trial, c=config: t.set_user_attr("config", c), "storing the config")
                 n = counted(db(lambda: study.get_trials(deepcopy=False), "reading the study"))

@@ -138,3 +138,28 @@ def test_postgresql_stopped_mid_run_the_driver_waits_and_loses_nothing(in_tmp: P
         assert sum(tr.state == TrialState.COMPLETE for tr in study.trials) >= 4
     finally:
         optuna.delete_study(study_name=name, storage=PG)
+
+
+@pytest.mark.skipif(not _pg_up(), reason="no PostgreSQL server at 127.0.0.1:5432")
+def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
+    import sys
+
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    spec = write_spec(in_tmp, budget={"trials": 6}, study=name)
+    cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec), "--storage", PG]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=in_tmp)
+        for _ in range(2)
+    ]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+        study = optuna.load_study(study_name=name, storage=PG)
+        counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
+        assert len(counted) == 6
+        assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        owners = {t.system_attrs["autotune:driver"]["pid"] for t in counted}
+        assert len(owners) == 2, "both drivers ran trials"
+    finally:
+        optuna.delete_study(study_name=name, storage=PG)
