@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,20 @@ SHARED_KNOBS = frozenset({"backend", "batch_size", "precision", "threads", "page
 @functools.cache
 def runners() -> dict[str, type[Runner]]:
     targets = {ep.name: ep.value for ep in entry_points(group=GROUP)} or dict(_FALLBACK)
+    # AUTOTUNE_RUNNERS="name=module:Class,..." adds runners without packaging them (a team's
+    # in-house runner, or the benchmarks' fixed-time runner). Workers inherit the variable.
+    for item in filter(None, os.environ.get("AUTOTUNE_RUNNERS", "").split(",")):
+        name, eq, target = item.partition("=")
+        if not eq or ":" not in target:
+            raise UsageError(f"AUTOTUNE_RUNNERS: {item!r} must look like name=module:Class")
+        targets[name.strip()] = target.strip()
     out: dict[str, type[Runner]] = {}
     for name, target in sorted(targets.items()):
         module, _, attr = target.partition(":")
-        out[name] = getattr(importlib.import_module(module), attr)
+        try:
+            out[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"runner {name!r}: cannot load {target}: {e}") from None
     return out
 
 

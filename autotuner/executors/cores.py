@@ -19,28 +19,34 @@ LOCK_DIR = Path(tempfile.gettempdir()) / "autotune-cores"
 
 
 @contextlib.contextmanager
-def hold_cores(n: int, wait_s: float = 120.0) -> Iterator[tuple[int, ...]]:
+def hold_cores(n: int, declared: int | None = None, wait_s: float = 120.0) -> Iterator[tuple[int, ...]]:
+    """Hold n of this node's CPU slots and return the cores they map to.
+
+    The slots are the CPUs Ray was told the node has (`declared`); where that is more than the
+    cores the process may use, slots map onto cores round-robin: the user declared the overcommit.
+    """
     LOCK_DIR.mkdir(exist_ok=True)
     avail = sorted(os.sched_getaffinity(0))
-    n = max(1, min(n, len(avail)))
+    slots = max(len(avail), int(declared or 0))
+    n = max(1, min(n, slots))
     held: dict[int, int] = {}
     deadline = time.monotonic() + wait_s
     try:
         while len(held) < n:
-            for core in avail:
-                if core in held or len(held) == n:
+            for slot in range(slots):
+                if slot in held or len(held) == n:
                     continue
-                fd = os.open(LOCK_DIR / f"{core}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+                fd = os.open(LOCK_DIR / f"{slot}.lock", os.O_CREAT | os.O_RDWR, 0o666)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held[core] = fd
+                    held[slot] = fd
                 except BlockingIOError:
                     os.close(fd)
             if len(held) < n:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no {n} free cores on this node after {wait_s:g} s")
                 time.sleep(0.05)
-        yield tuple(sorted(held))
+        yield tuple(sorted({avail[slot % len(avail)] for slot in held}))
     finally:
         for fd in held.values():
             os.close(fd)

@@ -31,7 +31,7 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     from autotuner.executors.cores import hold_cores
     from autotuner.executors.process import run_worker
 
-    with hold_cores(threads) as cores:
+    with hold_cores(threads, _node_cpus()) as cores:
         payload["device"]["cores"] = list(cores)
         out = run_worker(payload, timeout_s, threads)
     result = out.to_dict() if isinstance(out, TrialResult) else out
@@ -45,7 +45,7 @@ def _remeasure_task(
     from autotuner.executors.cores import hold_cores
     from autotuner.executors.interleave import remeasure
 
-    with hold_cores(threads) as cores:
+    with hold_cores(threads, _node_cpus()) as cores:
         for r in requests:
             r["device"]["cores"] = list(cores)
         by_config = {id(r["config"]): r for r in requests}
@@ -142,6 +142,17 @@ class RayExecutor(Executor):
         self.pool.shutdown(wait=True)
         if self.started:
             self.ray.shutdown()
+
+
+def _node_cpus() -> int | None:
+    """The CPUs Ray was told this node has."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    for n in ray.nodes():
+        if n.get("NodeID") == node:
+            return int(n.get("Resources", {}).get("CPU", 0)) or None
+    return None
 
 
 def max_threads(spec: Spec, cores: int) -> int:
