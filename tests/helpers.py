@@ -49,3 +49,15 @@ def write_spec(directory: Path, filename: str = "spec.yaml", **overrides: Any) -
     path = directory / filename
     path.write_text(yaml.safe_dump(make_spec_dict(**overrides), sort_keys=False))
     return path
+
+
+def fixed_time(seconds: float, **extra: Any) -> dict[str, Any]:
+    """A measurement block that lasts `seconds`, for drills that need a trial to be running."""
+    return {
+        "warmup_iters": 1,
+        "min_iters": 5,
+        "min_time_s": seconds,
+        "max_time_s": seconds,
+        "trial_timeout_s": 120,
+        **extra,
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import write_spec
+from helpers import fixed_time, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -72,13 +72,7 @@ def test_sigkill_mid_run_then_rerun_reaches_budget_with_nothing_running(in_tmp: 
     spec = write_spec(
         in_tmp,
         budget={"trials": 5},
-        measurement={
-            "warmup_iters": 1,
-            "min_iters": 5,
-            "min_time_s": 1.5,
-            "max_time_s": 1.5,
-            "trial_timeout_s": 120,
-        },
+        measurement=fixed_time(1.5),
     )
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -161,13 +155,7 @@ def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
     spec = write_spec(
         in_tmp,
         budget={"trials": 6},
-        measurement={
-            "warmup_iters": 1,
-            "min_iters": 5,
-            "min_time_s": 3.0,
-            "max_time_s": 3.0,
-            "trial_timeout_s": 120,
-        },
+        measurement=fixed_time(3.0),
     )
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST_MEASUREMENT, write_spec
+from helpers import FAST_MEASUREMENT, fixed_time, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -32,9 +32,7 @@ def _study() -> optuna.Study:
 
 
 def test_trials_run_side_by_side_on_disjoint_cores(in_tmp: Path) -> None:
-    spec = write_spec(
-        in_tmp, budget={"trials": 4}, measurement={**FAST_MEASUREMENT, "min_time_s": 1.0, "max_time_s": 1.0}
-    )
+    spec = write_spec(in_tmp, budget={"trials": 4}, measurement=fixed_time(1.0))
     out = run(spec, executor="ray", progress=QUIET)
     study = _study()
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -93,7 +91,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(in_tmp: Path) -> None:
         spec = write_spec(
             in_tmp,
             budget={"trials": 4},
-            measurement={**FAST_MEASUREMENT, "min_time_s": 1.0, "max_time_s": 1.0},
+            measurement=fixed_time(1.0),
         )
         run(spec, executor="ray", address=cluster.address, progress=QUIET)
         nodes = {

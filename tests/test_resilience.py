@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import write_spec
+from helpers import fixed_time, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -90,13 +90,7 @@ def test_postgresql_stopped_mid_run_the_driver_waits_and_loses_nothing(in_tmp: P
         in_tmp,
         budget={"trials": 5},
         study=name,
-        measurement={
-            "warmup_iters": 1,
-            "min_iters": 5,
-            "min_time_s": 1.5,
-            "max_time_s": 1.5,
-            "trial_timeout_s": 120,
-        },
+        measurement=fixed_time(1.5),
     )
     stopped = threading.Event()
 
