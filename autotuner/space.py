@@ -9,10 +9,6 @@ import optuna
 
 from autotuner.spec import ParamSpec, Spec
 
-# TPE's multivariate/group options and BruteForceSampler are marked experimental; the driver
-# relies on them deliberately.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 def order(space: dict[str, ParamSpec]) -> list[str]:
     """Parameters after the ones their conditions read."""
@@ -75,6 +71,14 @@ def defaults(spec: Spec) -> dict[str, Any]:
 
 
 def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    # TPE's multivariate/group options and BruteForceSampler are marked experimental; they are
+    # chosen deliberately, so their warnings would only be noise to a user.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(spec, seed)
+
+
+def _make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
     s = spec.sampler
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
