@@ -152,20 +152,46 @@ def export(
     storage: str | None = None,
     output: str | Path | None = None,
     rule: str | None = None,
+    fmt: str = "yaml",
     progress: Progress | None = None,
-) -> Path:
-    """Write the best-config YAML of a stored study again, by a chosen rule. Measures nothing."""
+) -> Path | str:
+    """Write the best-config YAML of a stored study again, by a chosen rule. Measures nothing.
+
+    fmt="vllm" returns the `vllm serve` command line of the chosen config instead.
+    """
     from autotuner.spec_load import spec_from_dict
     from autotuner.storage import load_study
 
+    if fmt not in ("yaml", "vllm"):
+        raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm")
     progress = progress or Progress()
     url = storage or default_url(study_name)
     st = load_study(study_name, url)
     spec = spec_from_dict(st.user_attrs["spec"], f"study {study_name}")
-    pick = choose(spec, st, rule, None, progress)
+    pick = choose(spec, st, rule, None, Progress(quiet=True) if fmt == "vllm" else progress)
     if pick is None:
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
+    if fmt == "vllm":
+        return vllm_serve(spec, st.trials[pick.winner].user_attrs.get("config", {}))
     return _export(spec, st, pick, url, Path(output or f"reports/{study_name}.best.yaml"))
+
+
+def vllm_serve(spec: Spec, config: dict[str, Any]) -> str:
+    """`vllm serve MODEL --block-size 16 ...` from a vLLM study's chosen parameters."""
+    import shlex
+
+    if spec.model.external is None:
+        raise UsageError("--format vllm needs a study whose model is external (the vLLM model name)")
+    argv = ["vllm", "serve", spec.model.external]
+    for k, v in config.items():
+        if k in ("backend", "threads"):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif v is not False:
+            argv += [flag, str(v)]
+    return shlex.join(argv)
 
 
 def report(

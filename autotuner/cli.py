@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("study")
     e.add_argument("--storage")
     e.add_argument("-o", "--output", help="path (default: reports/STUDY.best.yaml)")
+    e.add_argument(
+        "--format",
+        dest="fmt",
+        default="yaml",
+        choices=["yaml", "vllm"],
+        help="yaml: the best-config file; vllm: print the `vllm serve` command",
+    )
     e.add_argument("--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)")
     common(e)
 
@@ -101,8 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from autotuner.api import export
 
-        path = export(args.study, storage=args.storage, output=args.output, rule=args.rule)
-        print(f"best config: {path}")
+        out = export(args.study, storage=args.storage, output=args.output, rule=args.rule, fmt=args.fmt)
+        print(out if args.fmt == "vllm" else f"best config: {out}")
         return 0
     if args.command == "bench":
         return _bench(args)

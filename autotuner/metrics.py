@@ -20,12 +20,25 @@ METRICS: dict[str, str] = {
     "accuracy_cosine": "lowest per-sample cosine similarity of the outputs against the fp32 reference",
     "accuracy_max_abs_error": "largest absolute difference of any output element from the reference",
     "accuracy_top1": "share of samples whose argmax over the last output axis matches the reference",
+    # Serving metrics, as LLM engines and external benchmarks report them.
+    "output_tokens_s": "generated tokens per second over the whole run",
+    "total_tokens_s": "prompt plus generated tokens per second over the whole run",
+    "requests_s": "completed requests per second",
+    "ttft_p50_ms": "median time to first token of a request",
+    "ttft_p95_ms": "95th percentile time to first token",
+    "tpot_p50_ms": "median time per output token after the first, per request: (e2e - ttft) / (tokens - 1)",
+    "itl_p50_ms": "median inter-token latency, all gaps of all requests pooled",
+    "e2e_p50_ms": "median end-to-end request latency",
+    "e2e_p95_ms": "95th percentile end-to-end request latency",
 }
 
 DEFAULT_DIRECTION: dict[str, str] = {
     "throughput_items_s": "maximize",
     "accuracy_cosine": "maximize",
     "accuracy_top1": "maximize",
+    "output_tokens_s": "maximize",
+    "total_tokens_s": "maximize",
+    "requests_s": "maximize",
 }
 
 

@@ -22,6 +22,7 @@ GROUP = "autotune.runners"
 _FALLBACK = {
     "torch": "autotuner.backends.torch_runner:TorchRunner",
     "onnxruntime": "autotuner.backends.onnxruntime_runner:OnnxRuntimeRunner",
+    "command": "autotuner.backends.command_runner:CommandRunner",
 }
 SHARED_KNOBS = frozenset({"backend", "batch_size", "precision", "threads", "page_size"})
 

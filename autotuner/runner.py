@@ -41,6 +41,8 @@ class Runner(ABC):
     backends: ClassVar[tuple[str, ...]]
     knobs: ClassVar[frozenset[str]] = frozenset()
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # An external runner measures itself (run_external) instead of going through the harness.
+    external: ClassVar[bool] = False
 
     def __init__(self, spec: Spec, config: dict[str, Any], device: Device) -> None:
         self.spec = spec
@@ -75,6 +77,10 @@ class Runner(ABC):
 
     def teardown(self) -> None:
         """Free what setup took."""
+
+    def run_external(self) -> dict[str, float]:
+        """The metrics of one run, for runners whose program does its own measuring."""
+        raise NotImplementedError
 
     @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -78,13 +78,17 @@ class ModelSpec(_Strict):
     builtin: str | None = None
     factory: str | None = None
     onnx: str | None = None
+    # A model only an external command loads (a hub name or a path); {model} in its argv.
+    external: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("builtin", "factory", "onnx") if getattr(self, k) is not None]
+        given = [k for k in ("builtin", "factory", "onnx", "external") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of builtin, factory, onnx (got {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"give exactly one of builtin, factory, onnx, external (got {', '.join(given) or 'none'})"
+            )
         return self
 
     @field_validator("factory")
@@ -316,6 +320,52 @@ class PickSpec(_Strict):
         return check_rule(v)
 
 
+PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+COMMAND_EXTRAS = ("model", "trial_dir")
+
+
+def placeholders(template: str) -> list[str]:
+    """The {names} in a template; '{{' and '}}' are literal braces."""
+    return [m[1] for m in PLACEHOLDER_RE.finditer(template) if m[1] is not None]
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Fill {names} with values, as text: no shell, no format-spec mini-language."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] in ("{{", "}}"):
+            return m[0][0]
+        return str(values[m[1]])
+
+    return PLACEHOLDER_RE.sub(one, template)
+
+
+class CommandSpec(_Strict):
+    """An external benchmark: argv template (a list, never a shell string) and metric mapping."""
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    metrics_file: str | None = None
+    # Our metric name -> dotted path in the JSON (a file the command writes, else its stdout).
+    metrics: dict[str, str] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, v: dict[str, str]) -> dict[str, str]:
+        aggregates = ("min", "max", "count", "mean", "median", "p90", "p95", "p99")
+        for name, path in v.items():
+            _known_metric(name)
+            agg, sep, rest = path.partition(":")
+            if sep and agg not in aggregates:
+                raise FieldError(name, f"{agg!r} is not an aggregate; allowed: {', '.join(aggregates)}")
+            dotted = rest if sep else path
+            if not dotted or any(not part for part in dotted.split(".")):
+                raise FieldError(name, f"{path!r} is not a dotted path like 'results.throughput'")
+        return v
+
+
 class Spec(_Strict):
     name: str
     model: ModelSpec
@@ -332,6 +382,7 @@ class Spec(_Strict):
     baseline: dict[str, Scalar] | None = None
     storage: str | None = None
     study: str | None = None
+    command: CommandSpec | None = None
     # Where the spec came from; relative model paths resolve against it. Not a YAML field.
     base_dir: str = Field(default=".", exclude=True)
 
@@ -392,8 +443,10 @@ class Spec(_Strict):
         if not space:
             raise ValueError("must define at least one parameter")
         knobs = all_knobs()
+        # The command runner passes any parameter to its program, so any name is a knob there.
+        open_names = "command" in (space["backend"].values() or []) if "backend" in space else False
         for name, p in space.items():
-            if name not in knobs:
+            if name not in knobs and not open_names:
                 raise ValueError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(knobs))}")
             for dep, vals in (p.when or {}).items():
                 if dep == name:
@@ -428,8 +481,26 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _whole(self) -> Spec:
-        if self.inputs is None and self.model.builtin is None:
+        if self.inputs is None and (self.model.factory or self.model.onnx):
             raise FieldError("inputs", "required when the model is a factory or an ONNX file")
+        backends = (self.space["backend"].values() or []) if "backend" in self.space else []
+        if "command" in backends:
+            if self.command is None:
+                raise FieldError("command", "required when space.backend includes command")
+            known = set(self.space) | set(COMMAND_EXTRAS)
+            texts = [("argv", i, a) for i, a in enumerate(self.command.argv)]
+            texts += [("env", k, v) for k, v in self.command.env.items()]
+            if self.command.metrics_file:
+                texts.append(("metrics_file", None, self.command.metrics_file))
+            for field, key, text in texts:
+                for name in placeholders(text):
+                    if name not in known:
+                        where = ("command", field) if key is None else ("command", field, key)
+                        raise FieldError(
+                            where, f"{{{name}}} is not a parameter; allowed: {', '.join(sorted(known))}"
+                        )
+        elif self.command is not None:
+            raise FieldError("command", "applies only when space.backend includes command")
         if self.sampler.type == "grid":
             for name, p in self.space.items():
                 if p.values() is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ def classify(exc: BaseException) -> TrialResult:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
     if isinstance(exc, UnsupportedConfig):
         return TrialResult.failure("unsupported", str(exc))
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return TrialResult.failure("timeout", f"the command ran past its {exc.timeout:g} s and was killed")
     if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS):
         return TrialResult.failure("oom", text)
     return TrialResult.failure("error", text)
@@ -81,6 +84,10 @@ def run_trial(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str
     pin(device, config)
     try:
         runner = build(spec, config, device, caps)
+        if runner.external:
+            started = time.perf_counter()
+            metrics = runner.run_external()
+            return TrialResult(ok=True, metrics={**metrics, "measure_s": time.perf_counter() - started})
         batch_size = int(config.get("batch_size", 1))
         specs = model_inputs(spec)
         started = time.perf_counter()

@@ -42,6 +42,8 @@ class OnnxRuntimeRunner(Runner):
         reason = common_check(cls, config, caps)
         if reason:
             return reason
+        if spec.model.external is not None:
+            return "an external model runs only on the command backend"
         backend = config["backend"]
         provider = PROVIDERS[backend]
         offered = caps.get("ort_providers") or []

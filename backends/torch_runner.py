@@ -27,6 +27,8 @@ class TorchRunner(Runner):
             return reason
         if spec.model.onnx is not None:
             return "an ONNX model file runs only on onnxruntime-* backends"
+        if spec.model.external is not None:
+            return "an external model runs only on the command backend"
         device = config.get("device", "cpu")
         precision = config.get("precision", "fp32")
         if device not in ("cpu", "cuda"):

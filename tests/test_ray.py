@@ -82,6 +82,8 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path,
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(in_tmp: Path) -> None:
+    """The spec's folder travels: the model factory lives only beside the spec, and the worker
+    processes run in Ray's copy of that folder, not in the test's."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -91,14 +93,14 @@ def test_two_node_cluster_runs_trials_on_both_nodes(in_tmp: Path) -> None:
         spec = write_spec(
             in_tmp,
             budget={"trials": 4},
+            model={"factory": "models_for_tests:mlp"},
+            inputs=[{"name": "x", "shape": ["batch", 16]}],
             measurement=fixed_time(1.0),
         )
         run(spec, executor="ray", address=cluster.address, progress=QUIET)
-        nodes = {
-            t.user_attrs.get("info", {}).get("node")
-            for t in _study().trials
-            if t.state == TrialState.COMPLETE
-        }
+        done = [t for t in _study().trials if t.state == TrialState.COMPLETE]
+        assert len(done) >= 3, [t.user_attrs.get("failure_message") for t in _study().trials]
+        nodes = {t.user_attrs.get("info", {}).get("node") for t in done}
         assert len(nodes) == 2, nodes
     finally:
         if ray.is_initialized():

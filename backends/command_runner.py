@@ -1,0 +1,156 @@
+"""Command runner: any external benchmark (vLLM, TensorRT-LLM, trtexec, a team's script).
+
+The spec's `command.argv` is a list; `{param}` placeholders are filled with the trial's values as
+plain text and the list is executed directly, never through a shell, so a value holding shell
+metacharacters reaches the program literally. Metrics are read from a JSON file the command
+writes (`metrics_file`) or from the last JSON object on its stdout, by dotted paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autotuner.errors import AutotuneError
+from autotuner.runner import Runner
+from autotuner.spec import Spec, render
+
+
+class CommandFailed(AutotuneError):
+    pass
+
+
+class CommandRunner(Runner):
+    name = "command"
+    backends = ("command",)
+    external = True
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+
+    @classmethod
+    def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+        if spec.command is None:
+            return "backend command needs the spec's command section"
+        program = render(spec.command.argv[0], _values(spec, config, "."))
+        if os.sep not in program and shutil.which(program) is None:
+            return f"program {program!r} is not on PATH here"
+        return None
+
+    def setup(self) -> None:
+        """Nothing to load: the program does its own setup."""
+
+    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
+        raise NotImplementedError("the command runner measures through run_external")
+
+    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError("the command runner has no in-process outputs")
+
+    def run_external(self) -> dict[str, float]:
+        cmd = self.spec.command
+        assert cmd is not None
+        trial_dir = Path(tempfile.mkdtemp(prefix="autotune-command-"))
+        try:
+            values = _values(self.spec, self.config, str(trial_dir))
+            argv = [render(a, values) for a in cmd.argv]
+            env = {**os.environ, **{k: render(v, values) for k, v in cmd.env.items()}}
+            cwd = self.spec.resolve(render(cmd.cwd, values)) if cmd.cwd else Path(self.spec.base_dir)
+            timeout = cmd.timeout_s or self.spec.measurement.trial_timeout_s * 0.9
+            proc = subprocess.run(
+                argv,
+                env=env,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+            if proc.returncode != 0:
+                tail = " | ".join(proc.stderr.strip().splitlines()[-5:])[-600:] or "(no stderr)"
+                raise CommandFailed(f"{argv[0]} exited {proc.returncode}: {tail}")
+            if cmd.metrics_file:
+                path = Path(render(cmd.metrics_file, values))
+                path = path if path.is_absolute() else cwd / path
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError) as e:
+                    raise CommandFailed(f"cannot read the metrics file {path}: {e}") from None
+            else:
+                data = last_json(proc.stdout)
+            return {name: lookup(data, dotted) for name, dotted in cmd.metrics.items()}
+        finally:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+
+    @classmethod
+    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"command": {k: v for k, v in config.items() if k != "backend"}}
+
+
+def _values(spec: Spec, config: dict[str, Any], trial_dir: str) -> dict[str, Any]:
+    return {**config, "model": spec.model.external or "", "trial_dir": trial_dir}
+
+
+def last_json(stdout: str) -> Any:
+    """The last line of stdout that parses as a JSON object, or the whole stdout."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        raise CommandFailed("the command printed no JSON object and no metrics_file was given") from None
+
+
+AGGREGATES = {
+    "min": min,
+    "max": max,
+    "count": len,
+    "mean": lambda xs: sum(xs) / len(xs),
+    "median": lambda xs: float(np.median(xs)),
+    "p90": lambda xs: float(np.percentile(xs, 90)),
+    "p95": lambda xs: float(np.percentile(xs, 95)),
+    "p99": lambda xs: float(np.percentile(xs, 99)),
+}
+
+
+def lookup(data: Any, dotted: str) -> float:
+    """A number from JSON by dotted path: 'a.b.0' is data['a']['b'][0].
+
+    'AGG:path' with '*' segments reduces many numbers, e.g. 'median:*.latencyMs' over trtexec's
+    per-inference times (AGG: min, max, mean, median, p90, p95, p99, count). NaN where the path
+    does not lead to a number.
+    """
+    agg, sep, path = dotted.partition(":")
+    if not sep:
+        agg, path = "", dotted
+    nodes = [data]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for node in nodes:
+            if part == "*":
+                nxt.extend(
+                    node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+                )
+            elif isinstance(node, dict) and part in node:
+                nxt.append(node[part])
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                nxt.append(node[int(part)])
+        nodes = nxt
+    numbers = [float(n) for n in nodes if isinstance(n, int | float) and not isinstance(n, bool)]
+    if agg == "count":
+        return float(len(nodes))
+    if agg:
+        return float(AGGREGATES[agg](numbers)) if numbers else math.nan
+    return numbers[0] if len(numbers) == 1 and len(nodes) == 1 else math.nan
