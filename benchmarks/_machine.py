@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from autotuner.capabilities import cpu_model
 
@@ -42,3 +43,15 @@ def machine_lines(load_at_start: str | None = None) -> list[str]:
     ]
     lines += [f"- {k}: {v}" for k, v in versions().items()]
     return lines
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+
+
+def write_doc(name: str, lines: list[str]) -> Path:
+    """Write a benchmark's markdown into docs/benchmarks/ and say where."""
+    out = DOCS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return out

@@ -25,7 +25,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import load_average, machine_lines  # noqa: E402
+from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import Clock, InstantExecutor, fake_result  # noqa: E402
 
 from autotuner.capabilities import probe  # noqa: E402
@@ -131,9 +131,7 @@ def main() -> None:
             f"| {r['storage']} | {r['size']} | {r['fill_s']:.1f} | {r['per_trial_p50_ms']:.0f} | "
             f"{r['per_trial_max_ms']:.0f} | {r['get_trials_ms']:.0f} |"
         )
-    out = ROOT / "docs" / "benchmarks" / "driver_scale.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_doc("driver_scale.md", lines)
 
 
 if __name__ == "__main__":

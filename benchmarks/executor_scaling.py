@@ -22,14 +22,13 @@ os.environ["AUTOTUNE_RUNNERS"] = "sleep=sleep_runner:SleepRunner"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(HERE))
 
-from _machine import load_average, machine_lines  # noqa: E402
+from _machine import load_average, machine_lines, write_doc  # noqa: E402
 
 from autotuner.capabilities import probe  # noqa: E402
 from autotuner.driver import Session, drive, open_study  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
 from autotuner.spec_load import spec_from_dict  # noqa: E402
 
-ROOT = HERE.parent
 
 
 def spec(name: str, trials: int):  # noqa: ANN201
@@ -158,9 +157,7 @@ def main() -> None:
         "The aim is at least 0.9 x slots; the last column is trials/min divided by slots x the",
         "1-slot Ray figure.",
     ]
-    out = ROOT / "docs" / "benchmarks" / "executor_scaling.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_doc("executor_scaling.md", lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine_lines  # noqa: E402
+from _machine import machine_lines, write_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
@@ -81,9 +81,7 @@ def main(n: int) -> None:
                 for c in r["candidates"]
             )
         )
-    out = ROOT / "docs" / "benchmarks" / "quickstart_repeat.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_doc("quickstart_repeat.md", lines)
 
 
 if __name__ == "__main__":

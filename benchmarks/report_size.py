@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import load_average, machine_lines  # noqa: E402
+from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import InstantExecutor  # noqa: E402
 
 from autotuner.api import choose, report  # noqa: E402
@@ -116,9 +116,7 @@ def main() -> None:
         "Most of the size is plotly.js itself (inlined once, about 4.6 MiB); the figure data and",
         "the trial table grow with the trials.",
     ]
-    out = ROOT / "docs" / "benchmarks" / "report.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_doc("report.md", lines)
 
 
 if __name__ == "__main__":
