@@ -30,7 +30,6 @@ from autotuner.progress import Progress  # noqa: E402
 from autotuner.spec_load import spec_from_dict  # noqa: E402
 
 
-
 def spec(name: str, trials: int):  # noqa: ANN201
     return spec_from_dict(
         {
