@@ -154,7 +154,9 @@ def main() -> None:
         f"Ray's dispatch cost per trial (per-trial wall, ray with 1 slot minus local): "
         f"{dispatch * 1000:.0f} ms.",
         "The aim is at least 0.9 x slots; the last column is trials/min divided by slots x the",
-        "1-slot Ray figure.",
+        "1-slot Ray figure. The trials sleep, but each starts a Python worker process, which is CPU",
+        "work: with 4 slots on a 2-core machine those starts contend for the cores, which is where",
+        "the shortfall from linear comes from.",
     ]
     write_doc("executor_scaling.md", lines)
 
