@@ -235,9 +235,15 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
     from autotuner.space import defaults
 
     s = _spec(spec, None, None)
-    for k in config:
+    for k, v in config.items():
         if k not in s.space:
             raise UsageError(f"--set {k}: not a parameter of the spec's space; allowed: {', '.join(s.space)}")
+        kind = s.space[k].type
+        # Values outside the searched range are fine (bench measures what it is told); types are not.
+        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise UsageError(f"--set {k}={v}: {k} is an int parameter; give a whole number")
+        if kind == "float" and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise UsageError(f"--set {k}={v}: {k} is a float parameter; give a number")
     full = {**defaults(s), **(s.baseline or {}), **config}
     caps = probe()
     known = precheck(s, full, caps, [])

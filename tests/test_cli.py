@@ -75,6 +75,7 @@ def test_bench_measures_one_config(done_study: Path) -> None:
         (["show", "nope", "--storage", "sqlite:///studies/t.db"], "no study named 'nope'"),
         (["bench", "spec.yaml", "--set", "bogus=1"], "--set bogus: not a parameter"),
         (["bench", "spec.yaml", "--set", "novalue"], "expected KEY=VALUE"),
+        (["bench", "spec.yaml", "--set", "batch_size=big"], "batch_size is an int parameter"),
         (["export", "t", "--pick", "fastest"], "--pick: rule 'fastest' must look like"),
         (["run", "spec.yaml", "--executor", "k8s"], "--executor 'k8s' is not available"),
         (["run", "spec.yaml", "--trials", "0"], "--trials must be at least 1"),
