@@ -65,6 +65,7 @@ def _live() -> dict[str, Any]:
             caps["cuda_devices"] = n
             caps["gpus"] = [torch.cuda.get_device_name(i) for i in range(n)]
             caps["cuda_bf16"] = bool(torch.cuda.is_bf16_supported())
+            caps["gpu_memory_mb"] = torch.cuda.get_device_properties(0).total_memory / 2**20
     except ImportError:
         pass
     try:

@@ -153,6 +153,16 @@ def precheck(
     reason = cls.check(spec, config, caps)
     if reason:
         return TrialResult.failure("unsupported", reason)
+    predict = getattr(cls, "predict_memory", None)
+    memory = predict(spec, config, caps) if predict else None
+    if memory is not None and memory[0] > memory[1]:
+        return TrialResult.failure(
+            "predicted-oom",
+            f"the memory model predicts {memory[0] / 2**20:.0f} MiB; "
+            f"the device has {memory[1] / 2**20:.0f} MiB available",
+            predicted_mb=memory[0] / 2**20,
+            device_mb=memory[1] / 2**20,
+        )
     rest = {k: v for k, v in config.items() if k != "batch_size"}
     for t in trials:
         cls_ = t.user_attrs.get("failure_class")

@@ -30,6 +30,18 @@ METRICS: dict[str, str] = {
     "itl_p50_ms": "median inter-token latency, all gaps of all requests pooled",
     "e2e_p50_ms": "median end-to-end request latency",
     "e2e_p95_ms": "95th percentile end-to-end request latency",
+    "tpot_p95_ms": "95th percentile time per output token",
+    "goodput_requests_s": "requests per second that met the workload's TTFT and TPOT SLOs",
+    "kv_cache_mb": "bytes the KV cache really allocated (MiB)",
+    "kv_predicted_mb": "KV cache the memory model predicts for the budget and page size (MiB)",
+    "predicted_memory_mb": "weights + KV budget + working memory, as the memory model predicts it (MiB)",
+    "kv_pages": "pages (blocks of page_size tokens for every layer) the KV budget holds",
+    "peak_pages_used": "most pages in use at once during the run (sampled every millisecond)",
+    "page_waste_pct": "share of allocated KV slots left empty: sum(pages x page_size - tokens) / allocated",
+    "preemptions": "requests evicted from the KV cache to make room (re-run or swapped back later)",
+    "concurrency_reached": "most requests generating at the same time",
+    "accuracy_token_agreement": "share of greedy tokens equal to the fp32 reference's, same prompts",
+    "accuracy_max_logit_diff": "largest absolute difference of next-token logits from the fp32 reference",
 }
 
 DEFAULT_DIRECTION: dict[str, str] = {
@@ -39,6 +51,8 @@ DEFAULT_DIRECTION: dict[str, str] = {
     "output_tokens_s": "maximize",
     "total_tokens_s": "maximize",
     "requests_s": "maximize",
+    "goodput_requests_s": "maximize",
+    "accuracy_token_agreement": "maximize",
 }
 
 

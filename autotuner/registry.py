@@ -23,6 +23,7 @@ _FALLBACK = {
     "torch": "autotuner.backends.torch_runner:TorchRunner",
     "onnxruntime": "autotuner.backends.onnxruntime_runner:OnnxRuntimeRunner",
     "command": "autotuner.backends.command_runner:CommandRunner",
+    "llm": "autotuner.backends.llm_runner:LlmRunner",
 }
 SHARED_KNOBS = frozenset({"backend", "batch_size", "precision", "threads", "page_size"})
 

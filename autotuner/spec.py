@@ -303,6 +303,46 @@ class Measurement(_Strict):
         return self
 
 
+class LengthDist(_Strict):
+    """Token lengths of a workload: fixed, uniform or lognormal (clipped to [low, high])."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    value: int | None = Field(default=None, ge=1)
+    low: int | None = Field(default=None, ge=1)
+    high: int | None = Field(default=None, ge=1)
+    median: float | None = Field(default=None, gt=0)
+    sigma: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return (
+            {"dist": "fixed", "value": data} if isinstance(data, int) and not isinstance(data, bool) else data
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma")}[self.dist]
+        for k in need:
+            if getattr(self, k) is None:
+                raise FieldError(k, f"required for a {self.dist} length")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise FieldError("low", f"low ({self.low}) exceeds high ({self.high})")
+        return self
+
+
+class WorkloadSpec(_Strict):
+    """LLM serving workload: N requests, offline (all queued at once) or arriving at a Poisson rate."""
+
+    requests: int = Field(default=16, ge=1, le=100_000)
+    prompt_len: LengthDist = Field(default_factory=lambda: LengthDist(dist="uniform", low=16, high=128))
+    output_len: LengthDist = Field(default_factory=lambda: LengthDist(value=32))
+    rate_rps: float | None = Field(default=None, gt=0)
+    trace: str | None = None
+    slo_ttft_ms: float | None = Field(default=None, gt=0)
+    slo_tpot_ms: float | None = Field(default=None, gt=0)
+
+
 class AccuracySpec(_Strict):
     samples: int = Field(default=16, ge=1, le=4096)
 
@@ -379,6 +419,7 @@ class Spec(_Strict):
     measurement: Measurement = Field(default_factory=Measurement)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     pick: PickSpec = Field(default_factory=PickSpec)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     baseline: dict[str, Scalar] | None = None
     storage: str | None = None
     study: str | None = None

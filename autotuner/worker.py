@@ -30,6 +30,7 @@ _OOM_MARKERS = (
     "unable to allocate",
     "cannot allocate memory",
     "bad_alloc",
+    "no requests can be scheduled",  # transformers: a KV cache too small to hold one request
 )
 
 

@@ -1,0 +1,382 @@
+"""LLM serving runner: continuous batching over a paged KV cache (transformers' generate_batch
+machinery), with page size, concurrency, batched tokens, precision, attention and a KV budget in
+bytes as knobs. The budget is fixed in bytes so that the number of pages follows from the page
+size; a fixed number of pages would make page size meaningless.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autotuner.runner import Runner, common_check, host_peak_rss_mb
+from autotuner.spec import Spec
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+REFERENCE_REQUESTS = 4
+REFERENCE_TOKENS = 8
+
+
+def llama_shape(spec: Spec) -> dict[str, int]:
+    from autotuner.models import TINY_LLAMA_DEFAULTS
+
+    o = {**TINY_LLAMA_DEFAULTS, **spec.model.options}
+    return {
+        "vocab": int(o["vocab"]),
+        "hidden": int(o["hidden"]),
+        "layers": int(o["layers"]),
+        "heads": int(o["heads"]),
+        "kv_heads": int(o["kv_heads"]),
+        "intermediate": int(o["intermediate"]),
+    }
+
+
+def memory_model(spec: Spec, config: dict[str, Any]) -> dict[str, int]:
+    """Weights + KV cache + working memory, in bytes, before anything is loaded.
+
+    KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x bytes per element; a page
+    holds page_size tokens of every layer; the budget holds floor(budget / page bytes) pages.
+    """
+    s = llama_shape(spec)
+    elem = DTYPE_BYTES[config.get("precision", "fp32")]
+    head_dim = s["hidden"] // s["heads"]
+    kv_per_token = 2 * s["layers"] * s["kv_heads"] * head_dim * elem
+    page_size = int(config.get("page_size", 16))
+    page_bytes = page_size * kv_per_token
+    budget = int(float(config.get("kv_budget_mb", 16)) * 2**20)
+    pages = max(1, budget // page_bytes)
+    h, kv_dim = s["hidden"], s["kv_heads"] * head_dim
+    per_layer = h * (h + 2 * kv_dim) + h * h + 3 * h * s["intermediate"] + 2 * h
+    params = 2 * s["vocab"] * h + s["layers"] * per_layer + h
+    tokens = int(config.get("max_batch_tokens", 256))
+    working = (
+        tokens * (4 * h + s["intermediate"]) * elem + tokens * s["vocab"] * 4
+    )  # activations + fp32 logits
+    return {
+        "kv_per_token": kv_per_token,
+        "page_bytes": page_bytes,
+        "pages": pages,
+        "kv_bytes": pages * page_bytes,
+        # The engine keeps two reserved ("trash") pages beside the budget's pages.
+        "kv_allocated_bytes": (pages + 2) * page_bytes,
+        "weights_bytes": params * elem,
+        "working_bytes": working,
+        "total_bytes": (pages + 2) * page_bytes + params * elem + working,
+    }
+
+
+class LlmRunner(Runner):
+    name = "llm"
+    backends = ("llm",)
+    knobs = frozenset({"device", "page_size", "max_batch_tokens", "attn_implementation", "kv_budget_mb"})
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
+    external = True
+
+    @classmethod
+    def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+        reason = common_check(cls, {k: v for k, v in config.items() if k != "page_size"}, caps)
+        if reason:
+            return reason
+        if spec.model.builtin != "tiny-llama":
+            return "the llm backend serves model.builtin tiny-llama"
+        device = config.get("device", "cpu")
+        attn = config.get("attn_implementation", "sdpa")
+        if attn not in ATTENTION:
+            return f"attn_implementation {attn!r} is not one of {', '.join(ATTENTION)}"
+        if device == "cuda" and not caps.get("cuda_devices"):
+            return "device=cuda but torch sees no CUDA device on this machine"
+        if attn == "flash_attention_2" and device != "cuda":
+            return "flash_attention_2 reads the paged cache on CUDA only"
+        if config.get("precision") == "fp16" and device != "cuda":
+            return "fp16 generation on CPU is not offered; use bf16 or fp32"
+        if int(config.get("page_size", 16)) < 4:
+            return "page_size must be at least 4 tokens"
+        return None
+
+    @classmethod
+    def predict_memory(
+        cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]
+    ) -> tuple[int, int] | None:
+        """(predicted bytes, bytes the device has) for the predicted-oom check."""
+        limit = _device_bytes(config, caps)
+        return (memory_model(spec, config)["total_bytes"], limit) if limit else None
+
+    def setup(self) -> None:
+        import torch
+
+        from autotuner.models import tiny_llama
+
+        if self.config.get("threads"):
+            torch.set_num_threads(int(self.config["threads"]))
+        self.torch = torch
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.config.get("precision", "fp32")
+        ]
+        self.dev = torch.device("cuda", 0) if self.config.get("device") == "cuda" else torch.device("cpu")
+        model = tiny_llama(self.spec.model.options).to(self.dtype).to(self.dev)
+        model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
+        self.model = model
+
+    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
+        raise NotImplementedError("the llm runner measures a whole workload through run_external")
+
+    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError("the llm runner compares greedy tokens and logits instead")
+
+    def _cb_config(self) -> Any:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        mm = memory_model(self.spec, self.config)
+        return ContinuousBatchingConfig(
+            page_size=int(self.config.get("page_size", 16)),
+            num_blocks=mm["pages"],
+            max_batch_tokens=int(self.config.get("max_batch_tokens", 256)),
+            max_requests_per_batch=int(self.config.get("batch_size", 8)),
+            allow_block_sharing=False,
+            use_cuda_graph=False,
+            use_async_batching=False,
+            seed=self.spec.seed,
+        )
+
+    def _generation_config(self, max_new: int) -> Any:
+        from transformers import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
+
+    def run_external(self) -> dict[str, float]:
+        import logging
+
+        from autotuner.workload import requests
+
+        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
+        started = time.perf_counter()
+        self.setup()
+        reqs = requests(self.spec, llama_shape(self.spec)["vocab"])
+        cb = self._cb_config()
+        manager = self.model.init_continuous_batching(
+            generation_config=self._generation_config(max(r.output_len for r in reqs)),
+            continuous_batching_config=cb,
+        )
+        preemptions = _count_offloads()
+        manager.start()
+        setup_s = time.perf_counter() - started
+        peak = _PeakSampler(manager)
+        try:
+            t0 = time.perf_counter()
+            for i, r in enumerate(reqs):
+                delay = r.arrival_s - (time.perf_counter() - t0)
+                if delay > 0:
+                    time.sleep(delay)
+                manager.add_request(
+                    r.prompt, request_id=f"r{i}", max_new_tokens=r.output_len, record_timestamps=True
+                )
+            results: dict[str, Any] = {}
+            deadline = time.monotonic() + self.spec.measurement.trial_timeout_s
+            while len(results) < len(reqs):
+                out = manager.get_result(timeout=1)
+                if out is not None and out.is_finished():
+                    if out.error:
+                        raise RuntimeError(f"request {out.request_id}: {out.error}")
+                    results[out.request_id] = out
+                elif not manager.is_running():
+                    raise RuntimeError("the generation thread stopped before the workload finished")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the workload did not finish before trial_timeout_s")
+            cache = manager.batch_processor.cache if manager.batch_processor is not None else None
+            kv_bytes = int(cache.cache_tensor.numel()) if cache is not None else 0
+            pages = int(cache.num_blocks) if cache is not None else 0
+        finally:
+            peak.stop()
+            manager.stop(block=True)
+        metrics = serving_metrics(
+            [results[f"r{i}"] for i in range(len(reqs))],
+            reqs,
+            int(self.config.get("page_size", 16)),
+            self.spec,
+        )
+        mm = memory_model(self.spec, self.config)
+        metrics.update(
+            setup_s=setup_s,
+            kv_cache_mb=kv_bytes / 2**20,
+            kv_predicted_mb=mm["kv_allocated_bytes"] / 2**20,
+            predicted_memory_mb=mm["total_bytes"] / 2**20,
+            kv_pages=float(pages),
+            peak_pages_used=float(round(peak.peak * pages)),
+            preemptions=float(preemptions()),
+            host_rss_mb=host_peak_rss_mb(),
+        )
+        metrics["peak_memory_mb"] = (
+            self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+            if self.dev.type == "cuda"
+            else metrics["host_rss_mb"]
+        )
+        metrics.update(self._accuracy(reqs))
+        return metrics
+
+    def _accuracy(self, reqs: list[Any]) -> dict[str, float]:
+        """Greedy tokens and next-token logits against the fp32 model on the same prompts."""
+        if self.config.get("precision", "fp32") == "fp32":
+            return {"accuracy_token_agreement": 1.0, "accuracy_max_logit_diff": 0.0}
+        from autotuner.models import tiny_llama
+
+        torch = self.torch
+        ref = tiny_llama(self.spec.model.options).to(self.dev)
+        prompts = [r.prompt for r in reqs[:REFERENCE_REQUESTS]]
+        diff = 0.0
+        with torch.inference_mode():
+            for p in prompts:
+                ids = torch.tensor([p], device=self.dev)
+                a = ref(ids).logits[0, -1].float()
+                b = self.model(ids).logits[0, -1].float()
+                diff = max(diff, float((a - b).abs().max()))
+        agree = total = 0
+        for model in (ref, self.model):
+            model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
+        outs = [
+            m.generate_batch(
+                prompts,
+                generation_config=self._generation_config(REFERENCE_TOKENS),
+                continuous_batching_config=self._cb_config(),
+                warmup=False,
+            )
+            for m in (ref, self.model)
+        ]
+        for rid in outs[0]:
+            x, y = outs[0][rid].generated_tokens, outs[1][rid].generated_tokens
+            agree += sum(int(i == j) for i, j in zip(x, y, strict=False))
+            total += max(len(x), len(y))
+        return {
+            "accuracy_token_agreement": agree / total if total else math.nan,
+            "accuracy_max_logit_diff": diff,
+        }
+
+    @classmethod
+    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        keys = ("page_size", "batch_size", "max_batch_tokens", "attn_implementation", "kv_budget_mb")
+        return {
+            "continuous_batching": {k: config[k] for k in keys if k in config},
+            "dtype": config.get("precision", "fp32"),
+        }
+
+
+def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, spec: Spec) -> dict[str, float]:
+    """TTFT, TPOT, ITL, e2e, throughput, goodput, page waste and concurrency from token timestamps."""
+    ttft, tpot, itl, e2e, spans = [], [], [], [], []
+    allocated = used = generated = 0
+    for out, req in zip(outs, reqs, strict=True):
+        ts = list(out.timestamps or [])
+        if not ts:
+            continue
+        first, last = (ts[0] - out.created_time) * 1e3, (ts[-1] - out.created_time) * 1e3
+        ttft.append(first)
+        e2e.append(last)
+        if len(ts) > 1:
+            tpot.append((last - first) / (len(ts) - 1))
+            itl.extend(np.diff(ts) * 1e3)
+        spans.append((ts[0], ts[-1]))
+        n = len(req.prompt) + len(out.generated_tokens)
+        allocated += math.ceil(n / page_size) * page_size
+        used += n
+        generated += len(out.generated_tokens)
+    begin = min(o.created_time for o in outs)
+    end = max((o.timestamps or [o.created_time])[-1] for o in outs)
+    wall = max(end - begin, 1e-9)
+    w = spec.workload
+    good = sum(
+        1
+        for i, t in enumerate(ttft)
+        if (w.slo_ttft_ms is None or t <= w.slo_ttft_ms)
+        and (w.slo_tpot_ms is None or i >= len(tpot) or tpot[i] <= w.slo_tpot_ms)
+    )
+
+    def pct(xs: list[float], q: float) -> float:
+        return float(np.percentile(xs, q)) if xs else math.nan
+
+    return {
+        "ttft_p50_ms": pct(ttft, 50),
+        "ttft_p95_ms": pct(ttft, 95),
+        "tpot_p50_ms": pct(tpot, 50),
+        "tpot_p95_ms": pct(tpot, 95),
+        "itl_p50_ms": pct(itl, 50),
+        "e2e_p50_ms": pct(e2e, 50),
+        "e2e_p95_ms": pct(e2e, 95),
+        "output_tokens_s": generated / wall,
+        "requests_s": len(outs) / wall,
+        "goodput_requests_s": good / wall,
+        "page_waste_pct": 100.0 * (allocated - used) / allocated if allocated else math.nan,
+        "concurrency_reached": float(_max_overlap(spans)),
+    }
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+class _PeakSampler:
+    """Samples the share of the KV cache in use every millisecond (pages held by requests)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            bp = self.manager.batch_processor
+            if bp is not None:
+                try:
+                    self.peak = max(self.peak, 1.0 - float(bp.cache.compute_free_capacity()))
+                except (AttributeError, RuntimeError, ZeroDivisionError):
+                    pass
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+def _count_offloads() -> Callable[[], int]:
+    """Count requests the engine evicts to make room (its offloading manager), as preemptions."""
+    from transformers.generation.continuous_batching import offloading_manager as om
+
+    counter = {"n": 0}
+    original = om.OffloadingManager.offload_requests
+
+    def counting(self: Any) -> bool:
+        before = len(self.scheduler.starved_requests)
+        ok = original(self)
+        counter["n"] += max(0, before - len(self.scheduler.starved_requests))
+        return ok
+
+    om.OffloadingManager.offload_requests = counting  # the worker process runs one trial
+    return lambda: counter["n"]
+
+
+def _device_bytes(config: dict[str, Any], caps: dict[str, Any]) -> int | None:
+    if config.get("device") == "cuda":
+        mb = caps.get("gpu_memory_mb")
+        return int(mb * 2**20) if mb else None
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+__all__ = ["LlmRunner", "memory_model", "serving_metrics"]
