@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,3 +139,60 @@ def test_onnxruntime_gpu_providers(backend: str, caps: dict) -> None:
         pytest.skip(reason)
     acc = _exercise(config, caps, Device("cuda", (0,), 0))
     assert acc["accuracy_cosine"] >= 0.999
+
+
+def _one_trial_spec(runner: str, tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A small real spec and config for each registered runner."""
+    if runner in ("torch", "onnxruntime"):
+        backend = "torch-eager" if runner == "torch" else "onnxruntime-cpu"
+        return make_spec_dict(), {"backend": backend, "batch_size": 2, "threads": 1}
+    if runner == "command":
+        shutil.copy(Path(__file__).parent / "bench_script.py", tmp / "bench_script.py")
+        spec = make_spec_dict(
+            model={"external": "matrix"},
+            space={"backend": "command", "size": [16]},
+            constraints=[],
+            command={
+                "argv": [sys.executable, "bench_script.py", "--size", "{size}", "--reps", "3"],
+                "metrics": {"throughput_items_s": "results.throughput"},
+            },
+            base_dir=str(tmp),
+        )
+        return spec, {"backend": "command", "size": 16}
+    if runner == "llm":
+        spec = make_spec_dict(
+            model={
+                "builtin": "tiny-llama",
+                "options": {
+                    "layers": 1,
+                    "hidden": 32,
+                    "heads": 2,
+                    "kv_heads": 1,
+                    "intermediate": 64,
+                    "vocab": 200,
+                },
+            },
+            space={"backend": "llm", "page_size": [16]},
+            constraints=[],
+            objectives=[{"metric": "output_tokens_s", "direction": "maximize"}],
+            workload={"requests": 4, "prompt_len": 8, "output_len": 4},
+        )
+        return spec, {"backend": "llm", "page_size": 16, "batch_size": 4, "kv_budget_mb": 0.1, "threads": 1}
+    pytest.skip(f"no conformance case for runner {runner!r} yet")
+
+
+@pytest.mark.parametrize("runner", sorted(runners()))
+def test_every_runner_runs_one_real_trial_through_the_worker(runner: str, caps: dict, tmp_path: Path) -> None:
+    """The worker's own path (check, setup, measure or run_external) gives finite metrics."""
+    import math
+
+    from autotuner.worker import run_trial
+
+    spec_dict, config = _one_trial_spec(runner, tmp_path)
+    spec = spec_from_dict(spec_dict)
+    assert runner_for(config["backend"]).check(spec, config, caps) is None
+    result = run_trial(spec, config, Device("cpu", tuple(sorted(os.sched_getaffinity(0)))), caps)
+    assert result.ok, result.failure_message
+    objective = spec.objectives[0].metric
+    assert math.isfinite(result.metrics[objective]) and result.metrics[objective] > 0
+    assert all(isinstance(v, float) for v in result.metrics.values())
