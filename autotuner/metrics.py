@@ -44,6 +44,27 @@ METRICS: dict[str, str] = {
     "accuracy_max_logit_diff": "largest absolute difference of next-token logits from the fp32 reference",
 }
 
+# What every in-process trial (torch, onnxruntime: the shared harness) records.
+HARNESS_METRICS = (
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_mean_ms",
+    "latency_std_ms",
+    "latency_cv",
+    "throughput_items_s",
+    "peak_memory_mb",
+    "host_rss_mb",
+    "setup_s",
+    "measure_s",
+    "n_iterations",
+    "unstable",
+    "accuracy_cosine",
+    "accuracy_max_abs_error",
+    "accuracy_top1",
+)
+
 DEFAULT_DIRECTION: dict[str, str] = {
     "throughput_items_s": "maximize",
     "accuracy_cosine": "maximize",

@@ -130,9 +130,8 @@ def _export_fp32(spec: Spec, path: Path) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (),
+                tuple(sample[n] for n in names),  # positional, in the spec's input order
                 tmp,
-                kwargs=sample,
                 input_names=names,
                 output_names=["output"],
                 dynamic_axes=axes,
@@ -153,11 +152,11 @@ def _reference(spec: Spec, path: Path) -> None:
     else:
         import torch
 
-        from autotuner.models import build_torch_model
+        from autotuner.models import build_torch_model, model_inputs
 
         model = build_torch_model(spec)
         with torch.inference_mode():
-            res = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+            res = model(*[torch.from_numpy(inputs[s.name]) for s in model_inputs(spec)])
         out = first_tensor(res).float().numpy()
     _atomic_write(path, lambda tmp: np.save(tmp, out), ".npy")
     # np.save appends .npy to names without it; mkstemp gave one with it.

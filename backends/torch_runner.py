@@ -82,14 +82,17 @@ class TorchRunner(Runner):
     def _cuda(self) -> bool:
         return self.config.get("device", "cpu") == "cuda"
 
-    def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _tensors(self, batch: dict[str, np.ndarray]) -> list[Any]:
+        """The batch as positional tensors, in the spec's input order (what forward() takes)."""
+        from autotuner.models import model_inputs
+
         torch = self.torch
-        out = {}
-        for k, v in batch.items():
-            t = torch.from_numpy(v)
+        out = []
+        for spec_input in model_inputs(self.spec):
+            t = torch.from_numpy(batch[spec_input.name])
             if self.dtype is not None and t.is_floating_point():
                 t = t.to(self.dtype)
-            out[k] = t.to(self.dev) if self.dev is not None else t
+            out.append(t.to(self.dev) if self.dev is not None else t)
         return out
 
     def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -98,7 +101,7 @@ class TorchRunner(Runner):
 
         def step() -> object:
             with inference_mode():
-                return model(**tensors)
+                return model(*tensors)
 
         return step
 
@@ -106,7 +109,7 @@ class TorchRunner(Runner):
         from autotuner.prepare import first_tensor
 
         with self.torch.inference_mode():
-            out = first_tensor(self.model(**self._tensors(batch)))
+            out = first_tensor(self.model(*self._tensors(batch)))
         return out.float().cpu().numpy()
 
     def synchronize(self) -> None:

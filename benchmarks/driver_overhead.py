@@ -38,7 +38,7 @@ import autotuner.driver as driver  # noqa: E402
 from autotuner.capabilities import probe  # noqa: E402
 from autotuner.executors import Executor, TrialRequest  # noqa: E402
 from autotuner.harness import keep, summarize  # noqa: E402
-from autotuner.metrics import METRICS  # noqa: E402
+from autotuner.metrics import HARNESS_METRICS  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
 from autotuner.result import TrialResult  # noqa: E402
 from autotuner.spec_load import load_spec  # noqa: E402
@@ -80,7 +80,7 @@ def fake_result(config: dict[str, Any], rng: np.random.Generator) -> TrialResult
         accuracy_top1=1.0 if cos > 0.995 else 0.9375,
     )
     metrics["peak_memory_mb"] = metrics["host_rss_mb"]
-    assert set(metrics) == set(METRICS), set(METRICS) ^ set(metrics)
+    assert set(metrics) == set(HARNESS_METRICS), set(HARNESS_METRICS) ^ set(metrics)
     return TrialResult(ok=True, metrics=metrics, latency_samples_ms=keep(ms, N_SAMPLES))
 
 

@@ -17,11 +17,11 @@ from helpers import fixed_time, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
-from autotuner.metrics import METRICS
+from autotuner.metrics import HARNESS_METRICS
 from autotuner.progress import Progress
 
 QUIET = Progress(quiet=True)
-MEASURED = [m for m in METRICS if m != "peak_memory_mb"]
+MEASURED = list(HARNESS_METRICS)
 
 
 def _study(name: str = "t", url: str = "sqlite:///studies/t.db") -> optuna.Study:

@@ -59,7 +59,7 @@ BACKEND_LIST = ", ".join(sorted(all_backends()))
 BUILTIN_LIST = ", ".join(sorted(BUILTINS))
 TOP_FIELDS = (
     "name, model, inputs, space, objectives, constraints, budget, sampler, seed, "
-    "measurement, accuracy, pick, baseline, storage, study"
+    "measurement, accuracy, pick, workload, baseline, storage, study, command"
 )
 
 NOT_A_MAPPING = "must be a mapping of fields (name, model, space, ...), got"
@@ -183,13 +183,13 @@ CASES = [
         "model-two-sources",
         mod({"model.onnx": "model.onnx"}),
         "model",
-        "give exactly one of builtin, factory, onnx (got builtin, onnx)",
+        "give exactly one of builtin, factory, onnx, external (got builtin, onnx)",
     ),
     case(
         "model-no-source",
         mod({"model": {"options": {}}}),
         "model",
-        "give exactly one of builtin, factory, onnx (got none)",
+        "give exactly one of builtin, factory, onnx, external (got none)",
     ),
     case(
         "model-unknown-builtin",
@@ -213,7 +213,7 @@ CASES = [
         "model-unknown-field",
         mod({"model.path": "model.onnx"}),
         "model.path",
-        "unknown field; allowed: builtin, factory, onnx, options",
+        "unknown field; allowed: builtin, factory, onnx, external, options",
     ),
     case(
         "model-as-string",
