@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -57,11 +58,22 @@ def _reason(e: BaseException, url: str) -> str:
     return text.replace(str(password), "***")[:200] if password else text[:200]
 
 
+def database_identity(url: str) -> str:
+    """The database a URL names: an absolute file for SQLite (a relative path means another
+    database in another folder), else the URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return f"sqlite:{Path(u.database).resolve()}"
+    return redact(url)
+
+
 class Journal:
     """Append-only JSON lines: {"trial_id", "number", "result"} then {"done": trial_id}."""
 
     def __init__(self, study: str, url: str) -> None:
-        key = hashlib.sha256(f"{redact(url)}|{study}".encode()).hexdigest()[:12]
+        key = hashlib.sha256(f"{database_identity(url)}|{study}".encode()).hexdigest()[:12]
         self.path = cache_dir() / "journal" / f"{study}-{key}.jsonl"
 
     def add(self, trial_id: int, number: int, result: TrialResult) -> None:
@@ -106,8 +118,14 @@ def replay(
     """Write results a previous driver kept in its journal but never stored."""
     n = 0
     for rec in journal.pending():
-        t = study._storage.get_trial(rec["trial_id"])
-        if t.state == optuna.trial.TrialState.RUNNING:
+        storage = study._storage
+        try:
+            # Trial ids are unique per database, numbers per study: both must match.
+            same = storage.get_trial_id_from_study_id_trial_number(study._study_id, rec["number"])
+        except KeyError:
+            same = None
+        t = storage.get_trial(rec["trial_id"]) if same == rec["trial_id"] else None
+        if t is not None and t.state == optuna.trial.TrialState.RUNNING:
             tell(rec["trial_id"], TrialResult.from_dict(rec["result"]))
             n += 1
         journal.done(rec["trial_id"])

@@ -139,7 +139,8 @@ def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
     import sys
 
     name = f"shared-{uuid.uuid4().hex[:8]}"
-    spec = write_spec(in_tmp, budget={"trials": 6}, study=name)
+    # Trials long enough that both drivers are surely running before the budget is spent.
+    spec = write_spec(in_tmp, budget={"trials": 6}, study=name, measurement=fixed_time(2.0))
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec), "--storage", PG]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=in_tmp)
@@ -157,3 +158,25 @@ def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
         assert len(owners) == 2, "both drivers ran trials"
     finally:
         optuna.delete_study(study_name=name, storage=PG)
+
+
+def test_a_journal_never_writes_into_another_database(tmp_path: Path, monkeypatch) -> None:
+    """The same study name and relative URL in two folders are two databases: a pending entry of
+    one must not land in the other."""
+    from autotuner.resilience import replay
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    url = "sqlite:///t.db"
+    study_a = optuna.create_study(study_name="t", storage=url, directions=["maximize"])
+    trial = study_a.ask()
+    Journal("t", url).add(trial._trial_id, trial.number, TrialResult(ok=True, metrics={"x": 1.0}))
+    monkeypatch.chdir(tmp_path / "b")
+    study_b = optuna.create_study(study_name="t", storage=url, directions=["maximize"])
+    study_b.ask()  # same trial id and number as in folder a, other database
+    told: list[int] = []
+    assert replay(Journal("t", url), study_b, lambda tid, res: told.append(tid), lambda s: None) == 0
+    assert told == []
+    monkeypatch.chdir(tmp_path / "a")
+    assert replay(Journal("t", url), study_a, lambda tid, res: told.append(tid), lambda s: None) == 1
