@@ -80,15 +80,16 @@ class ModelSpec(_Strict):
     onnx: str | None = None
     # A model only an external command loads (a hub name or a path); {model} in its argv.
     external: str | None = None
+    # A local Hugging Face causal-LM directory (the llm backend); read offline.
+    hf: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("builtin", "factory", "onnx", "external") if getattr(self, k) is not None]
+        sources = ("builtin", "factory", "onnx", "external", "hf")
+        given = [k for k in sources if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of builtin, factory, onnx, external (got {', '.join(given) or 'none'})"
-            )
+            raise ValueError(f"give exactly one of {', '.join(sources)} (got {', '.join(given) or 'none'})")
         return self
 
     @field_validator("factory")

@@ -7,6 +7,7 @@ size; a fixed number of pages would make page size meaningless.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from autotuner.errors import UsageError
 from autotuner.runner import Runner, common_check, host_peak_rss_mb
 from autotuner.spec import Spec
 
@@ -24,8 +26,25 @@ REFERENCE_TOKENS = 8
 
 
 def llama_shape(spec: Spec) -> dict[str, int]:
+    """The sizes the memory model needs: from a local HF directory's config.json, or tiny-llama's."""
     from autotuner.models import TINY_LLAMA_DEFAULTS
 
+    if spec.model.hf is not None:
+        import json
+
+        try:
+            c = json.loads((spec.resolve(spec.model.hf) / "config.json").read_text())
+            heads = int(c["num_attention_heads"])
+            return {
+                "vocab": int(c["vocab_size"]),
+                "hidden": int(c["hidden_size"]),
+                "layers": int(c["num_hidden_layers"]),
+                "heads": heads,
+                "kv_heads": int(c.get("num_key_value_heads", heads)),
+                "intermediate": int(c.get("intermediate_size", 4 * int(c["hidden_size"]))),
+            }
+        except (OSError, KeyError, ValueError) as e:
+            raise UsageError(f"model.hf: cannot read {spec.model.hf}/config.json: {e}") from None
     o = {**TINY_LLAMA_DEFAULTS, **spec.model.options}
     return {
         "vocab": int(o["vocab"]),
@@ -83,8 +102,8 @@ class LlmRunner(Runner):
         reason = common_check(cls, {k: v for k, v in config.items() if k != "page_size"}, caps)
         if reason:
             return reason
-        if spec.model.builtin != "tiny-llama":
-            return "the llm backend serves model.builtin tiny-llama"
+        if spec.model.builtin != "tiny-llama" and spec.model.hf is None:
+            return "the llm backend serves model.builtin tiny-llama or a local directory in model.hf"
         device = config.get("device", "cpu")
         attn = config.get("attn_implementation", "sdpa")
         if attn not in ATTENTION:
@@ -110,7 +129,6 @@ class LlmRunner(Runner):
     def setup(self) -> None:
         import torch
 
-        from autotuner.models import tiny_llama
 
         if self.config.get("threads"):
             torch.set_num_threads(int(self.config["threads"]))
@@ -119,7 +137,7 @@ class LlmRunner(Runner):
             self.config.get("precision", "fp32")
         ]
         self.dev = torch.device("cuda", 0) if self.config.get("device") == "cuda" else torch.device("cpu")
-        model = tiny_llama(self.spec.model.options).to(self.dtype).to(self.dev)
+        model = load_causal_lm(self.spec).to(self.dtype).to(self.dev)
         model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
         self.model = model
 
@@ -223,10 +241,9 @@ class LlmRunner(Runner):
         """Greedy tokens and next-token logits against the fp32 model on the same prompts."""
         if self.config.get("precision", "fp32") == "fp32":
             return {"accuracy_token_agreement": 1.0, "accuracy_max_logit_diff": 0.0}
-        from autotuner.models import tiny_llama
 
         torch = self.torch
-        ref = tiny_llama(self.spec.model.options).to(self.dev)
+        ref = load_causal_lm(self.spec).to(self.dev)
         prompts = [r.prompt for r in reqs[:REFERENCE_REQUESTS]]
         diff = 0.0
         with torch.inference_mode():
@@ -263,6 +280,18 @@ class LlmRunner(Runner):
             "continuous_batching": {k: config[k] for k in keys if k in config},
             "dtype": config.get("precision", "fp32"),
         }
+
+
+def load_causal_lm(spec: Spec) -> Any:
+    """The fp32 causal LM: tiny-llama from its seed, or a local Hugging Face directory (offline)."""
+    from autotuner.models import tiny_llama
+
+    if spec.model.hf is None:
+        return tiny_llama(spec.model.options)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(spec.resolve(spec.model.hf)), dtype="float32").eval()
 
 
 def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, spec: Spec) -> dict[str, float]:

@@ -44,6 +44,8 @@ class OnnxRuntimeRunner(Runner):
             return reason
         if spec.model.external is not None:
             return "an external model runs only on the command backend"
+        if spec.model.hf is not None:
+            return "a model.hf directory runs on the llm backend"
         backend = config["backend"]
         provider = PROVIDERS[backend]
         offered = caps.get("ort_providers") or []

@@ -29,6 +29,8 @@ class TorchRunner(Runner):
             return "an ONNX model file runs only on onnxruntime-* backends"
         if spec.model.external is not None:
             return "an external model runs only on the command backend"
+        if spec.model.hf is not None:
+            return "a model.hf directory runs on the llm backend"
         device = config.get("device", "cpu")
         precision = config.get("precision", "fp32")
         if device not in ("cpu", "cuda"):

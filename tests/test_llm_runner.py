@@ -120,3 +120,16 @@ def test_a_budget_below_one_request_is_an_oom_failure() -> None:
     with pytest.raises(RuntimeError) as e:
         measure({"page_size": 16, "kv_budget_mb": 0.01})
     assert classify(e.value).failure_class == "oom"
+
+
+def test_a_local_hugging_face_directory(tmp_path: Path) -> None:
+    from autotuner.models import tiny_llama
+
+    tiny_llama(MODEL["options"]).save_pretrained(tmp_path / "llama")
+    d = llm_spec(model={"hf": "llama"}, workload={"requests": 4, "prompt_len": 8, "output_len": 4})
+    d["base_dir"] = str(tmp_path)
+    spec = spec_from_dict(d)
+    config = {"backend": "llm", "page_size": 16, "batch_size": 4, "kv_budget_mb": 0.25, "threads": 1}
+    assert LlmRunner.check(spec, config, {"cpu_cores": 1}) is None
+    m = LlmRunner(spec, config, Device("cpu", (0,))).run_external()
+    assert m["output_tokens_s"] > 0 and m["kv_cache_mb"] == m["kv_predicted_mb"]

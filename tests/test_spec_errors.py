@@ -183,13 +183,13 @@ CASES = [
         "model-two-sources",
         mod({"model.onnx": "model.onnx"}),
         "model",
-        "give exactly one of builtin, factory, onnx, external (got builtin, onnx)",
+        "give exactly one of builtin, factory, onnx, external, hf (got builtin, onnx)",
     ),
     case(
         "model-no-source",
         mod({"model": {"options": {}}}),
         "model",
-        "give exactly one of builtin, factory, onnx, external (got none)",
+        "give exactly one of builtin, factory, onnx, external, hf (got none)",
     ),
     case(
         "model-unknown-builtin",
@@ -213,7 +213,7 @@ CASES = [
         "model-unknown-field",
         mod({"model.path": "model.onnx"}),
         "model.path",
-        "unknown field; allowed: builtin, factory, onnx, external, options",
+        "unknown field; allowed: builtin, factory, onnx, external, hf, options",
     ),
     case(
         "model-as-string",
