@@ -216,14 +216,10 @@ def report(
     path = Path(output or f"reports/{stem}.{fmt}")
     if fmt != "html":
         return report_data.write_table(loaded[0][1], path, fmt)
+    from autotuner.files import atomic_write_text
     from autotuner.report_html import build
 
-    text = build(loaded)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, build(loaded))
 
 
 def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, Any], TrialResult]:

@@ -57,18 +57,22 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
     directions = [o.direction for o in spec.objectives]
     name = spec.study_name
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing:
+    try:
+        if name in existing:
+            raise optuna.exceptions.DuplicatedStudyError(name)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        # Resuming, or another driver created the study a moment ago (drivers sharing a study).
         study = optuna.load_study(study_name=name, storage=storage)
         have = [d.name.lower() for d in study.directions]
         if have != directions:
             raise UsageError(
                 f"study {name!r} in {redact(storage_url)} optimizes {have}, the spec asks for "
                 f"{directions}; use another --study name"
-            )
-        if study.user_attrs.get("spec_fingerprint") != spec.fingerprint():
+            ) from None
+        if study.user_attrs.get("spec_fingerprint") not in (None, spec.fingerprint()):
             progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
         return study
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
     study.set_user_attr("spec", spec_to_dict(spec))
     study.set_user_attr("spec_fingerprint", spec.fingerprint())
     study.set_user_attr("environment", caps)
@@ -122,7 +126,8 @@ def recover_stale(study: optuna.Study, progress: Progress) -> int:
             f"driver {owner.get('host', '?')}:{owner.get('pid', '?')} stopped while the trial ran",
         )
         storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        if t.params:  # a driver killed between ask and sample leaves nothing to retry
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         n += 1
     if n:
         progress.say(f"recovered {n} trial(s) left running by a stopped driver; they run again")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import shlex
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import optuna
 import yaml
 
 from autotuner import __version__
+from autotuner.files import atomic_write_text
 from autotuner.pick import Pick
 from autotuner.registry import runner_for
 from autotuner.spec import Spec
@@ -115,17 +114,8 @@ def best_config(
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"# autotune best config for study {data['provenance']['study']}\n")
-            yaml.safe_dump(data, f, sort_keys=False, default_flow_style=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    header = f"# autotune best config for study {data['provenance']['study']}\n"
+    return atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def _num(v: Any) -> bool:

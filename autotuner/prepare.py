@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autotuner.errors import AutotuneError
+from autotuner.files import atomic_write
 from autotuner.spec import Spec
 from autotuner.spec_load import spec_from_dict, spec_to_dict
 
@@ -75,18 +75,6 @@ def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
         raise AutotuneError(f"preparing the {kind} failed (exit {proc.returncode}): {tail[0]}")
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _export(spec: Spec, precision: str, path: Path) -> None:
     if precision == "fp32":
         _export_fp32(spec, path)
@@ -97,11 +85,11 @@ def _export(spec: Spec, precision: str, path: Path) -> None:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-        _atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
+        atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
     elif precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        _atomic_write(
+        atomic_write(
             path,
             lambda tmp: quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8),
             ".onnx",
@@ -139,7 +127,7 @@ def _export_fp32(spec: Spec, path: Path) -> None:
                 dynamo=False,
             )
 
-    _atomic_write(path, write, ".onnx")
+    atomic_write(path, write, ".onnx")
 
 
 def _reference(spec: Spec, path: Path) -> None:
@@ -158,7 +146,7 @@ def _reference(spec: Spec, path: Path) -> None:
         with torch.inference_mode():
             res = model(*[torch.from_numpy(inputs[s.name]) for s in model_inputs(spec)])
         out = first_tensor(res).float().numpy()
-    _atomic_write(path, lambda tmp: np.save(tmp, out), ".npy")
+    atomic_write(path, lambda tmp: np.save(tmp, out), ".npy")
     # np.save appends .npy to names without it; mkstemp gave one with it.
 
 

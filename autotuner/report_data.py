@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotuner.files import atomic_write, atomic_write_text
 from autotuner.metrics import METRICS
 from autotuner.pick import feasible, pareto_front
 
@@ -108,15 +109,13 @@ def rows(data: StudyData) -> list[dict[str, Any]]:
 
 def write_table(data: StudyData, path: Path, fmt: str) -> Path:
     table = rows(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "json":
-        tmp.write_text(json.dumps({"study": data.name, "trials": table}, indent=1), encoding="utf-8")
-    else:
+        return atomic_write_text(path, json.dumps({"study": data.name, "trials": table}, indent=1))
+
+    def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            header = list(table[0]) if table else ["trial", "state"]
-            writer = csv.DictWriter(f, fieldnames=header)
+            writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["trial", "state"])
             writer.writeheader()
             writer.writerows(table)
-    tmp.replace(path)
-    return path
+
+    return atomic_write(path, write_csv)

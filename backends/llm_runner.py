@@ -129,7 +129,6 @@ class LlmRunner(Runner):
     def setup(self) -> None:
         import torch
 
-
         if self.config.get("threads"):
             torch.set_num_threads(int(self.config["threads"]))
         self.torch = torch

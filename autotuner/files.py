@@ -1,0 +1,31 @@
+"""Writing files so that a reader never sees half of one, even with several writers at once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Call write(tmp) on a fresh temporary file beside `path`, then rename it into place.
+
+    Each call gets its own temporary name, so two processes writing the same path (two drivers
+    sharing a study) cannot rename each other's half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
