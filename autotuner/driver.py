@@ -81,23 +81,21 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
     return study
 
 
+def uses_budget(t: FrozenTrial) -> bool:
+    """Running or finished, except interrupted trials (they are retried)."""
+    if t.state == TrialState.RUNNING:
+        return True
+    return t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted"
+
+
 def counted(trials: list[FrozenTrial]) -> int:
-    """Trials that use up budget: finished ones, except those interrupted (they are retried)."""
-    return sum(
-        1 for t in trials if t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted"
-    ) + sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return sum(1 for t in trials if uses_budget(t))
 
 
 def within_budget(study: optuna.Study, number: int, budget: int) -> bool:
     """Whether a just-asked trial is among the first `budget` counted ones (by number), so that
     drivers sharing a study agree on which one is over the budget."""
-    trials = study.get_trials(deepcopy=False)
-    counted_numbers = sorted(
-        t.number
-        for t in trials
-        if t.state == TrialState.RUNNING
-        or (t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted")
-    )
+    counted_numbers = sorted(t.number for t in study.get_trials(deepcopy=False) if uses_budget(t))
     return number in counted_numbers[:budget]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 
 from autotuner import __version__
 from autotuner.files import atomic_write_text
+from autotuner.metrics import is_number
 from autotuner.pick import Pick
 from autotuner.registry import runner_for
 from autotuner.spec import Spec
@@ -45,10 +45,10 @@ def best_config(
     metrics: dict[str, Any] = {}
     mine = rounds.get(str(trial.number), [])
     for m in wanted:
-        if not _num(attrs.get(m)):
+        if not is_number(attrs.get(m)):
             continue
         entry: dict[str, Any] = {"trial": _r(attrs[m])}
-        series = [r[m] for r in mine if _num(r.get(m))]
+        series = [r[m] for r in mine if is_number(r.get(m))]
         if len(series) >= 2:
             mean, lo, hi = mean_ci(series, pick.confidence)
             entry["remeasured"] = {
@@ -62,7 +62,7 @@ def best_config(
     constraints = []
     for c in spec.constraints:
         v = attrs.get(c.metric)
-        if _num(v):
+        if is_number(v):
             constraints.append(
                 {
                     "constraint": c.text,
@@ -116,10 +116,6 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write atomically: a reader never sees half a file."""
     header = f"# autotune best config for study {data['provenance']['study']}\n"
     return atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _r(v: Any) -> Any:

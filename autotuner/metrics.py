@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 METRICS: dict[str, str] = {
     "latency_p50_ms": "median wall time of one batch, after warm-up, device synchronized",
     "latency_p90_ms": "90th percentile of the per-batch latency samples",
@@ -75,6 +77,11 @@ DEFAULT_DIRECTION: dict[str, str] = {
     "goodput_requests_s": "maximize",
     "accuracy_token_agreement": "maximize",
 }
+
+
+def is_number(v: object) -> bool:
+    """A finite int or float (not a bool): what a stored metric value must be to be used."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def direction_of(metric: str) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from autotuner.metrics import is_number
 from autotuner.stats import mean_ci, paired_difference
 
 
@@ -97,7 +97,7 @@ def candidates(trials: list[FrozenTrial], directions: list[str], rule: Rule, top
     pool = completed_feasible(trials)
     if len(directions) > 1:
         pool = pareto_front(pool, directions)
-    scored = [t for t in pool if _finite(t.user_attrs.get(rule.metric))]
+    scored = [t for t in pool if is_number(t.user_attrs.get(rule.metric))]
     seen: set[str] = set()
     out: list[Candidate] = []
     for t in sorted(scored, key=lambda t: rule.key(t.user_attrs[rule.metric])):
@@ -153,7 +153,7 @@ def decide(
         )
         return Pick(str(rule), str(tie_break), confidence, best.trial, cands, [], reason, True)
     group = [best, *tied]
-    tb = [c for c in group if _finite(trial_metrics.get(c.trial, {}).get(tie_break.metric))]
+    tb = [c for c in group if is_number(trial_metrics.get(c.trial, {}).get(tie_break.metric))]
     winner = min(tb, key=lambda c: tie_break.key(trial_metrics[c.trial][tie_break.metric])) if tb else best
     reason = (
         f"trials {', '.join('#' + str(c.trial) for c in group)} tie on {rule} "
@@ -169,7 +169,3 @@ def decide(
         reason,
         True,
     )
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)

@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
+from autotuner.metrics import is_number
 from autotuner.report_data import StudyData
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -26,15 +27,11 @@ def esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _hover(data: StudyData, t: FrozenTrial, metrics: list[str]) -> str:
     cfg = data.config(t)
     lines = [f"<b>{esc(data.name)} #{t.number}</b>"]
     lines += [f"{esc(k)}={esc(v)}" for k, v in cfg.items()]
-    lines += [f"{esc(m)}={t.user_attrs[m]:.4g}" for m in metrics if _num(t.user_attrs.get(m))]
+    lines += [f"{esc(m)}={t.user_attrs[m]:.4g}" for m in metrics if is_number(t.user_attrs.get(m))]
     return "<br>".join(lines)
 
 
@@ -80,7 +77,7 @@ def pareto(datas: list[StudyData], x: str, y: str) -> Figure:
             "feasible": [t for t in d.feasible if t.number not in on_front],
         }
         for label, ts in groups.items():
-            ts = [t for t in ts if _num(t.user_attrs.get(x)) and _num(t.user_attrs.get(y))]
+            ts = [t for t in ts if is_number(t.user_attrs.get(x)) and is_number(t.user_attrs.get(y))]
             if not ts:
                 continue
             traces.append(
@@ -100,7 +97,7 @@ def pareto(datas: list[StudyData], x: str, y: str) -> Figure:
                 )
             )
         front = sorted(
-            (t for t in d.front if _num(t.user_attrs.get(x)) and _num(t.user_attrs.get(y))),
+            (t for t in d.front if is_number(t.user_attrs.get(x)) and is_number(t.user_attrs.get(y))),
             key=lambda t: t.user_attrs[x],
         )
         if front:
@@ -119,7 +116,7 @@ def pareto(datas: list[StudyData], x: str, y: str) -> Figure:
             )
         if d.winner is not None and d.winner < len(d.trials):
             w = d.trials[d.winner]
-            if _num(w.user_attrs.get(x)) and _num(w.user_attrs.get(y)):
+            if is_number(w.user_attrs.get(x)) and is_number(w.user_attrs.get(y)):
                 traces.append(
                     go.Scatter(
                         x=[w.user_attrs[x]],
@@ -143,7 +140,7 @@ def effect(data: StudyData, metric: str, limit: float | None = None) -> Figure |
     by: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for t in data.completed:
         cfg = data.config(t)
-        if _num(cfg.get("batch_size")) and _num(t.user_attrs.get(metric)):
+        if is_number(cfg.get("batch_size")) and is_number(t.user_attrs.get(metric)):
             by[_group_key(cfg)][cfg["batch_size"]].append(t.user_attrs[metric])
     if not by:
         return None
@@ -184,7 +181,9 @@ def effect(data: StudyData, metric: str, limit: float | None = None) -> Figure |
 def accuracy_vs_speed(data: StudyData) -> Figure | None:
     by: dict[str, list[FrozenTrial]] = defaultdict(list)
     for t in data.completed:
-        if _num(t.user_attrs.get("accuracy_cosine")) and _num(t.user_attrs.get("throughput_items_s")):
+        if is_number(t.user_attrs.get("accuracy_cosine")) and is_number(
+            t.user_attrs.get("throughput_items_s")
+        ):
             by[str(data.config(t).get("precision", "fp32"))].append(t)
     if not by:
         return None
@@ -231,7 +230,7 @@ def parallel(data: StudyData) -> Figure | None:
     dims = []
     for p in data.params:
         vals = [data.config(t).get(p) for t in ts]
-        if all(_num(v) for v in vals):
+        if all(is_number(v) for v in vals):
             dims.append(dict(label=esc(p), values=vals))
         else:
             cats = sorted({str(v) for v in vals})

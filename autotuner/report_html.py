@@ -18,7 +18,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from autotuner import __version__
 from autotuner import report_figures as figs
-from autotuner.metrics import METRICS
+from autotuner.metrics import METRICS, is_number
 from autotuner.report_data import StudyData
 from autotuner.report_figures import esc
 from autotuner.result import FAILURE_CLASSES
@@ -249,10 +249,10 @@ def _baseline_gain(d: StudyData, w: Any) -> str:
         return ""
     match = [t for t in d.completed if all(d.config(t).get(k) == v for k, v in base.items())]
     metric = d.objectives[0]
-    if not match or not figs._num(w.user_attrs.get(metric)):
+    if not match or not is_number(w.user_attrs.get(metric)):
         return f"<br>baseline {esc(base)} was not measured in this study"
     b = match[0].user_attrs.get(metric)
-    if not figs._num(b) or b == 0:
+    if not is_number(b) or b == 0:
         return ""
     ratio = w.user_attrs[metric] / b
     return f"<br>against the baseline (trial #{match[0].number}): {esc(metric)} x{ratio:.2f}"
