@@ -177,7 +177,7 @@ def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "autotune: interrupted; run the same command again to resume"
     study = _study()
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
