@@ -9,14 +9,13 @@ from typing import Any
 import optuna
 
 from autotuner.errors import UsageError
-from autotuner.pick import Candidate, Pick, Rule, candidates, decide
-from autotuner.progress import Progress
+from autotuner.estimates import config_key
+from autotuner.pick import Candidate, Pick, Rule, baseline_gain, decide
+from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.spec import Spec, check_rule
 from autotuner.spec_load import load_spec
 from autotuner.storage import default_url, redact
-
-REMEASURE_KEY = "remeasure"
 
 
 @dataclass
@@ -102,7 +101,12 @@ def run(
 def choose(
     spec: Spec, study: optuna.Study, rule_text: str | None, executor: Any, progress: Progress
 ) -> Pick | None:
-    """Pick the winner. With an executor, re-measure the top candidates first (interleaved)."""
+    """Pick the winner from the configs' pooled estimates. With an executor, race the contenders
+    first (interleaved rounds, a fresh process per block); without one, read the last race."""
+    from autotuner.estimates import RACE_KEY, pool, race_blocks
+    from autotuner.executors.base import TrialRequest
+    from autotuner.race import contenders, race_block_record, run_race
+
     if rule_text is not None:
         try:
             check_rule(rule_text)
@@ -111,39 +115,120 @@ def choose(
     o = spec.objectives[0]
     rule = Rule.parse(rule_text or f"{'max' if o.direction == 'maximize' else 'min'}:{o.metric}")
     trials = study.get_trials(deepcopy=False)
-    cands = candidates(trials, [x.direction for x in spec.objectives], rule, spec.pick.top_k)
+    stored = race_blocks(study.user_attrs)
+    estimates = pool(trials, stored)
+    cands, _ = contenders(spec, estimates, rule)
     if not cands:
         progress.say("no feasible completed trial: nothing to pick (see failures above)")
         return None
-    stored: dict[str, Any] = dict(study.user_attrs.get(REMEASURE_KEY, {}))
-    rounds: dict[str, list[dict[str, float]]] = dict(stored.get("rounds", {}))
-    if executor is not None and spec.pick.rounds >= 2:
+    base_cfg = baseline_config(spec)
+    base: Candidate | None = None
+    if base_cfg is not None:
+        k = config_key(base_cfg)
+        base = next((c for c in cands if config_key(c.config) == k), None)
+        if base is None:
+            e = estimates.get(k)
+            base = Candidate(
+                trial=e.first_trial if e else -1,
+                config=base_cfg,
+                value=(e.mean(rule.metric) or float("nan")) if e else float("nan"),
+                blocks=e.n if e else 0,
+                baseline=True,
+            )
+    tie_breaks = [Rule.parse(t) for t in spec.pick.tie_break]
+    racers = cands + ([base] if base is not None and base.baseline else [])
+    if executor is not None and spec.pick.rounds >= 1 and (len(cands) > 1 or (base and base.baseline)):
+        if base is not None and base.baseline and _refused(spec, base_cfg or {}, executor, trials):
+            racers.remove(base)
+            base = None
+        race_id = 1 + max((int(b.get("race", 0)) for b in stored), default=0)
+        blocks = list(stored)
         progress.say(
-            f"re-measuring the top {len(cands)} candidates, interleaved, {spec.pick.rounds} rounds: "
+            f"\nracing {len(cands)} contender(s)"
+            + (" and the baseline" if base is not None and base.baseline else "")
+            + f" on {rule}: {spec.pick.rounds}-{spec.pick.max_rounds} interleaved rounds of "
+            f"{spec.pick.round_time_s:g} s blocks, each in a fresh worker: "
             + ", ".join(f"#{c.trial}" for c in cands)
         )
-        out = executor.remeasure([c.config for c in cands], spec.pick.rounds, spec.pick.round_time_s)
-        for i, c in enumerate(cands):
-            got = out.get("rounds", {}).get(str(i))
-            if got:
-                rounds[str(c.trial)] = got
-            err = out.get("errors", {}).get(str(i)) or out.get("errors", {}).get("all")
-            if err:
-                c.error = err
-        study.set_user_attr(REMEASURE_KEY, {"rounds": rounds})
-    for c in cands:
-        c.rounds = [r[rule.metric] for r in rounds.get(str(c.trial), []) if rule.metric in r]
-    metrics = {t.number: t.user_attrs for t in trials}
-    pick = decide(cands, rule, Rule.parse(spec.pick.tie_break), spec.pick.confidence, metrics)
+
+        def measure(config: dict[str, Any]) -> TrialResult:
+            req = TrialRequest(-1, config, meta={"block_s": spec.pick.round_time_s})
+            try:
+                return executor.submit(req).result()
+            except Exception as e:  # noqa: BLE001 - an executor fault drops the candidate only
+                return TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
+
+        def on_block(c: Candidate, r: int, res: TrialResult, loaded: bool) -> None:
+            blocks.append({**race_block_record(c, r, res, loaded), "race": race_id})
+            study.set_user_attr(RACE_KEY, {"blocks": blocks})
+
+        def breaks(c: Candidate) -> str | None:
+            from autotuner.estimates import Block, Estimate, feasible
+
+            e = estimates.get(config_key(c.config)) or Estimate(config_key(c.config), c.config)
+            mixed = Estimate(e.key, e.config, list(e.trials), list(e.blocks))
+            mixed.blocks += [Block("race", m) for m in c.round_metrics]
+            return feasible(mixed, spec.constraints)[1]
+
+        run_race(spec, rule, racers, measure, on_block, progress.say, breaks)
+    elif stored:
+        _replay_last_race(racers, stored, rule)
+    pick = decide(racers, rule, tie_breaks, spec.pick.confidence, spec.pick.tie_tolerance)
+    if base is not None:
+        if not base.baseline and base.trial == pick.winner:
+            pick.baseline = {
+                "config": base.config,
+                "text": "the baseline is the chosen config",
+                "significant": False,
+            }
+        elif base.round_metrics:
+            pick.baseline = baseline_gain(pick.chosen, base, rule, spec.pick.confidence)
+        else:
+            pick.baseline = {
+                "config": base.config,
+                "text": "the baseline was not measured beside the winner, so no gain over it is claimed",
+                "significant": False,
+            }
     study.set_user_attr("pick", pick.to_dict())
     return pick
+
+
+def baseline_config(spec: Spec) -> dict[str, Any] | None:
+    """The spec's baseline as a full config (unset parameters at their first value)."""
+    if not spec.baseline:
+        return None
+    from autotuner.space import active, defaults, order
+
+    full = {**defaults(spec), **spec.baseline}
+    config: dict[str, Any] = {}
+    for name in order(spec.space):
+        if name in full and active(spec.space[name], config):
+            config[name] = full[name]
+    return config
+
+
+def _refused(spec: Spec, config: dict[str, Any], executor: Any, trials: list[Any]) -> bool:
+    from autotuner.driver import precheck
+
+    return precheck(spec, config, getattr(executor, "caps", {}), trials) is not None
+
+
+def _replay_last_race(racers: list[Candidate], stored: list[dict[str, Any]], rule: Rule) -> None:
+    """Without an executor (export), the last race's rounds stand in for a new race."""
+    last = max(int(b.get("race", 0)) for b in stored)
+    mine = [b for b in stored if int(b.get("race", 0)) == last and not b.get("under_load")]
+    for c in racers:
+        k = config_key(c.config)
+        for b in sorted((b for b in mine if b["key"] == k), key=lambda b: b["round"]):
+            c.round_metrics.append(dict(b["metrics"]))
+            v = b["metrics"].get(rule.metric)
+            c.rounds.append(float(v) if v is not None else float("nan"))
 
 
 def _export(spec: Spec, study: optuna.Study, pick: Pick, url: str, path: Path) -> Path:
     from autotuner.export import best_config, write_yaml
 
-    rounds = dict(study.user_attrs.get(REMEASURE_KEY, {}).get("rounds", {}))
-    return write_yaml(path, best_config(spec, study, pick, url, rounds))
+    return write_yaml(path, best_config(spec, study, pick, url))
 
 
 def export(
@@ -172,7 +257,7 @@ def export(
     if pick is None:
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
     if fmt == "vllm":
-        return vllm_serve(spec, st.trials[pick.winner].user_attrs.get("config", {}))
+        return vllm_serve(spec, pick.config)
     return _export(spec, st, pick, url, Path(output or f"reports/{study_name}.best.yaml"))
 
 
@@ -253,38 +338,76 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
 
 
 def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progress) -> None:
-    from autotuner.pick import completed_feasible, pareto_front
+    """The front of the configs' pooled estimates, the race side by side, and the choice."""
+    from autotuner.estimates import feasible, front, pool, race_blocks, relative_spread
 
-    directions = [o.direction for o in spec.objectives]
-    front = pareto_front(completed_feasible(study.get_trials(deepcopy=False)), directions)
+    estimates = pool(study.get_trials(deepcopy=False), race_blocks(study.user_attrs))
+    ok = [e for e in estimates.values() if feasible(e, spec.constraints)[0]]
+    shown = front(ok, spec.objectives)
+    chosen_key = config_key(pick.config) if pick else None
+    if chosen_key and chosen_key in estimates and estimates[chosen_key] not in shown:
+        shown.append(estimates[chosen_key])
     params = list(spec.space)
-    metrics = [o.metric for o in spec.objectives] + [
-        c.metric for c in spec.constraints if c.metric not in {o.metric for o in spec.objectives}
-    ]
-    if front:
-        progress.say(f"\nPareto-optimal feasible configs ({len(front)}):")
+    metrics = [o.metric for o in spec.objectives]
+    o = spec.objectives[0]
+    shown.sort(key=lambda e: e.mean(o.metric) or 0.0, reverse=o.direction == "maximize")
+    conf = spec.pick.confidence
+    if shown:
+        on_front = set(id(e) for e in front(ok, spec.objectives))
+        progress.say(
+            f"\nPareto-optimal feasible configs by their pooled estimates ({len(on_front)}), "
+            f"mean +- half the {int(conf * 100)}% interval:"
+        )
         rows = []
-        for t in sorted(front, key=lambda t: t.values[0], reverse=directions[0] == "maximize"):
-            cfg = t.user_attrs.get("config", t.params)
-            mark = "*" if pick and t.number == pick.winner else ""
+        for e in shown:
+            mark = "*" if e.key == chosen_key else ""
+            cells = []
+            for m in metrics:
+                iv = e.interval(m, conf, relative_spread(estimates, m))
+                cells.append(f"{iv[0]:.4g} +-{(iv[2] - iv[1]) / 2:.2g}" if iv else "-")
+            flags = [] if id(e) in on_front else ["chosen, off the front"]
+            if e.under_load:
+                flags.append(f"{e.under_load} block(s) under load left out")
             rows.append(
                 [
-                    f"{mark}#{t.number}",
-                    *[cfg.get(p, "-") for p in params],
-                    *[t.user_attrs.get(m) for m in metrics],
+                    f"{mark}#{e.first_trial}",
+                    *[e.config.get(p, "-") for p in params],
+                    e.n,
+                    *cells,
+                    "; ".join(flags),
                 ]
             )
-        progress.table(["trial", *params, *metrics], rows)
-    if pick:
-        chosen = next(c for c in pick.candidates if c.trial == pick.winner)
-        ci = (
-            f" (mean {chosen.mean:.4g}, {int(pick.confidence * 100)}% CI "
-            f"{chosen.ci[0]:.4g}..{chosen.ci[1]:.4g})"
-            if chosen.ci
-            else ""
-        )
-        progress.say(f"\nchosen: trial #{pick.winner} by {pick.rule}{ci}")
-        progress.say(f"  {pick.reason}")
+        progress.table(["trial", *params, "blocks", *metrics, "note"], rows)
+    if pick is None:
+        return
+    if pick.remeasured:
+        progress.say(f"\nthe race on {pick.rule} ({pick.rounds} rounds, blocks in fresh workers):")
+        rows = []
+        for c in pick.candidates:
+            if c.baseline:
+                status = "baseline"
+            elif c.trial == pick.winner:
+                status = "chosen"
+            elif c.trial in pick.tied_with:
+                status = "tie"
+            else:
+                status = c.dropped or c.error or "-"
+            ci = f"{c.ci[0]:.4g}..{c.ci[1]:.4g}" if c.ci else "-"
+            mean = f"{c.mean:.4g}" if c.mean is not None else "-"
+            rows.append(
+                [f"#{c.trial}", fmt_config(c.config), f"{c.value:.4g}", len(c.rounds), mean, ci, status]
+            )
+        progress.table(["trial", "config", "before race", "rounds", "race mean", "interval", "status"], rows)
+    chosen = pick.chosen
+    ci = (
+        f" (mean {chosen.mean:.4g}, {int(pick.confidence * 100)}% CI {chosen.ci[0]:.4g}..{chosen.ci[1]:.4g})"
+        if chosen.ci and chosen.mean is not None
+        else f" (pooled estimate {chosen.value:.4g} over {chosen.blocks} block(s))"
+    )
+    progress.say(f"\nchosen: trial #{pick.winner} {fmt_config(pick.config)} by {pick.rule}{ci}")
+    progress.say(f"  {pick.reason}")
+    if pick.baseline:
+        progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
 
 
 __all__ = ["Candidate", "RunOutcome", "bench", "export", "report", "run"]

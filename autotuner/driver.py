@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import secrets
 import socket
 import time
 import warnings
@@ -38,6 +40,8 @@ BEAT = "autotune:heartbeat"
 DETERMINISTIC = ("unsupported", "oom", "predicted-oom")
 NOT_LAUNCHED = ("unsupported", "predicted-oom")
 RUNNABLE = "runnable"
+REPEATS_FOR_CONTENDERS = 3  # a proposed repeat of a contender is measured until it has this many blocks
+FALLBACK_AFTER = 2  # free trials in a row before the driver draws an unmeasured config itself
 
 
 @dataclass
@@ -73,6 +77,7 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
         if study.user_attrs.get("spec_fingerprint") not in (None, spec.fingerprint()):
             progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
         return study
+    study.set_user_attr("sampler_seed", spec.seed if spec.seed is not None else secrets.randbelow(2**31))
     study.set_user_attr("spec", spec_to_dict(spec))
     study.set_user_attr("spec_fingerprint", spec.fingerprint())
     study.set_user_attr("environment", caps)
@@ -82,10 +87,19 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
 
 
 def uses_budget(t: FrozenTrial) -> bool:
-    """Running or finished, except interrupted trials (they are retried)."""
+    """The budget counts measurements: running or finished trials, except interrupted ones (they
+    are retried), refusals known before launch, repeats told the pooled value, and blocks taken
+    under foreign load that were measured again."""
     if t.state == TrialState.RUNNING:
         return True
-    return t.state.is_finished() and t.user_attrs.get("failure_class") != "interrupted"
+    if not t.state.is_finished():
+        return False
+    failure = t.user_attrs.get("failure_class")
+    if failure in ("interrupted", "under-load"):
+        return False
+    if t.state == TrialState.PRUNED and failure in NOT_LAUNCHED:
+        return False
+    return "pooled_from" not in t.user_attrs
 
 
 def counted(trials: list[FrozenTrial]) -> int:
@@ -194,6 +208,8 @@ def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -
         trial.set_user_attr("latency_samples_ms", result.latency_samples_ms)
     if result.info:
         trial.set_user_attr("info", result.info)
+    if result.info.get("under_load"):
+        trial.set_user_attr("under_load", 1)
     failure = result.failure_class
     message = result.failure_message
     if result.ok:
@@ -222,19 +238,43 @@ def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -
     return f"{shown}{'' if ok else ' (infeasible)'}", None
 
 
-def best_line(spec: Spec, study: optuna.Study) -> str | None:
-    from autotuner.pick import completed_feasible
+def best_line(spec: Spec, arms: Any) -> str | None:
+    """The best feasible config so far by its pooled estimate, with its trial and block count."""
+    from autotuner.estimates import feasible
 
     o = spec.objectives[0]
-    pool = completed_feasible(study.get_trials(deepcopy=False))
-    if not pool:
+    scored = [
+        (e, e.mean(o.metric))
+        for e in arms.estimates.values()
+        if feasible(e, spec.constraints)[0] and e.mean(o.metric) is not None
+    ]
+    if not scored:
         return None
     pick = max if o.direction == "maximize" else min
-    t = pick(pool, key=lambda t: t.values[0])
-    return f"#{t.number} {o.metric}={t.values[0]:.4g}"
+    e, v = pick(scored, key=lambda x: x[1])
+    return f"#{e.first_trial} {o.metric}={v:.4g}" + (f" ({e.n} blocks)" if e.n > 1 else "")
+
+
+def is_loaded(result: TrialResult, limit: float) -> bool:
+    v = result.metrics.get("foreign_load")
+    return result.ok and v is not None and math.isfinite(v) and v > limit
+
+
+def tell_pooled(spec: Spec, study: optuna.Study, trial: Trial, e: Any, values: list[float]) -> str:
+    """A repeat the sampler proposed, answered with the config's pooled estimate: no measurement."""
+    trial.set_user_attr("pooled_from", list(e.trials))
+    for c in spec.constraints:
+        v = e.mean(c.metric)
+        trial.set_constraint(c.text, c.violation(v) if v is not None else 1.0)
+    study.tell(trial, values)
+    shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(spec.objectives, values, strict=True))
+    return f"repeat of #{e.first_trial}: told its pooled estimate over {e.n} block(s), {shown} (free)"
 
 
 def drive(session: Session, executor: Executor, wall_time_s: float | None) -> None:
+    from autotuner.proposals import Arms
+    from autotuner.space import sampled_params
+
     spec, study, progress = session.spec, session.study, session.progress
     say = progress.say
 
@@ -258,12 +298,50 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
         "replaying the journal",
     )
     db(lambda: recover_stale(study, progress), "recovering stale trials")
+    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
     # A resumed study gets a new seed, so the sampler does not replay the configs it began with.
-    study.sampler = make_sampler(spec, seed=spec.seed + len(study.get_trials(deepcopy=False)))
+    base_seed = spec.seed if spec.seed is not None else int(study.user_attrs.get("sampler_seed", 0))
+    study.sampler = make_sampler(spec, seed=base_seed + len(trials))
+    rng = random.Random(base_seed + len(trials) + 1)
+    arms = Arms(spec, trials, REPEATS_FOR_CONTENDERS)
+    limit = spec.measurement.max_foreign_load
+    measured_s = sum(float(t.user_attrs.get("measure_s") or 0.0) for t in trials if uses_budget(t))
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
-    running: dict[Future[TrialResult], tuple[Trial, float, int]] = {}
+    running: dict[Future[TrialResult], tuple[Trial, float, int, dict[str, Any]]] = {}
     deadline = time.monotonic() + wall_time_s if wall_time_s else None
     total = session.budget
+    free_streak = 0
+    free_total = 0
+    exhausted = False
+
+    def runnable(config: dict[str, Any]) -> bool:
+        return precheck(spec, config, session.caps, []) is None
+
+    def time_left() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        return spec.budget.measure_s is None or measured_s < spec.budget.measure_s
+
+    def free(trial: Trial) -> None:
+        """A trial that measured nothing; after a few in a row, queue an unmeasured config."""
+        nonlocal free_streak, free_total, exhausted
+        free_streak += 1
+        free_total += 1
+        if free_streak < FALLBACK_AFTER:
+            return
+        pick = arms.unmeasured(rng, runnable)
+        if pick is None:
+            exhausted = True
+            say(
+                f"every runnable config of the space is measured; the search ends at trial #{trial.number}"
+            )
+            return
+        free_streak = 0
+        db(
+            lambda: study.enqueue_trial(sampled_params(spec, pick), user_attrs={"drawn": "unmeasured"}),
+            "queueing a config",
+        )
+
     try:
         while True:
             trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
@@ -271,7 +349,9 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
             while (
                 room > 0
                 and len(running) < executor.slots
-                and (deadline is None or time.monotonic() < deadline)
+                and time_left()
+                and not exhausted
+                and free_total <= max(50, 10 * total)
             ):
                 trial = db(study.ask, "asking for a trial")
                 db(
@@ -284,41 +364,100 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     break
                 config = db(lambda t=trial: suggest(t, spec), "sampling a config")
                 db(lambda t=trial, c=config: t.set_user_attr("config", c), "storing the config")
-                n = counted(db(lambda: study.get_trials(deepcopy=False), "reading the study"))
+                n = counted(trials) + len(running) + 1
                 known = precheck(spec, config, session.caps, trials)
                 if known is not None:
                     summary, failure = store(trial, known)
+                    arms.refuse(config)
                     progress.trial_finished(
-                        n, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, failure, None
+                        n - 1,
+                        total,
+                        trial.number,
+                        f"{fmt_config(config)} {summary} (free)",
+                        0.0,
+                        failure,
+                        None,
                     )
+                    free(trial)
                     trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
-                    room = total - counted(trials)
                     continue
+                proposal = arms.propose(config)
+                values = arms.pooled_values(proposal.estimate) if proposal.estimate else None
+                if proposal.action == "pooled" and values is not None:
+                    e = proposal.estimate
+                    summary = db(
+                        lambda t=trial, e=e, v=values: tell_pooled(spec, study, t, e, v), "storing a repeat"
+                    )
+                    progress.trial_finished(
+                        n - 1, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, None, None
+                    )
+                    free(trial)
+                    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+                    continue
+                if proposal.action == "remeasure" and proposal.estimate is not None:
+                    e = proposal.estimate
+                    db(lambda t=trial, e=e: t.set_user_attr("repeat_of", e.first_trial), "storing the config")
+                    say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
+                free_streak = 0
                 progress.trial_started(n, total, trial.number, config)
-                running[executor.submit(TrialRequest(trial.number, config))] = (trial, time.monotonic(), n)
+                req = TrialRequest(trial.number, config)
+                running[executor.submit(req)] = (trial, time.monotonic(), n, config)
                 room -= 1
             if not running:
                 break
             done, _ = wait(list(running), timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
             for fut in done:
-                trial, started, n = running.pop(fut)
+                trial, started, n, config = running.pop(fut)
                 try:
                     result = fut.result()
                 except Exception as e:  # noqa: BLE001 - an executor fault fails the trial only
                     result = TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
+                loaded = is_loaded(result, limit)
+                if loaded:
+                    depth = int(trial.user_attrs.get("load_retry", 0))
+                    load = result.metrics.get("foreign_load", 0.0)
+                    if depth < spec.measurement.load_repeats:
+                        result = TrialResult(
+                            ok=False,
+                            metrics=result.metrics,
+                            failure_class="under-load",
+                            failure_message=(
+                                f"other processes took {load:.2f} cores of the trial's cores while it "
+                                f"measured (limit {limit:g}); kept, and measured again"
+                            ),
+                            latency_samples_ms=result.latency_samples_ms,
+                            info=result.info,
+                        )
+                        db(
+                            lambda t=trial, d=depth, c=config: study.enqueue_trial(
+                                sampled_params(spec, c),
+                                user_attrs={"repeat_of": t.number, "load_retry": d + 1},
+                            ),
+                            "queueing a repeat",
+                        )
+                    else:
+                        result.info["under_load"] = True
                 summary, failure = store(trial, result)
-                best = db(lambda: best_line(spec, study), "reading the study")
+                if result.ok or failure == "under-load":
+                    arms.add(trial.number, config, result.metrics, loaded)
+                if result.ok:
+                    measured_s += float(result.metrics.get("measure_s") or 0.0)
+                elif failure in DETERMINISTIC:
+                    arms.refuse(config)
+                if result.ok and result.metrics.get("unstable"):
+                    summary += " [unstable: CV target not met]"
+                best = best_line(spec, arms)
                 progress.trial_finished(
                     n, total, trial.number, summary, time.monotonic() - started, failure, best
                 )
             beat = time.time()
-            for trial, _, _ in running.values():
+            for trial, _, _, _ in running.values():
                 try:
                     study._storage.set_trial_system_attr(trial._trial_id, BEAT, beat)
                 except DB_ERRORS:
                     pass  # a missed heartbeat is harmless; the next one retries
     except KeyboardInterrupt:
-        for trial, _, _ in running.values():
+        for trial, _, _, _ in running.values():
             trial.set_user_attr("failure_class", "interrupted")
             trial.set_user_attr("failure_message", "stopped by the user (Ctrl-C)")
             study.tell(trial, state=TrialState.FAIL)
@@ -326,4 +465,6 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
         raise
     finally:
         kill_all()
+    if spec.budget.measure_s is not None and measured_s >= spec.budget.measure_s:
+        say(f"the measurement budget ({spec.budget.measure_s:g} s) is spent")
     journal.compact()

@@ -16,7 +16,6 @@ from autotuner.metrics import is_number
 from autotuner.pick import Pick
 from autotuner.registry import runner_for
 from autotuner.spec import Spec
-from autotuner.stats import mean_ci
 from autotuner.storage import redact
 
 KEY_METRICS = (
@@ -31,11 +30,13 @@ KEY_METRICS = (
 )
 
 
-def best_config(
-    spec: Spec, study: optuna.Study, pick: Pick, storage_url: str, rounds: dict[str, list[dict[str, float]]]
-) -> dict[str, Any]:
+def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -> dict[str, Any]:
+    from autotuner.estimates import Estimate, config_key, pool, race_blocks, relative_spread
+
     trial = study.trials[pick.winner]
-    config = dict(trial.user_attrs.get("config", trial.params))
+    config = dict(pick.config or trial.user_attrs.get("config", trial.params))
+    estimates = pool(study.get_trials(deepcopy=False), race_blocks(study.user_attrs))
+    est = estimates.get(config_key(config)) or Estimate(config_key(config), config)
     attrs = trial.user_attrs
     wanted = list(
         dict.fromkeys(
@@ -43,26 +44,28 @@ def best_config(
         )
     )
     metrics: dict[str, Any] = {}
-    mine = rounds.get(str(trial.number), [])
     for m in wanted:
-        if not is_number(attrs.get(m)):
-            continue
-        entry: dict[str, Any] = {"trial": _r(attrs[m])}
-        series = [r[m] for r in mine if is_number(r.get(m))]
-        if len(series) >= 2:
-            mean, lo, hi = mean_ci(series, pick.confidence)
-            entry["remeasured"] = {
-                "mean": _r(mean),
-                "ci_low": _r(lo),
-                "ci_high": _r(hi),
-                "rounds": len(series),
+        iv = est.interval(m, pick.confidence, relative_spread(estimates, m))
+        if iv is not None and len(est.values(m)) >= 2:
+            entry: dict[str, Any] = {
+                "mean": _r(iv[0]),
+                "ci_low": _r(iv[1]),
+                "ci_high": _r(iv[2]),
+                "blocks": len(est.values(m)),
                 "confidence": pick.confidence,
             }
+        elif est.mean(m) is not None:
+            # Measured once (accuracy: by the trial; it does not vary between processes).
+            entry = {"mean": _r(est.mean(m)), "blocks": max(1, len(est.values(m)))}
+        elif is_number(attrs.get(m)):
+            entry = {"mean": _r(attrs[m]), "blocks": 1}
+        else:
+            continue
         metrics[m] = entry
     constraints = []
     for c in spec.constraints:
-        v = attrs.get(c.metric)
-        if is_number(v):
+        v = est.mean(c.metric)
+        if v is not None:
             constraints.append(
                 {
                     "constraint": c.text,
@@ -87,13 +90,29 @@ def best_config(
             "tied_with_trials": pick.tied_with,
             "tie_break": pick.tie_break,
             "remeasured": pick.remeasured,
+            "race_rounds": pick.rounds,
+            "baseline": pick.baseline,
+            "estimate": {
+                "blocks": est.n,
+                "blocks_under_load_left_out": est.under_load,
+                "measure_s": round(est.measure_s, 3),
+                "trials": est.trials,
+            },
             "candidates": [
                 {
                     "trial": c.trial,
                     "params": c.config,
-                    "measured": _r(c.value),
-                    **({"mean": _r(c.mean), "ci": [_r(c.ci[0]), _r(c.ci[1])]} if c.ci else {}),
+                    "before_race": _r(c.value),
+                    "blocks_before_race": c.blocks,
+                    "race_rounds": len(c.rounds),
+                    **(
+                        {"mean": _r(c.mean), "ci": [_r(c.ci[0]), _r(c.ci[1])]}
+                        if c.ci and c.mean is not None
+                        else {}
+                    ),
+                    **({"left_race": c.dropped} if c.dropped else {}),
                     **({"error": c.error} if c.error else {}),
+                    **({"baseline": True} if c.baseline else {}),
                 }
                 for c in pick.candidates
             ],

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autotuner.load import LoadMeter
+
 
 @dataclass(frozen=True)
 class HarnessSettings:
@@ -37,6 +39,8 @@ def measure(
         step()
         sync()
     samples: list[int] = []
+    meter = LoadMeter()
+    meter.start()
     clock = time.perf_counter_ns
     started = clock()
     stable = False
@@ -59,8 +63,11 @@ def measure(
             stable = n >= settings.min_iters and arr.std() / arr.mean() <= settings.cv_target
             break
     measure_s = (clock() - started) / 1e9
+    foreign = meter.stop()
     ms = np.asarray(samples, dtype=np.float64) / 1e6
-    return summarize(ms, items_per_step, measure_s, stable), keep(ms, settings.keep_samples)
+    metrics = summarize(ms, items_per_step, measure_s, stable)
+    metrics["foreign_load"] = foreign
+    return metrics, keep(ms, settings.keep_samples)
 
 
 def summarize(ms: np.ndarray, items_per_step: int, measure_s: float, stable: bool) -> dict:

@@ -54,9 +54,42 @@ def show_study(name: str, storage: str | None) -> int:
     out.say("  trials: " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())) or "none"))
     if failures:
         out.say("  failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    _top_configs(out, study, trials)
     pick = study.user_attrs.get("pick")
     if pick:
         out.say(f"  chosen: trial #{pick['winner']} by {pick['rule']}: {pick['reason']}")
-        t = study.trials[pick["winner"]]
-        out.say("  params: " + " ".join(f"{k}={v}" for k, v in t.user_attrs.get("config", {}).items()))
+        config = pick.get("config") or study.trials[pick["winner"]].user_attrs.get("config", {})
+        out.say("  params: " + " ".join(f"{k}={v}" for k, v in config.items()))
+        if pick.get("baseline"):
+            out.say(f"  baseline: {pick['baseline'].get('text', '')}")
     return 0
+
+
+def _top_configs(out: Progress, study: optuna.Study, trials: list) -> None:
+    """The best configs by their pooled estimates (every block of a config, one row)."""
+    from autotuner.estimates import pool, race_blocks, relative_spread
+
+    spec = study.user_attrs.get("spec", {})
+    objectives = spec.get("objectives") or []
+    if not objectives:
+        return
+    metric, direction = objectives[0]["metric"], objectives[0]["direction"]
+    est = [e for e in pool(trials, race_blocks(study.user_attrs)).values() if e.mean(metric) is not None]
+    if not est:
+        return
+    est.sort(key=lambda e: e.mean(metric) or 0.0, reverse=direction == "maximize")
+    rel = relative_spread({e.key: e for e in est}, metric)
+    conf = float(spec.get("pick", {}).get("confidence", 0.95))
+    rows = []
+    for e in est[:10]:
+        iv = e.interval(metric, conf, rel)
+        rows.append(
+            [
+                f"#{e.first_trial}",
+                " ".join(f"{k}={v}" for k, v in e.config.items()),
+                e.n,
+                f"{iv[0]:.4g} [{iv[1]:.4g}, {iv[2]:.4g}]" if iv else "-",
+            ]
+        )
+    out.say(f"  top configs by pooled {metric} ({int(conf * 100)}% interval over blocks):")
+    out.table(["trial", "config", "blocks", metric], rows)

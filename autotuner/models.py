@@ -115,7 +115,7 @@ def _call_factory(spec: Spec) -> Any:
     # Seeded, so that a factory that draws random weights builds the same model in every
     # process (the fp32 reference is computed in another process than the trial).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(spec.data_seed)
         module = fn(**spec.model.options)
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"model.factory {target} returned {type(module).__name__}, not nn.Module")

@@ -46,7 +46,7 @@ def onnx_path(spec: Spec, precision: str) -> Path:
 def reference_outputs(spec: Spec) -> np.ndarray:
     from autotuner.models import model_identity
 
-    name = f"{model_identity(spec)}.seed{spec.seed}.n{spec.accuracy.samples}.npy"
+    name = f"{model_identity(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
     path = cache_dir() / "reference" / name
     if not path.exists():
         _in_child("reference", spec, {"path": str(path)})
@@ -58,7 +58,7 @@ def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
     from autotuner.models import model_inputs
 
     # A seed apart from the timed batch, the same for every config.
-    return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.seed + 1)
+    return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.data_seed + 1)
 
 
 def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
@@ -108,7 +108,7 @@ def _export_fp32(spec: Spec, path: Path) -> None:
 
     model = build_torch_model(spec)
     specs = model_inputs(spec)
-    sample = {k: torch.from_numpy(v) for k, v in make_inputs(specs, 2, spec.seed).items()}
+    sample = {k: torch.from_numpy(v) for k, v in make_inputs(specs, 2, spec.data_seed).items()}
     names = [s.name for s in specs]
     axes = {s.name: {s.shape.index("batch"): "batch"} for s in specs}
     axes["output"] = {0: "batch"}

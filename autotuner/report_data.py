@@ -16,9 +16,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotuner.estimates import Estimate, is_measurement, pool, race_blocks, trial_front
+from autotuner.estimates import trial_feasible as feasible
 from autotuner.files import atomic_write, atomic_write_text
 from autotuner.metrics import METRICS
-from autotuner.pick import feasible, pareto_front
 
 
 @dataclass
@@ -34,12 +35,18 @@ class StudyData:
     params: list[str]
     trials: list[FrozenTrial]
     pick: dict[str, Any] | None
-    remeasure: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    race: list[dict[str, Any]] = field(default_factory=list)
 
     # Derived once: the report asks for them per trial, and a study can hold thousands.
     @cached_property
     def completed(self) -> list[FrozenTrial]:
-        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+        """Trials that measured their config (repeats told the pooled value are left out)."""
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and is_measurement(t)]
+
+    @cached_property
+    def estimates(self) -> dict[str, Estimate]:
+        """Every config's pooled estimate: its trials and its race blocks."""
+        return pool(self.trials, self.race)
 
     @cached_property
     def feasible(self) -> list[FrozenTrial]:
@@ -51,7 +58,7 @@ class StudyData:
 
     @cached_property
     def front(self) -> list[FrozenTrial]:
-        return pareto_front(self.feasible, self.directions) if self.feasible else []
+        return trial_front(self.feasible, self.directions) if self.feasible else []
 
     def is_feasible(self, t: FrozenTrial) -> bool:
         return t.number in self.feasible_numbers
@@ -81,7 +88,7 @@ def load(study: optuna.Study, storage: str) -> StudyData:
         params=params,
         trials=trials,
         pick=study.user_attrs.get("pick"),
-        remeasure=dict(study.user_attrs.get("remeasure", {}).get("rounds", {})),
+        race=race_blocks(study.user_attrs),
     )
 
 

@@ -18,7 +18,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from autotuner import __version__
 from autotuner import report_figures as figs
-from autotuner.metrics import METRICS, is_number
+from autotuner.metrics import METRICS
 from autotuner.report_data import StudyData
 from autotuner.report_figures import esc
 from autotuner.result import FAILURE_CLASSES
@@ -179,6 +179,7 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
     ]
     page.add(f"<h2>{esc(prefix)}Latency distributions</h2>")
     page.figure(figs.latency_boxes(d, top), "no latency samples were kept for the top candidates")
+    _estimates_table(page, d, prefix)
     _failures(page, d, prefix)
     _trial_table(page, d, prefix)
 
@@ -225,37 +226,93 @@ def _summary(page: Page, d: StudyData) -> None:
         page.add("<p class='note bad'>No feasible config: every completed trial breaks a constraint.</p>")
         return
     w = d.trials[d.winner]
-    cand = next((c for c in d.pick.get("candidates", []) if c["trial"] == d.winner), {})
-    ci = cand.get("ci")
-    interval = (
-        (
-            f"re-measured mean {_fmt(cand.get('mean'))}, {int(d.pick['confidence'] * 100)}% CI "
-            f"{_fmt(ci[0])} .. {_fmt(ci[1])}"
-        )
-        if ci
-        else "not re-measured"
+    pick = d.pick
+    chosen = dict(pick.get("config") or d.config(w))
+    cand = next(
+        (c for c in pick.get("candidates", []) if c["trial"] == d.winner and not c.get("baseline")), {}
     )
+    ci = cand.get("ci")
+    pct = int(pick["confidence"] * 100)
+    interval = (
+        f"race mean {_fmt(cand.get('mean'))} over {len(cand.get('rounds', []))} interleaved rounds, "
+        f"{pct}% CI {_fmt(ci[0])} .. {_fmt(ci[1])}"
+        if ci
+        else f"pooled estimate {_fmt(cand.get('value'))} over {cand.get('blocks', 1)} block(s); not raced"
+    )
+    base = pick.get("baseline") or {}
     page.add(
         f"<p class='note'><b>Chosen: trial #{d.winner}</b> "
-        f"{esc(' '.join(f'{k}={v}' for k, v in d.config(w).items()))}<br>"
-        f"rule {esc(d.pick['rule'])}: {esc(interval)}<br>{esc(d.pick['reason'])}"
-        f"{_baseline_gain(d, w)}</p>"
+        f"{esc(' '.join(f'{k}={v}' for k, v in chosen.items()))}<br>"
+        f"rule {esc(pick['rule'])}: {esc(interval)}<br>{esc(pick['reason'])}"
+        + (f"<br>baseline: {esc(base.get('text', ''))}" if base else "")
+        + "</p>"
     )
 
 
-def _baseline_gain(d: StudyData, w: Any) -> str:
-    base = d.spec.get("baseline")
-    if not base:
-        return ""
-    match = [t for t in d.completed if all(d.config(t).get(k) == v for k, v in base.items())]
-    metric = d.objectives[0]
-    if not match or not is_number(w.user_attrs.get(metric)):
-        return f"<br>baseline {esc(base)} was not measured in this study"
-    b = match[0].user_attrs.get(metric)
-    if not is_number(b) or b == 0:
-        return ""
-    ratio = w.user_attrs[metric] / b
-    return f"<br>against the baseline (trial #{match[0].number}): {esc(metric)} x{ratio:.2f}"
+def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
+    """Every config once, with its pooled estimate: what the pick reads."""
+    from autotuner.estimates import relative_spread
+
+    conf = float((d.pick or {}).get("confidence", 0.95))
+    metrics = [m for m in d.objectives if m in METRICS]
+    o = metrics[0] if metrics else None
+    ests = [e for e in d.estimates.values() if o and e.mean(o) is not None]
+    ests.sort(key=lambda e: e.mean(o) or 0.0, reverse=bool(d.directions) and d.directions[0] == "maximize")
+    rel = {m: relative_spread(d.estimates, m) for m in metrics}
+    chosen = json.dumps((d.pick or {}).get("config") or {}, sort_keys=True)
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in ["first trial", *d.params, "blocks", "under load", *metrics, "measure s"]
+    )
+    body = []
+    for e in ests[:50]:
+        cells = [f"#{e.first_trial}", *[e.config.get(p, "") for p in d.params], e.n, e.under_load]
+        for m in metrics:
+            iv = e.interval(m, conf, rel[m])
+            cells.append(f"{_fmt(iv[0])} [{_fmt(iv[1])}, {_fmt(iv[2])}]" if iv else "")
+        cells.append(round(e.measure_s, 2))
+        cls = " class='chosen'" if e.key == chosen else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in cells) + "</tr>")
+    page.add(
+        f"<h2>{esc(prefix)}Configs by pooled estimate</h2><p class='muted'>Each config once: the mean of "
+        f"its measurement blocks (search trials, repeats, race rounds; blocks under foreign load left out) "
+        f"and its {int(conf * 100)}% interval over blocks in separate processes. A config measured once "
+        "takes the study's between-block spread.</p><div class='scroll'><table><thead><tr>"
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+    race = [c for c in (d.pick or {}).get("candidates", []) if c.get("rounds")]
+    if not race:
+        return
+    rows = []
+    for c in (d.pick or {}).get("candidates", []):
+        status = (
+            "baseline"
+            if c.get("baseline")
+            else "chosen"
+            if c["trial"] == d.winner
+            else "tie"
+            if c["trial"] in (d.pick or {}).get("tied_with", [])
+            else c.get("dropped") or c.get("error") or ""
+        )
+        ci = c.get("ci")
+        cells = [
+            f"#{c['trial']}",
+            " ".join(f"{k}={v}" for k, v in c["config"].items()),
+            c.get("value"),
+            len(c.get("rounds", [])),
+            c.get("mean"),
+            f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "",
+            " ".join(_fmt(v) for v in c.get("rounds", [])),
+            status,
+        ]
+        rows.append("<tr>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in cells) + "</tr>")
+    page.add(
+        f"<h2>{esc(prefix)}The race</h2><p class='muted'>The contenders measured side by side in "
+        f"interleaved rounds, each block in a fresh worker process, on {esc(d.pick['rule'])}.</p>"
+        "<div class='scroll'><table><thead><tr><th>trial</th><th>config</th><th>before race</th>"
+        "<th>rounds</th><th>race mean</th><th>interval</th><th>per round</th><th>status</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _failures(page: Page, d: StudyData, prefix: str) -> None:
@@ -325,8 +382,11 @@ def _definitions(page: Page) -> None:
         + _kv(list(METRICS.items()))
         + "<h3>Failure classes</h3>"
         + _kv(list(FAILURE_CLASSES.items()))
-        + "<p>The chosen config: the feasible Pareto-optimal configs are ranked by the rule; the top "
-        "candidates are set up again, each in its own worker, and measured in interleaved rounds. "
-        "The best mean wins; a candidate whose paired difference to it has a confidence interval "
-        "that includes zero is a tie, broken by the stated tie-break rule.</p>"
+        + "<p>The chosen config: every measurement block of a config (search trials, repeats, race "
+        "rounds, each in a fresh worker process) pools into one estimate with an interval. The feasible "
+        "configs whose interval reaches the leader's are raced in interleaved rounds; one beaten with "
+        "confidence leaves the race, which ends when one leads with confidence, the rest are ties "
+        "within the tolerance, or its rounds run out. Ties go to a tie-break rule only where that rule "
+        "separates them beyond the noise; else the best mean on the rule stands. The gain over the "
+        "baseline comes from the baseline raced in the same rounds.</p>"
     )

@@ -15,6 +15,7 @@ FAILURE_CLASSES: dict[str, str] = {
     "error": "the worker raised an exception",
     "invalid-metric": "an objective or constraint metric is NaN, infinite or missing",
     "interrupted": "the driver stopped (killed or Ctrl-C) while the trial ran; it is retried",
+    "under-load": "other work loaded the trial's cores while it measured; kept, left out, measured again",
 }
 
 

@@ -86,6 +86,14 @@ def _make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
         return _Grid(seed=seed)
     if s.type == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
+    if s.type == "gp":
+        try:
+            import scipy  # noqa: F401  - GPSampler's optimizer
+        except ImportError:
+            from autotuner.errors import UsageError
+
+            raise UsageError("sampler.type gp needs SciPy: pip install 'autotune[gp]'") from None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
     return optuna.samplers.TPESampler(
         seed=seed,
         multivariate=True,
@@ -126,3 +134,59 @@ def grid_size(spec: Spec) -> int | None:
         return total
 
     return count(0, {})
+
+
+def all_configs(spec: Spec, limit: int = 100_000) -> list[dict[str, Any]] | None:
+    """Every config of a finite space (conditions applied), or None if unbounded or over `limit`."""
+    size = grid_size(spec)
+    if size is None or size > limit:
+        return None
+    names = order(spec.space)
+    out: list[dict[str, Any]] = []
+
+    def walk(i: int, config: dict[str, Any]) -> None:
+        if i == len(names):
+            out.append(dict(config))
+            return
+        p = spec.space[names[i]]
+        if not active(p, config):
+            walk(i + 1, config)
+            return
+        for v in p.values() or []:
+            walk(i + 1, {**config, names[i]: v})
+
+    walk(0, {})
+    return out
+
+
+def random_config(spec: Spec, rng: Any) -> dict[str, Any]:
+    """A config drawn uniformly per parameter (log-uniform for log ranges), conditions applied."""
+    import math
+
+    config: dict[str, Any] = {}
+    for name in order(spec.space):
+        p = spec.space[name]
+        if not active(p, config):
+            continue
+        values = p.values()
+        if p.type == "fixed":
+            config[name] = p.value
+        elif values is not None:
+            config[name] = rng.choice(values)
+        elif p.type == "int":
+            lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
+            if p.log:
+                config[name] = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+            else:
+                config[name] = rng.randint(lo, hi)
+        else:
+            lo_f, hi_f = float(p.low), float(p.high)  # type: ignore[arg-type]
+            config[name] = (
+                math.exp(rng.uniform(math.log(lo_f), math.log(hi_f))) if p.log else rng.uniform(lo_f, hi_f)
+            )
+    return config
+
+
+def sampled_params(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a config that the sampler suggests (fixed ones left out), to enqueue."""
+    return {k: v for k, v in config.items() if k in spec.space and spec.space[k].type != "fixed"}

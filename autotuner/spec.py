@@ -273,12 +273,15 @@ class Constraint(_Strict):
 
 
 class Budget(_Strict):
+    # Trials count measurements: refusals and pooled repeats are free (see driver).
     trials: int = Field(default=20, ge=1, le=1_000_000)
     wall_time_s: float | None = Field(default=None, gt=0)
+    # Seconds spent in timed measurement by the search (setup excluded); the search stops there.
+    measure_s: float | None = Field(default=None, gt=0)
 
 
 class SamplerSpec(_Strict):
-    type: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    type: Literal["tpe", "random", "grid", "nsga2", "gp"] = "tpe"
     n_startup_trials: int = Field(default=8, ge=0)
 
 
@@ -291,6 +294,10 @@ class Measurement(_Strict):
     cv_target: float = Field(default=0.10, gt=0)
     trial_timeout_s: float = Field(default=300.0, gt=0)
     keep_samples: int = Field(default=500, ge=0)
+    # A block during which other processes took more than this many cores' worth of CPU on the
+    # trial's cores is "under load": kept, left out of estimates, and measured again.
+    max_foreign_load: float = Field(default=0.3, gt=0)
+    load_repeats: int = Field(default=2, ge=0, le=10)
 
     @model_validator(mode="after")
     def _order(self) -> Measurement:
@@ -349,16 +356,39 @@ class AccuracySpec(_Strict):
 
 
 class PickSpec(_Strict):
-    top_k: int = Field(default=3, ge=1, le=20)
-    rounds: int = Field(default=5, ge=0, le=50)
+    """Racing the contenders: interleaved rounds, one fresh worker process per block."""
+
+    top_k: int = Field(default=4, ge=1, le=20)  # most contenders raced at once
+    rounds: int = Field(default=3, ge=0, le=50)  # rounds every contender gets; 0: no racing
+    max_rounds: int = Field(default=8, ge=1, le=100)
+    time_s: float | None = Field(default=None, gt=0)  # wall-time budget of the race
     confidence: Literal[0.9, 0.95, 0.99] = 0.95
-    tie_break: str = "min:peak_memory_mb"
+    # Two configs whose paired difference lies within this share of the leader are a tie.
+    tie_tolerance: float = Field(default=0.02, ge=0, lt=1)
+    # Applied in order, each only where it separates the tied configs beyond noise.
+    tie_break: list[str] = Field(default_factory=lambda: ["min:peak_memory_mb", "min:latency_p95_ms"])
     round_time_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("tie_break", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("tie_break")
     @classmethod
-    def _rule(cls, v: str) -> str:
-        return check_rule(v)
+    def _rules(cls, v: list[str]) -> list[str]:
+        for i, rule in enumerate(v):
+            try:
+                check_rule(rule)
+            except ValueError as e:
+                raise FieldError(i, str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> PickSpec:
+        if self.rounds > self.max_rounds:
+            raise FieldError("max_rounds", f"{self.max_rounds} is below rounds ({self.rounds})")
+        return self
 
 
 PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -416,7 +446,9 @@ class Spec(_Strict):
     constraints: list[Constraint] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    seed: int = Field(default=0, ge=0)
+    # Fixes the sampler. Left out, each new study draws a fresh seed and records it, so that
+    # reruns are independent. The model's inputs are seeded by `seed`, or 0 when it is left out.
+    seed: int | None = Field(default=None, ge=0)
     measurement: Measurement = Field(default_factory=Measurement)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     pick: PickSpec = Field(default_factory=PickSpec)
@@ -557,6 +589,11 @@ class Spec(_Strict):
                     ("baseline", k), f"not a parameter of space; allowed: {', '.join(self.space)}"
                 )
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the model inputs and accuracy samples (stable when the sampler's is not)."""
+        return self.seed if self.seed is not None else 0
 
     @property
     def study_name(self) -> str:

@@ -107,11 +107,56 @@ _T = {
 
 
 def t_quantile(confidence: float, df: int) -> float:
+    """Two-sided Student t quantile: the table for 0.90 / 0.95 / 0.99, else solved from the CDF."""
     if df < 1:
         return math.inf
-    if df <= 30:
+    if confidence in _T and df <= 30:
         return _T[confidence][df - 1]
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
+    if df > 200:
+        return NormalDist().inv_cdf(0.5 + confidence / 2)
+    target = 0.5 + confidence / 2
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_cdf(mid, df) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom (regularized incomplete beta)."""
+    x = df / (df + t * t)
+    tail = 0.5 * _betainc(df / 2, 0.5, x)
+    return 1 - tail if t >= 0 else tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (Lentz)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c if abs(1 + num / c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1) < 1e-12:
+            break
+    return math.exp(ln) * f / a
 
 
 def mean_ci(values: list[float], confidence: float) -> tuple[float, float, float]:

@@ -1,4 +1,4 @@
-"""The worker: runs one trial (or the re-measurement of the top candidates) in its own process.
+"""The worker: measures one block of one config (a search trial or a re-measurement) in its own process.
 
     python -m autotuner.worker REQUEST.json RESULT.json
 
@@ -76,7 +76,33 @@ def build(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, An
     return cls(spec, config, device)
 
 
-def run_trial(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, Any]) -> TrialResult:
+def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
+    """One re-measurement block: a fixed measuring time, no CV stop, no samples kept."""
+    base = settings_of(spec)
+    return HarnessSettings(
+        warmup_iters=base.warmup_iters,
+        min_iters=min(base.min_iters, 5),
+        max_iters=base.max_iters,
+        min_time_s=block_s,
+        max_time_s=block_s,
+        cv_target=0.0,
+        keep_samples=0,
+    )
+
+
+def run_trial(
+    spec: Spec,
+    config: dict[str, Any],
+    device: Device,
+    caps: dict[str, Any],
+    block_s: float | None = None,
+) -> TrialResult:
+    """One measurement block of a config in this fresh process.
+
+    A search trial (block_s None) measures with the spec's settings and checks accuracy; a
+    re-measurement block measures for block_s seconds and skips the accuracy check (accuracy does
+    not change between processes; the config's trial measured it).
+    """
     from autotuner.accuracy import compare
     from autotuner.inputs import chunks, make_inputs
     from autotuner.models import model_inputs
@@ -86,82 +112,39 @@ def run_trial(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str
     try:
         runner = build(spec, config, device, caps)
         if runner.external:
+            from autotuner.load import LoadMeter
+
+            meter = LoadMeter()
+            meter.start()
             started = time.perf_counter()
             metrics = runner.run_external()
-            return TrialResult(ok=True, metrics={**metrics, "measure_s": time.perf_counter() - started})
+            metrics = {**metrics, "measure_s": time.perf_counter() - started}
+            metrics["foreign_load"] = meter.stop()
+            return TrialResult(ok=True, metrics=metrics)
         batch_size = int(config.get("batch_size", 1))
         specs = model_inputs(spec)
         started = time.perf_counter()
         runner.setup()
-        batch = make_inputs(specs, batch_size, spec.seed)
+        batch = make_inputs(specs, batch_size, spec.data_seed)
         step = runner.prepare(batch)
         step()  # the first call (lazy init, compilation) belongs to setup
         runner.synchronize()
         setup_s = time.perf_counter() - started
         runner.activate()
-        metrics, samples = measure(step, settings_of(spec), batch_size, runner.synchronize)
+        settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
+        metrics, samples = measure(step, settings, batch_size, runner.synchronize)
         metrics["setup_s"] = setup_s
         metrics["host_rss_mb"] = host_peak_rss_mb()
         device_mb = runner.device_peak_memory_mb()
         metrics["peak_memory_mb"] = device_mb if device_mb is not None else metrics["host_rss_mb"]
-        ref = reference_outputs(spec)
-        outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
-        metrics.update(compare(np.concatenate(outs), ref))
+        if block_s is None:
+            ref = reference_outputs(spec)
+            outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
+            metrics.update(compare(np.concatenate(outs), ref))
         runner.teardown()
     except Exception as e:  # noqa: BLE001 - every failure becomes classified data
         return classify(e)
     return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples)
-
-
-PROTOCOL = "@@autotune "
-
-
-def serve(
-    spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, Any], round_time_s: float
-) -> int:
-    """Hold one candidate set up and measure a block each time the driver writes 'measure'.
-
-    Used to measure the top candidates again, interleaved: each candidate lives in its own
-    process (as in its trial), and the processes that wait sleep on a pipe, so they do not
-    disturb the one being measured.
-    """
-    from autotuner.inputs import make_inputs
-    from autotuner.models import model_inputs
-
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(PROTOCOL + json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    pin(device, config)
-    base = settings_of(spec)
-    block = HarnessSettings(
-        warmup_iters=1,
-        min_iters=min(base.min_iters, 5),
-        max_iters=base.max_iters,
-        min_time_s=round_time_s,
-        max_time_s=round_time_s,
-        cv_target=0.0,
-        keep_samples=0,
-    )
-    try:
-        runner = build(spec, config, device, caps)
-        runner.setup()
-        bs = int(config.get("batch_size", 1))
-        step = runner.prepare(make_inputs(model_inputs(spec), bs, spec.seed))
-        for _ in range(max(1, base.warmup_iters)):
-            step()
-        runner.synchronize()
-    except Exception as e:  # noqa: BLE001
-        reply({"error": classify(e).failure_message})
-        return 0
-    reply({"ready": True})
-    for line in sys.stdin:
-        if line.strip() != "measure":
-            break
-        runner.activate()
-        metrics, _ = measure(step, block, bs, runner.synchronize)
-        reply(metrics)
-    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -172,9 +155,7 @@ def main(argv: list[str]) -> int:
     spec = spec_from_dict(request["spec"])
     device = Device.from_dict(request["device"])
     caps = request["caps"]
-    if request.get("mode") == "serve":
-        return serve(spec, request["config"], device, caps, request["round_time_s"])
-    payload = run_trial(spec, request["config"], device, caps).to_dict()
+    payload = run_trial(spec, request["config"], device, caps, request.get("block_s")).to_dict()
     tmp = out_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, out_path)

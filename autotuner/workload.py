@@ -30,7 +30,7 @@ def draw(d: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def requests(spec: Spec, vocab: int) -> list[Request]:
     w = spec.workload
-    rng = np.random.default_rng([spec.seed, 7])
+    rng = np.random.default_rng([spec.data_seed, 7])
     if w.trace:
         rows = _trace(spec.resolve(w.trace))
         prompt_lens = np.array([r["prompt_len"] for r in rows])

@@ -158,7 +158,7 @@ class LlmRunner(Runner):
             allow_block_sharing=False,
             use_cuda_graph=False,
             use_async_batching=False,
-            seed=self.spec.seed,
+            seed=self.spec.data_seed,
         )
 
     def _generation_config(self, max_new: int) -> Any:

@@ -191,7 +191,7 @@ def run_study(
     study.ask = timed_ask  # type: ignore[method-assign]
     saved = instrument(parts)
     event.listen(Engine, "commit", parts.commit)
-    executor = InstantExecutor(spec, caps, seed=spec.seed)
+    executor = InstantExecutor(spec, caps, seed=spec.data_seed)
     session = driver.Session(spec, study, url, trials, caps, progress)
     started = time.perf_counter()
     try:

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.spec)
     base = settings_of(spec)
     device = Device("cpu", (core,))
-    batch = make_inputs(model_inputs(spec), BATCH, spec.seed)
+    batch = make_inputs(model_inputs(spec), BATCH, spec.data_seed)
 
     setups = []
     for config in CONFIGS:

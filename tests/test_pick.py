@@ -1,13 +1,22 @@
-"""Choosing with noise in mind: intervals, paired ties, tie-break rules."""
+"""Choosing with noise in mind: intervals, the race's stopping rule, ties, tie-breaks, baseline gain."""
 
 from __future__ import annotations
 
 import math
+import random
+from typing import Any
 
 import pytest
+from helpers import make_spec_dict
 
-from autotuner.pick import Candidate, Rule, decide
+from autotuner.pick import Candidate, Rule, baseline_gain, decide
+from autotuner.race import run_race
+from autotuner.result import TrialResult
+from autotuner.spec_load import spec_from_dict
 from autotuner.stats import mean_ci, paired_difference, t_quantile
+
+MAX_TP = Rule.parse("max:throughput_items_s")
+TIE_BREAKS = [Rule.parse("min:peak_memory_mb"), Rule.parse("min:latency_p95_ms")]
 
 
 def test_t_quantiles_and_interval() -> None:
@@ -21,56 +30,140 @@ def test_t_quantiles_and_interval() -> None:
 
 
 def test_paired_difference_cancels_shared_drift() -> None:
-    # Both candidates drift together by round; the paired difference is a constant 5.
     a = [100.0, 80.0, 120.0, 90.0]
     b = [95.0, 75.0, 115.0, 85.0]
     mean, lo, hi = paired_difference(a, b, 0.95)
     assert mean == 5.0 and lo == hi == 5.0
-    # Unpaired, the same data would overlap heavily.
     assert mean_ci(a, 0.95)[1] < mean_ci(b, 0.95)[2]
 
 
-def _cands(rounds: dict[int, list[float]]) -> list[Candidate]:
-    return [Candidate(trial=n, config={"batch_size": n}, value=r[0], rounds=r) for n, r in rounds.items()]
+def _spec(**pick: Any) -> Any:
+    d = make_spec_dict(pick={"rounds": 3, "max_rounds": 12, "round_time_s": 0.1, **pick})
+    return spec_from_dict(d, "test")
 
 
-def test_clear_winner_has_no_ties() -> None:
-    pick = decide(
-        _cands({1: [100, 101, 99, 100], 2: [80, 81, 79, 80]}),
-        Rule.parse("max:throughput_items_s"),
-        Rule.parse("min:peak_memory_mb"),
-        0.95,
-        {},
-    )
+class Noisy:
+    """A block measurement: each config's true throughput, memory and p95 with seeded noise."""
+
+    def __init__(self, truth: dict[int, tuple[float, float, float]], rel_noise: float, seed: int = 0):
+        self.truth = truth
+        self.rel = rel_noise
+        self.rng = random.Random(seed)
+        self.calls: list[int] = []
+
+    def __call__(self, config: dict[str, Any]) -> TrialResult:
+        n = config["batch_size"]
+        self.calls.append(n)
+        tp, mem, p95 = self.truth[n]
+        jitter = 1 + self.rng.gauss(0, self.rel)
+        return TrialResult(
+            ok=True,
+            metrics={
+                "throughput_items_s": tp * jitter,
+                "peak_memory_mb": mem * (1 + self.rng.gauss(0, 0.0005)),
+                "latency_p95_ms": p95 / jitter,
+                "foreign_load": 0.0,
+            },
+        )
+
+
+def _cands(*ns: int, baseline: int | None = None) -> list[Candidate]:
+    out = [Candidate(trial=n, config={"batch_size": n}, value=0.0) for n in ns]
+    if baseline is not None:
+        out.append(Candidate(trial=-1, config={"batch_size": baseline}, value=0.0, baseline=True))
+    return out
+
+
+def _race(spec: Any, cands: list[Candidate], measure: Noisy) -> int:
+    return run_race(spec, MAX_TP, cands, measure, lambda *a: None, lambda s: None)
+
+
+def test_a_clearly_worse_candidate_is_dropped_early_and_the_race_stops() -> None:
+    spec = _spec()
+    cands = _cands(1, 2)
+    measure = Noisy({1: (100.0, 500.0, 10.0), 2: (60.0, 500.0, 10.0)}, rel_noise=0.02)
+    rounds = _race(spec, cands, measure)
+    assert rounds == 3, "three rounds are enough to beat a 40% worse config at 2% noise"
+    assert cands[1].dropped and "beaten by trial #1" in cands[1].dropped
+    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert pick.winner == 1 and pick.tied_with == [] and pick.remeasured
-    assert "no other candidate" in pick.reason
+    assert len(measure.calls) == 6
 
 
-def test_tie_inside_the_noise_is_broken_by_the_stated_rule() -> None:
-    rounds = {1: [100, 90, 110, 95], 2: [98, 97, 99, 102], 3: [50, 51, 49, 50]}
-    memory = {1: {"peak_memory_mb": 900.0}, 2: {"peak_memory_mb": 300.0}, 3: {"peak_memory_mb": 10.0}}
-    pick = decide(
-        _cands(rounds), Rule.parse("max:throughput_items_s"), Rule.parse("min:peak_memory_mb"), 0.95, memory
-    )
-    assert pick.winner == 2, "1 and 2 tie; 2 uses less memory; 3 is clearly slower"
-    assert pick.tied_with == [1]
-    assert "tie on max:throughput_items_s" in pick.reason and "min:peak_memory_mb" in pick.reason
+def test_two_identical_configs_end_as_a_tie_not_a_win() -> None:
+    spec = _spec()
+    cands = _cands(1, 2)
+    same = (100.0, 500.0, 10.0)
+    rounds = _race(spec, cands, Noisy({1: same, 2: same}, rel_noise=0.01, seed=3))
+    assert rounds <= 12
+    assert all(c.dropped is None for c in cands), "neither may be 'beaten' by noise"
+    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    assert len(pick.tied_with) == 1 and "tie on max:throughput_items_s" in pick.reason
 
 
-def test_min_rule_and_single_candidate() -> None:
-    pick = decide(
-        _cands({4: [5.0, 5.1, 4.9], 7: [9.0, 9.2, 8.8]}),
-        Rule.parse("min:latency_p95_ms"),
-        Rule.parse("min:peak_memory_mb"),
-        0.95,
-        {},
-    )
-    assert pick.winner == 4
-    lone = decide(
-        [Candidate(trial=3, config={}, value=1.0)],
-        Rule.parse("max:throughput_items_s"),
-        Rule.parse("min:peak_memory_mb"),
-        0.95,
-        {},
-    )
+def test_identical_configs_are_told_apart_at_most_at_the_stated_confidence() -> None:
+    """Over 60 seeded races between equals, the race looks after every round; without splitting
+    its confidence over the looks it drops one of two equals in about a fifth of the races."""
+    same = (100.0, 500.0, 10.0)
+    false_drops = 0
+    for seed in range(60):
+        cands = _cands(1, 2)
+        _race(_spec(), cands, Noisy({1: same, 2: same}, rel_noise=0.03, seed=seed))
+        false_drops += any(c.dropped for c in cands)
+    assert false_drops <= 3, f"{false_drops} of 60 races called one of two identical configs beaten"
+
+
+def test_a_tie_break_must_itself_be_beyond_noise() -> None:
+    spec = _spec(max_rounds=6)
+    cands = _cands(1, 2)
+    # Same throughput; 0.1 MB apart on 500 MB (noise), p95 four times apart (real).
+    measure = Noisy({1: (100.0, 500.1, 40.0), 2: (100.0, 500.0, 10.0)}, rel_noise=0.01, seed=1)
+    _race(spec, cands, measure)
+    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    assert pick.winner == 2
+    assert "better on min:latency_p95_ms" in pick.reason, pick.reason
+    # Memory alone (0.02% apart) may not decide: without the latency rule, the best mean stands.
+    only_mem = decide(cands, MAX_TP, TIE_BREAKS[:1], 0.95, 0.02)
+    assert "no tie-break" in only_mem.reason
+
+
+def test_baseline_gain_is_paired_and_says_when_there_is_none() -> None:
+    spec = _spec(max_rounds=5)
+    cands = _cands(1, baseline=9)
+    _race(spec, cands, Noisy({1: (100.0, 1, 1), 9: (100.0, 1, 1)}, rel_noise=0.02, seed=2))
+    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    assert pick.winner == 1
+    same = baseline_gain(pick.chosen, cands[1], MAX_TP, 0.95)
+    assert not same["significant"] and same["text"].startswith("no significant gain")
+
+    cands = _cands(1, baseline=9)
+    _race(spec, cands, Noisy({1: (150.0, 1, 1), 9: (100.0, 1, 1)}, rel_noise=0.02, seed=2))
+    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    gain = baseline_gain(pick.chosen, cands[1], MAX_TP, 0.95)
+    assert gain["significant"] and 1.4 < gain["ratio"] < 1.6 and gain["ci"][0] > 1
+
+
+def test_a_block_under_foreign_load_is_measured_again() -> None:
+    spec = _spec(max_rounds=3)
+    cands = _cands(1, 2)
+    inner = Noisy({1: (100.0, 1, 1), 2: (50.0, 1, 1)}, rel_noise=0.01)
+    loaded_once = {"left": 1}
+
+    def measure(config: dict[str, Any]) -> TrialResult:
+        res = inner(config)
+        if config["batch_size"] == 1 and loaded_once["left"]:
+            loaded_once["left"] -= 1
+            res.metrics["foreign_load"] = 1.0
+            res.metrics["throughput_items_s"] *= 0.5
+        return res
+
+    seen: list[bool] = []
+    run_race(spec, MAX_TP, cands, measure, lambda c, r, res, loaded: seen.append(loaded), lambda s: None)
+    assert seen.count(True) == 1, "the loaded block is stored, flagged"
+    assert min(cands[0].rounds) > 90, "and left out of the race: a clean block replaced it"
+
+
+def test_single_candidate_without_rounds_is_not_remeasured() -> None:
+    lone = decide([Candidate(trial=3, config={}, value=1.0)], MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert lone.winner == 3 and not lone.remeasured
+    assert "best pooled estimate" in lone.reason

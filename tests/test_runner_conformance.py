@@ -39,7 +39,7 @@ def _exercise(config: dict[str, Any], caps: dict[str, Any], device: Device) -> d
     runner = build(SPEC, config, device, caps)
     runner.setup()
     specs = model_inputs(SPEC)
-    step = runner.prepare(make_inputs(specs, config["batch_size"], SPEC.seed))
+    step = runner.prepare(make_inputs(specs, config["batch_size"], SPEC.data_seed))
     metrics, samples = measure(
         step,
         HarnessSettings(warmup_iters=1, min_iters=3, min_time_s=0.01, max_time_s=0.2),

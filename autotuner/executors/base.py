@@ -13,9 +13,17 @@ from autotuner.spec import Spec
 
 @dataclass
 class TrialRequest:
+    """One measurement block of a config. meta["block_s"] set: a race block of that many seconds
+    (no accuracy check); unset: a search trial measured with the spec's settings."""
+
     number: int
     config: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def block_s(self) -> float | None:
+        v = self.meta.get("block_s")
+        return float(v) if v is not None else None
 
 
 class Executor(ABC):
@@ -29,10 +37,6 @@ class Executor(ABC):
 
     @abstractmethod
     def submit(self, request: TrialRequest) -> Future[TrialResult]: ...
-
-    @abstractmethod
-    def remeasure(self, candidates: list[dict[str, Any]], rounds: int, round_time_s: float) -> dict[str, Any]:
-        """Measure candidates again, interleaved, on one device; see worker.run_pick."""
 
     def close(self) -> None:
         """Release workers and devices."""

@@ -45,24 +45,10 @@ class LocalExecutor(Executor):
             "config": request.config,
             "device": self.device_for(request.config).to_dict(),
             "caps": self.caps,
+            "block_s": request.block_s,
         }
         out = run_worker(payload, self.spec.measurement.trial_timeout_s, request.config.get("threads"))
         return out if isinstance(out, TrialResult) else TrialResult.from_dict(out)
-
-    def remeasure(self, candidates: list[dict[str, Any]], rounds: int, round_time_s: float) -> dict[str, Any]:
-        from autotuner.executors.interleave import remeasure
-
-        def request(config: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "mode": "serve",
-                "spec": self.spec_dict,
-                "config": config,
-                "round_time_s": round_time_s,
-                "device": self.device_for(config).to_dict(),
-                "caps": self.caps,
-            }
-
-        return remeasure(request, candidates, rounds, self.spec.measurement.trial_timeout_s)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

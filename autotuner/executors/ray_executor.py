@@ -39,19 +39,6 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     return result
 
 
-def _remeasure_task(
-    requests: list[dict[str, Any]], rounds: int, timeout_s: float, threads: int
-) -> dict[str, Any]:
-    from autotuner.executors.cores import hold_cores
-    from autotuner.executors.interleave import remeasure
-
-    with hold_cores(threads, _node_cpus()) as cores:
-        for r in requests:
-            r["device"]["cores"] = list(cores)
-        by_config = {id(r["config"]): r for r in requests}
-        return remeasure(lambda c: by_config[id(c)], [r["config"] for r in requests], rounds, timeout_s)
-
-
 class RayExecutor(Executor):
     def __init__(self, spec: Spec, caps: dict[str, Any], address: str | None = None) -> None:
         super().__init__(spec, caps)
@@ -85,7 +72,6 @@ class RayExecutor(Executor):
         self.slots = max(1, int(total.get("CPU", 1)) // self.per_trial) + int(total.get("GPU", 0))
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="autotune-ray")
         self.trial = ray.remote(max_retries=0)(_trial_task)
-        self.remeasure_fn = ray.remote(max_retries=0)(_remeasure_task)
 
     def _payload(self, config: dict[str, Any], mode: str, **extra: Any) -> dict[str, Any]:
         gpu = needs_gpu(config)
@@ -107,7 +93,7 @@ class RayExecutor(Executor):
         threads = int(config.get("threads") or self.per_trial)
         timeout = self.spec.measurement.trial_timeout_s
         ref = self.trial.options(num_cpus=threads, num_gpus=1 if needs_gpu(config) else 0).remote(
-            self._payload(config, "trial"), timeout, threads
+            self._payload(config, "trial", block_s=request.block_s), timeout, threads
         )
         ready, _ = ray.wait([ref], timeout=timeout + GRACE_S)
         if not ready:
@@ -123,20 +109,6 @@ class RayExecutor(Executor):
             return TrialResult.failure("crash", f"the Ray node died mid-trial: {_first(e)}")
         except ray.exceptions.RayError as e:
             return TrialResult.failure("error", f"Ray: {type(e).__name__}: {_first(e)}")
-
-    def remeasure(self, candidates: list[dict[str, Any]], rounds: int, round_time_s: float) -> dict[str, Any]:
-        ray = self.ray
-        threads = max(int(c.get("threads") or self.per_trial) for c in candidates)
-        gpu = any(needs_gpu(c) for c in candidates)
-        requests = [self._payload(c, "serve", round_time_s=round_time_s) for c in candidates]
-        timeout = self.spec.measurement.trial_timeout_s
-        ref = self.remeasure_fn.options(num_cpus=threads, num_gpus=1 if gpu else 0).remote(
-            requests, rounds, timeout, threads
-        )
-        try:
-            return ray.get(ref, timeout=timeout * (1 + len(candidates)))
-        except (ray.exceptions.RayError, TimeoutError) as e:
-            return {"rounds": {}, "errors": {"all": f"Ray: {type(e).__name__}: {_first(e)}"}}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -1,0 +1,244 @@
+"""Configs as arms: every measurement block of a config pools into one estimate with an interval.
+
+A block is one independent measurement of a config in a fresh worker process: a search trial, a
+deliberate repeat, or a round of the race. A config's value is the mean of its clean blocks (those
+not taken under foreign load), and its interval is a t-interval over those block values, so it
+holds the variation between processes, which is what the next run sees. A config measured once
+gets an interval from the noise of the whole study (the pooled between-block spread of every
+config measured more than once), never a zero-width one.
+
+Stored layout read here: a trial's user attributes `config`, each metric, `under_load`, `pooled_from`
+(a repeat told the pooled value, not a measurement), and the study attribute `race` (blocks of
+the race, written as they are measured).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from autotuner.metrics import is_number
+from autotuner.stats import mean_ci, t_quantile
+
+RACE_KEY = "race"
+DEFAULT_REL_SD = 0.10  # the between-process spread assumed before a study has seen any repeat
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def trial_config(t: FrozenTrial) -> dict[str, Any]:
+    return dict(t.user_attrs.get("config", t.params))
+
+
+def is_measurement(t: FrozenTrial) -> bool:
+    """A trial that measured its config: COMPLETE (not a repeat told the pooled value), or a
+    block taken under foreign load (FAIL under-load, its metrics kept)."""
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get("failure_class") == "under-load"
+    return t.state == TrialState.COMPLETE and "pooled_from" not in t.user_attrs
+
+
+@dataclass
+class Block:
+    source: str  # "trial #12" or "race round 3"
+    metrics: dict[str, float]
+    under_load: bool = False
+    round: int | None = None  # race round, for paired comparisons
+
+
+@dataclass
+class Estimate:
+    key: str
+    config: dict[str, Any]
+    trials: list[int] = field(default_factory=list)  # trial numbers that measured it
+    blocks: list[Block] = field(default_factory=list)
+    constraint_values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def first_trial(self) -> int:
+        return self.trials[0] if self.trials else -1
+
+    def clean(self) -> list[Block]:
+        ok = [b for b in self.blocks if not b.under_load]
+        return ok or self.blocks
+
+    def values(self, metric: str) -> list[float]:
+        return [float(b.metrics[metric]) for b in self.clean() if is_number(b.metrics.get(metric))]
+
+    @property
+    def n(self) -> int:
+        return len(self.clean())
+
+    @property
+    def under_load(self) -> int:
+        return sum(1 for b in self.blocks if b.under_load)
+
+    @property
+    def measure_s(self) -> float:
+        return sum(float(b.metrics.get("measure_s") or 0.0) for b in self.blocks)
+
+    def mean(self, metric: str) -> float | None:
+        vs = self.values(metric)
+        if not vs:
+            # Accuracy is measured by trials only; fall back to every block that has the metric.
+            vs = [float(b.metrics[metric]) for b in self.blocks if is_number(b.metrics.get(metric))]
+        return sum(vs) / len(vs) if vs else None
+
+    def interval(self, metric: str, confidence: float, rel_sd: float) -> tuple[float, float, float] | None:
+        """(mean, low, high). One block: the study's pooled relative spread stands in for its own."""
+        vs = self.values(metric)
+        if not vs:
+            return None
+        if len(vs) >= 2:
+            m, lo, hi = mean_ci(vs, confidence)
+            # Never narrower than what the study's noise allows for this many blocks.
+            half = max(hi - m, _half(m, rel_sd, len(vs), confidence) * 0.5)
+            return m, m - half, m + half
+        m = vs[0]
+        half = _half(m, rel_sd, 1, confidence)
+        return m, m - half, m + half
+
+    def to_dict(self, metrics: list[str], confidence: float, rel_sd: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": self.config,
+            "trials": self.trials,
+            "blocks": self.n,
+            "under_load": self.under_load,
+            "measure_s": round(self.measure_s, 3),
+        }
+        for m in metrics:
+            iv = self.interval(m, confidence, rel_sd)
+            if iv is not None:
+                out[m] = {"mean": _r(iv[0]), "ci": [_r(iv[1]), _r(iv[2])]}
+            else:
+                v = self.mean(m)
+                if v is not None:
+                    out[m] = {"mean": _r(v)}
+        return out
+
+
+def _half(mean: float, rel_sd: float, n: int, confidence: float) -> float:
+    """Half-width of an interval whose spread is rel_sd of the mean (normal quantile)."""
+    z = t_quantile(confidence, 10_000)
+    return z * abs(mean) * rel_sd / math.sqrt(n)
+
+
+def _r(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def pool(trials: list[FrozenTrial], race_blocks: list[dict[str, Any]] | None = None) -> dict[str, Estimate]:
+    """Every config's estimate, from its measuring trials and its race blocks."""
+    out: dict[str, Estimate] = {}
+    for t in trials:
+        if not is_measurement(t):
+            continue
+        cfg = trial_config(t)
+        k = config_key(cfg)
+        e = out.setdefault(k, Estimate(k, cfg))
+        e.trials.append(t.number)
+        metrics = {m: float(v) for m, v in t.user_attrs.items() if is_number(v)}
+        loaded = bool(t.user_attrs.get("under_load")) or t.state == TrialState.FAIL
+        e.blocks.append(Block(f"trial #{t.number}", metrics, loaded))
+    for b in race_blocks or []:
+        e = out.get(b["key"])
+        if e is None:
+            e = out.setdefault(b["key"], Estimate(b["key"], dict(b["config"])))
+        e.blocks.append(
+            Block(
+                f"race round {b['round'] + 1}",
+                {m: float(v) for m, v in b["metrics"].items() if is_number(v)},
+                bool(b.get("under_load")),
+                int(b["round"]),
+            )
+        )
+    return out
+
+
+def race_blocks(study_attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((study_attrs.get(RACE_KEY) or {}).get("blocks", []))
+
+
+def relative_spread(estimates: dict[str, Estimate], metric: str) -> float:
+    """The between-block spread of the study, relative to each config's mean: the pooled standard
+    deviation of log block values over every config measured at least twice."""
+    ss, df = 0.0, 0
+    for e in estimates.values():
+        vs = [v for v in e.values(metric) if v > 0]
+        if len(vs) < 2:
+            continue
+        logs = [math.log(v) for v in vs]
+        mu = sum(logs) / len(logs)
+        ss += sum((x - mu) ** 2 for x in logs)
+        df += len(logs) - 1
+    if df < 2:
+        return DEFAULT_REL_SD
+    # Shrink toward the prior while the study has seen few repeats.
+    w = df / (df + 4)
+    return math.sqrt(w * ss / df + (1 - w) * DEFAULT_REL_SD**2)
+
+
+def feasible(e: Estimate, constraints: list[Any]) -> tuple[bool, str | None]:
+    """Constraints checked on the pooled means (accuracy from the trials, speed from every block)."""
+    for c in constraints:
+        v = e.mean(c.metric)
+        if v is None:
+            return False, f"{c.metric} was not measured"
+        if c.violation(v) > 0:
+            return False, f"{c.text} is broken: {c.metric}={v:.4g}"
+    return True, None
+
+
+def front(estimates: list[Estimate], objectives: list[Any]) -> list[Estimate]:
+    """Configs whose pooled means no other config dominates on every objective."""
+    rows = []
+    for e in estimates:
+        vals = [e.mean(o.metric) for o in objectives]
+        if any(v is None for v in vals):
+            continue
+        rows.append(
+            (e, [(-v if o.direction == "maximize" else v) for v, o in zip(vals, objectives, strict=True)])
+        )
+    keep = []
+    for e, a in rows:
+        dominated = any(
+            all(x <= y for x, y in zip(b, a, strict=True)) and any(x < y for x, y in zip(b, a, strict=True))
+            for _, b in rows
+        )
+        if not dominated:
+            keep.append(e)
+    return keep
+
+
+def trial_feasible(trial: FrozenTrial) -> bool:
+    """A single trial's own constraints (Optuna's convention: <= 0 is feasible)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def trial_front(trials: list[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
+    """Trials no other trial dominates (the report's per-trial scatter), first of each config."""
+    import numpy as np
+
+    if not trials:
+        return []
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    losses = np.array([t.values for t in trials], dtype=float) * signs
+    keep = []
+    for i, row in enumerate(losses):
+        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
+        if not dominated:
+            keep.append(trials[i])
+    seen: set[str] = set()
+    out = []
+    for t in sorted(keep, key=lambda t: t.number):
+        k = config_key(trial_config(t))
+        if k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out

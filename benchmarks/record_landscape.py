@@ -1,0 +1,124 @@
+"""Measure every config of a spec's space in R interleaved rounds: a landscape with real noise.
+
+    python benchmarks/record_landscape.py SPEC --rounds R -o FILE.jsonl
+
+Each round measures every config once, in a fresh worker process each, in an order shuffled per
+round (seeded), exactly as a search trial would (the spec's measurement settings, accuracy
+included). One JSON line per measurement:
+
+    {"config": {...}, "round": r, "metrics": {...}, "measure_s": s, "setup_s": s}
+
+and for a failure {"config", "round", "failure_class", "message"}. The machine's capabilities
+(probe) go to FILE.caps.json beside it, so that a replay refuses what this machine refused.
+Int ranges on a log scale are walked at powers of two (and their ends); other ranges at every
+step. Configs a runner refuses before launch are written once per round without launching
+anything. The file is appended line by line, so an interrupted recording keeps what it
+measured; --resume skips what is already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import load_average  # noqa: E402
+
+from autotuner.spec import Spec  # noqa: E402
+
+
+def landscape_spec(spec: Spec) -> Spec:
+    """The spec with every range made a finite list: log int ranges at powers of two."""
+    from autotuner.spec_load import spec_from_dict, spec_to_dict
+
+    d = spec_to_dict(spec)
+    for name, p in spec.space.items():
+        if p.values() is not None or p.type != "int":
+            continue
+        lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
+        vals = sorted({lo, hi, *(2**k for k in range(0, 31) if lo <= 2**k <= hi)})
+        entry: dict[str, Any] = {"choices": vals}
+        if p.when:
+            entry["when"] = p.when
+        d["space"][name] = entry
+    return spec_from_dict(d, "landscape")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("spec")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="skip (config, round) pairs already in the file")
+    args = ap.parse_args()
+
+    from autotuner.capabilities import probe
+    from autotuner.driver import precheck
+    from autotuner.estimates import config_key
+    from autotuner.executors.base import TrialRequest
+    from autotuner.executors.local import LocalExecutor
+    from autotuner.space import all_configs
+    from autotuner.spec_load import load_spec
+
+    spec = landscape_spec(load_spec(args.spec))
+    configs = all_configs(spec)
+    assert configs is not None
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done: set[tuple[str, int]] = set()
+    if args.resume and out.exists():
+        for line in out.read_text().splitlines():
+            rec = json.loads(line)
+            done.add((config_key(rec["config"]), rec["round"]))
+    caps = probe()
+    # The machine's facts travel with the landscape: a replay refuses what this machine refused.
+    out.with_suffix(".caps.json").write_text(json.dumps(caps, indent=1) + "\n")
+    ex = LocalExecutor(spec, caps)
+    rng = random.Random(args.seed)
+    print(f"{len(configs)} configs x {args.rounds} rounds; load average {load_average()}", flush=True)
+    started = time.monotonic()
+    try:
+        with out.open("a") as f:
+            for r in range(args.rounds):
+                order = list(configs)
+                rng.shuffle(order)
+                for i, config in enumerate(order):
+                    if (config_key(config), r) in done:
+                        continue
+                    known = precheck(spec, config, caps, [])
+                    res = known if known is not None else ex.submit(TrialRequest(i, config)).result()
+                    if res.ok:
+                        m = {k: v for k, v in res.metrics.items() if v == v}
+                        rec = {
+                            "config": config,
+                            "round": r,
+                            "metrics": m,
+                            "measure_s": m.get("measure_s"),
+                            "setup_s": m.get("setup_s"),
+                        }
+                    else:
+                        rec = {
+                            "config": config,
+                            "round": r,
+                            "failure_class": res.failure_class,
+                            "message": res.failure_message,
+                        }
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                print(
+                    f"round {r + 1}/{args.rounds} done at {time.monotonic() - started:.0f} s; "
+                    f"load average {load_average()}",
+                    flush=True,
+                )
+    finally:
+        ex.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""How often the real driver and race name the true best config, replayed on a recorded landscape.
+
+    python benchmarks/search_quality.py --spec SPEC --landscape FILE.jsonl --seeds 50 [--json]
+
+The landscape (benchmarks/record_landscape.py) holds every config of the space measured in several
+rounds in fresh processes; a config's true value is its mean over those rounds. Each run drives
+the real driver (autotuner.driver.drive) and the real pick (autotuner.api.choose) with a replay
+executor that answers a config with one of its recorded rounds drawn at random, so the noise is
+the machine's own. Per strategy it prints:
+
+- p_best: P(the pick's true mean is within 2% of the best config's, or the landscape's own
+  rounds cannot tell the two apart: Welch 95% interval of the difference includes 0);
+- p_within_2pct: the same without the statistical-tie clause;
+- median_regret, worst_regret: (best - pick) / best on the true means (0 = the best);
+- measure_s_ratio: timed measurement seconds the run spent (search and race), relative to
+  measuring every config of the grid once for as long as its recorded trials did.
+
+Strategies: default (the spec as written), tpe, random, grid, gp (Optuna's GPSampler), and
+naive-tpe (tpe without the race: the best pooled estimate, as a one-shot pick would do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe")
+TIE_PCT = 0.02
+
+
+def truth(spec: Any, landscape: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per config: mean of the rule metric over its recorded rounds, its values, feasibility."""
+    o = spec.objectives[0]
+    out = {}
+    for key, recs in landscape.items():
+        ok = [r for r in recs if "metrics" in r]
+        if not ok:
+            continue
+        vals = [float(r["metrics"][o.metric]) for r in ok if o.metric in r["metrics"]]
+        means = {}
+        for c in spec.constraints:
+            vs = [float(r["metrics"][c.metric]) for r in ok if c.metric in r["metrics"]]
+            means[c.metric] = sum(vs) / len(vs) if vs else math.nan
+        feasible = all(c.violation(means[c.metric]) <= 0 for c in spec.constraints)
+        out[key] = {
+            "config": ok[0]["config"],
+            "mean": sum(vals) / len(vals),
+            "values": vals,
+            "feasible": feasible,
+            "measure_s": statistics.mean(float(r.get("measure_s") or 0.0) for r in ok),
+        }
+    return out
+
+
+def landscape_caps(landscape_path: str) -> dict[str, Any]:
+    """The recording machine's capabilities (record_landscape.py writes them beside the file)."""
+    p = Path(landscape_path).with_suffix(".caps.json")
+    if p.exists():
+        return json.loads(p.read_text())
+    from autotuner.capabilities import probe
+
+    return probe()
+
+
+def welch_tie(a: list[float], b: list[float]) -> bool:
+    from autotuner.stats import t_quantile
+
+    if len(a) < 2 or len(b) < 2:
+        return False
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return statistics.mean(a) == statistics.mean(b)
+    df = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1)) if va + vb > 0 else 1
+    half = t_quantile(0.95, max(1, int(df))) * se
+    d = statistics.mean(a) - statistics.mean(b)
+    return -half <= d <= half
+
+
+def strategy_spec(spec_path: str, strategy: str) -> Any:
+    from record_landscape import landscape_spec
+
+    from autotuner.spec_load import load_spec, spec_from_dict, spec_to_dict
+
+    spec = landscape_spec(load_spec(spec_path))
+    d = spec_to_dict(spec)
+    d.pop("storage", None)
+    if strategy == "default":
+        return spec_from_dict(d, "strategy")
+    d["sampler"] = {"type": "tpe" if strategy == "naive-tpe" else strategy}
+    if strategy == "naive-tpe":
+        d["pick"] = {**d.get("pick", {}), "rounds": 0}
+    return spec_from_dict(d, "strategy")
+
+
+def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
+    """One seeded run of the real driver and pick against the replayed landscape."""
+    import optuna
+
+    from autotuner import api, driver
+    from autotuner.executors.replay import ReplayExecutor, load_landscape
+    from autotuner.progress import Progress
+    from autotuner.spec_load import spec_from_dict, spec_to_dict
+
+    spec_path, landscape_path, strategy, seed = args
+    spec = strategy_spec(spec_path, strategy)
+    spec = spec_from_dict({**spec_to_dict(spec), "seed": seed}, "strategy")
+    landscape = load_landscape(landscape_path)
+    caps = landscape_caps(landscape_path)
+    ex = ReplayExecutor(spec, caps, landscape, seed=seed)
+    quiet = Progress(quiet=True)
+    name = f"{Path(landscape_path).stem}-{strategy}-{seed}"
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=[o.direction for o in spec.objectives]
+    )
+    study.set_user_attr("sampler_seed", seed)
+    budget = spec.budget.trials
+    if spec.sampler.type == "grid":
+        from autotuner.space import grid_size
+
+        budget = min(budget, grid_size(spec) or budget)
+    session = driver.Session(spec, study, "sqlite:///:memory:", budget, caps, quiet)
+    driver.drive(session, ex, None)
+    search_s = ex.measure_s
+    pick = api.choose(spec, study, None, ex, quiet)
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "config": pick.config if pick else None,
+        "measure_s": ex.measure_s,
+        "search_measure_s": search_s,
+        "blocks": ex.blocks,
+        "trials": len(study.trials),
+    }
+
+
+def evaluate(spec_path: str, landscape_path: str, seeds: int, strategies: list[str], jobs: int) -> list[dict]:
+    from autotuner.estimates import config_key
+    from autotuner.executors.replay import load_landscape
+
+    spec = strategy_spec(spec_path, "default")
+    land = load_landscape(landscape_path)
+    t = truth(spec, land)
+    o = spec.objectives[0]
+    sign = 1.0 if o.direction == "maximize" else -1.0
+    feas = {k: v for k, v in t.items() if v["feasible"]}
+    best_key = max(feas, key=lambda k: sign * feas[k]["mean"])
+    best = feas[best_key]
+    grid_s = sum(v["measure_s"] for v in t.values())
+    work = [(spec_path, landscape_path, s, seed) for s in strategies for seed in range(seeds)]
+    with tempfile.TemporaryDirectory(prefix="autotune-sq-") as cache:
+        os.environ["AUTOTUNE_CACHE_DIR"] = cache  # the driver's journal stays out of the user's cache
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            runs = list(pool.map(one_run, work, chunksize=4))
+    out = []
+    for s in strategies:
+        mine = [r for r in runs if r["strategy"] == s]
+        regrets, hits, within = [], 0, 0
+        for r in mine:
+            k = config_key(r["config"]) if r["config"] else None
+            got = t.get(k) if k else None
+            if got is None or not got["feasible"]:
+                regrets.append(1.0)
+                continue
+            reg = max(0.0, sign * (best["mean"] - got["mean"]) / abs(best["mean"]))
+            regrets.append(reg)
+            close = reg <= TIE_PCT
+            within += close
+            hits += close or welch_tie(got["values"], best["values"])
+        out.append(
+            {
+                "strategy": s,
+                "p_best": round(hits / len(mine), 3),
+                "p_within_2pct": round(within / len(mine), 3),
+                "median_regret": round(statistics.median(regrets), 4),
+                "worst_regret": round(max(regrets), 4),
+                "measure_s_ratio": round(statistics.median(r["measure_s"] for r in mine) / grid_s, 3),
+                "search_measure_s_ratio": round(
+                    statistics.median(r["search_measure_s"] for r in mine) / grid_s, 3
+                ),
+                "median_blocks": statistics.median(r["blocks"] for r in mine),
+                "runs": len(mine),
+            }
+        )
+    meta = {
+        "best": best["config"],
+        "best_mean": round(best["mean"], 4),
+        "metric": o.metric,
+        "configs": len(t),
+        "feasible": len(feas),
+        "grid_measure_s": round(grid_s, 2),
+    }
+    return [meta, *out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--landscape", required=True)
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--json", action="store_true", help="one JSON object per strategy")
+    args = ap.parse_args()
+    strategies = [s for s in args.strategies.split(",") if s]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise SystemExit(f"--strategies: {bad[0]!r} is not one of {', '.join(STRATEGIES)}")
+    started = time.monotonic()
+    meta, *rows = evaluate(args.spec, args.landscape, args.seeds, strategies, args.jobs)
+    wall = time.monotonic() - started
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    print(
+        f"{Path(args.landscape).name}: {meta['configs']} configs ({meta['feasible']} feasible); true best "
+        f"{meta['metric']}={meta['best_mean']:.4g} at {meta['best']}; {args.seeds} seeds; {wall:.0f} s"
+    )
+    cols = list(rows[0])
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The budget counts measurements: refusals and pooled repeats are free, and every block pools.
+
+The driver runs for real on a real SQLite study; the executor replays a recorded landscape (the
+collaborator these tests are not about), so each config answers with one of its recorded rounds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_spec_dict
+from optuna.trial import TrialState
+
+from autotuner import api, driver
+from autotuner.capabilities import probe  # noqa: E402
+from autotuner.estimates import config_key, pool, race_blocks
+from autotuner.executors.base import TrialRequest
+from autotuner.executors.replay import ReplayExecutor, load_landscape
+from autotuner.progress import Progress
+from autotuner.result import TrialResult
+from autotuner.spec_load import spec_from_dict
+
+CAPS = probe()  # the real machine's facts: runner checks read them
+
+
+def _landscape(path: Path, truth: dict[tuple[str, str, int], float], rounds: int = 4) -> Path:
+    """A landscape file: each (backend, precision, batch) measured `rounds` times, 1% apart."""
+    lines = []
+    for (backend, precision, bs), tp in truth.items():
+        for r in range(rounds):
+            config = {"backend": backend, "precision": precision, "batch_size": bs, "threads": 1}
+            v = tp * (1 + 0.01 * (r - rounds / 2))
+            m = {
+                "throughput_items_s": v,
+                "latency_p95_ms": 1000 * bs / v,
+                "accuracy_cosine": 0.999,
+                "peak_memory_mb": 100.0 + bs,
+                "measure_s": 0.5,
+                "setup_s": 1.0,
+                "foreign_load": 0.0,
+            }
+            lines.append(json.dumps({"config": config, "round": r, "metrics": m, "measure_s": 0.5}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _spec(tmp: Path, **over: Any) -> Any:
+    d = make_spec_dict(storage=f"sqlite:///{tmp / 'study.db'}", **over)
+    return spec_from_dict(d, "test")
+
+
+def _drive(spec: Any, executor: Any, budget: int) -> Any:
+    quiet = Progress(quiet=True)
+    study = driver.open_study(spec, spec.storage, CAPS, quiet)
+    driver.drive(driver.Session(spec, study, spec.storage, budget, CAPS, quiet), executor, None)
+    return study
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_refusals_cost_no_budget_and_are_still_learned(tmp_path: Path) -> None:
+    truth = {
+        (b, p, bs): 100.0 * bs * (2 if b == "onnxruntime-cpu" else 1)
+        for b in ("torch-eager", "onnxruntime-cpu")
+        for p in ("fp32", "int8")
+        for bs in (1, 2, 4, 8)
+    }
+    land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))
+    # bf16 is refused by onnxruntime before launch; fp16 by torch on CPU is not, so only ORT refuses.
+    spec = _spec(
+        tmp_path,
+        space={
+            "backend": ["torch-eager", "onnxruntime-cpu"],
+            "precision": ["fp32", "int8", "bf16"],
+            "batch_size": [1, 2, 4, 8],
+            "threads": [1],
+        },
+        sampler={"type": "random"},
+        seed=1,
+    )
+    ex = ReplayExecutor(spec, CAPS, land, seed=1)
+    study = _drive(spec, ex, budget=8)
+    trials = study.get_trials(deepcopy=False)
+    refused = [t for t in trials if t.user_attrs.get("failure_class") == "unsupported"]
+    assert refused, "the random sampler proposes onnxruntime bf16 in 8 draws from 24 (seed 1)"
+    assert all(t.state == TrialState.PRUNED and t.constraints for t in refused), "infeasible, for TPE"
+    assert driver.counted(trials) == 8, "the budget counts the 8 measurements, not the refusals"
+    assert ex.blocks == 8 - sum(1 for t in trials if t.user_attrs.get("failure_class") == "error")
+
+
+def test_repeats_are_pooled_or_spent_on_contenders_and_the_space_ends(tmp_path: Path) -> None:
+    truth = {("torch-eager", "fp32", 1): 100.0, ("torch-eager", "fp32", 2): 300.0}
+    land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))
+    spec = _spec(
+        tmp_path,
+        space={"backend": "torch-eager", "precision": "fp32", "batch_size": [1, 2], "threads": [1]},
+        sampler={"type": "random"},
+        seed=0,
+    )
+    ex = ReplayExecutor(spec, CAPS, land, seed=0)
+    study = _drive(spec, ex, budget=10)
+    trials = study.get_trials(deepcopy=False)
+    est = pool(trials)
+    best = est[config_key({"backend": "torch-eager", "precision": "fp32", "batch_size": 2, "threads": 1})]
+    worse = est[config_key({"backend": "torch-eager", "precision": "fp32", "batch_size": 1, "threads": 1})]
+    assert best.n == driver.REPEATS_FOR_CONTENDERS, "the leader's repeats were measured, up to the cap"
+    assert worse.n == 1, "a config 3x below the leader is never measured twice"
+    pooled = [t for t in trials if "pooled_from" in t.user_attrs]
+    assert pooled and all(t.state == TrialState.COMPLETE for t in pooled)
+    assert driver.counted(trials) == best.n + worse.n < 10, "the exhausted space ends the search early"
+    assert ex.blocks == best.n + worse.n
+    # The sampler was told each repeat's pooled value, not a fresh number.
+    for t in pooled:
+        assert t.values[0] == pytest.approx(
+            est[config_key(t.user_attrs["config"])].mean("throughput_items_s")
+        )
+
+
+class LoadedOnce(ReplayExecutor):
+    """The first block of each config comes back as if another process shared its cores."""
+
+    def __init__(self, *a: Any, **k: Any) -> None:
+        super().__init__(*a, **k)
+        self.seen: set[str] = set()
+
+    def answer(self, request: TrialRequest) -> TrialResult:
+        res = super().answer(request)
+        k = config_key(request.config)
+        if k not in self.seen:
+            self.seen.add(k)
+            res.metrics["foreign_load"] = 1.5
+            res.metrics["throughput_items_s"] *= 0.5
+        return res
+
+
+def test_a_trial_under_foreign_load_is_kept_left_out_and_measured_again(tmp_path: Path) -> None:
+    truth = {("torch-eager", "fp32", bs): 100.0 * bs for bs in (1, 2, 4)}
+    land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))
+    spec = _spec(
+        tmp_path,
+        space={"backend": "torch-eager", "precision": "fp32", "batch_size": [1, 2, 4], "threads": [1]},
+        sampler={"type": "grid"},
+        seed=0,
+    )
+    ex = LoadedOnce(spec, CAPS, land, seed=0)
+    study = _drive(spec, ex, budget=3)
+    trials = study.get_trials(deepcopy=False)
+    loaded = [t for t in trials if t.user_attrs.get("failure_class") == "under-load"]
+    assert len(loaded) == 3 and all(t.state == TrialState.FAIL for t in loaded)
+    assert all(t.user_attrs["throughput_items_s"] > 0 for t in loaded), "what was measured is kept"
+    assert driver.counted(trials) == 3 and ex.blocks == 6
+    for e in pool(trials).values():
+        assert e.under_load == 1 and e.n == 1
+        assert e.mean("throughput_items_s") == pytest.approx(100.0 * e.config["batch_size"], rel=0.03)
+
+
+def test_race_blocks_pool_into_the_estimate_the_export_reads(tmp_path: Path) -> None:
+    truth = {("torch-eager", "fp32", bs): 100.0 * bs for bs in (1, 2)} | {
+        ("onnxruntime-cpu", "fp32", 2): 205.0
+    }
+    land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))
+    spec = _spec(
+        tmp_path,
+        space={
+            "backend": ["torch-eager", "onnxruntime-cpu"],
+            "precision": "fp32",
+            "batch_size": [1, 2],
+            "threads": [1],
+        },
+        sampler={"type": "grid"},
+        pick={"rounds": 3, "max_rounds": 6, "round_time_s": 0.1},
+        baseline={"backend": "torch-eager", "batch_size": 1},
+        seed=0,
+    )
+    land[config_key({"backend": "onnxruntime-cpu", "precision": "fp32", "batch_size": 1, "threads": 1})] = [
+        {"config": {}, "round": 0, "failure_class": "error", "message": "not recorded"}
+    ]
+    ex = ReplayExecutor(spec, CAPS, land, seed=0)
+    study = _drive(spec, ex, budget=4)
+    pick = api.choose(spec, study, None, ex, Progress(quiet=True))
+    assert pick is not None and pick.remeasured
+    assert pick.config["backend"] == "onnxruntime-cpu", "205 items/s beats 200 at 1% noise"
+    blocks = race_blocks(study.user_attrs)
+    assert blocks, "every race block is stored in the study as it is measured"
+    est = pool(study.get_trials(deepcopy=False), blocks)[config_key(pick.config)]
+    assert est.n == len(est.trials) + len(pick.chosen.rounds), "its trials and race rounds pool"
+    assert pick.baseline and "x" in pick.baseline["text"], "the baseline ran in the same rounds"
+    assert pick.baseline["significant"], "the winner is about 2x the baseline"
+    out = api._export(spec, study, pick, spec.storage, tmp_path / "best.yaml")
+    import yaml
+
+    best = yaml.safe_load(out.read_text())
+    assert best["metrics"]["throughput_items_s"]["blocks"] == est.n
+    assert best["choice"]["baseline"]["significant"] is True
