@@ -38,9 +38,12 @@ GRACE_S = 30.0
 OWNER = "autotune:driver"
 BEAT = "autotune:heartbeat"
 DETERMINISTIC = ("unsupported", "oom", "predicted-oom")
-NOT_LAUNCHED = ("unsupported", "predicted-oom")
+NOT_LAUNCHED = ("unsupported", "predicted-oom", "predicted-infeasible")
 RUNNABLE = "runnable"
-REPEATS_FOR_CONTENDERS = 3  # a proposed repeat of a contender is measured until it has this many blocks
+# A proposed repeat of a contender is measured until it has this many blocks. Measured on the
+# recorded landscapes (docs/benchmarks/search_quality.md), repeats in the search bought less than
+# new configs do: the race re-measures the contenders anyway, so a repeat is told its pooled value.
+REPEATS_FOR_CONTENDERS = 1
 FALLBACK_AFTER = 2  # free trials in a row before the driver draws an unmeasured config itself
 
 
@@ -99,7 +102,7 @@ def uses_budget(t: FrozenTrial) -> bool:
         return False
     if t.state == TrialState.PRUNED and failure in NOT_LAUNCHED:
         return False
-    return "pooled_from" not in t.user_attrs
+    return "pooled_from" not in t.user_attrs and "failed_before" not in t.user_attrs
 
 
 def counted(trials: list[FrozenTrial]) -> int:
@@ -271,9 +274,24 @@ def tell_pooled(spec: Spec, study: optuna.Study, trial: Trial, e: Any, values: l
     return f"repeat of #{e.first_trial}: told its pooled estimate over {e.n} block(s), {shown} (free)"
 
 
+def _waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def tell_failed_before(study: optuna.Study, trial: Trial, failed: tuple[int, str, str]) -> str:
+    """A config that failed before is not run again on the budget: the same FAIL, free."""
+    number, cls, message = failed
+    trial.set_user_attr("failed_before", number)
+    trial.set_user_attr("failure_class", cls)
+    trial.set_user_attr("failure_message", f"not run again: trial #{number} failed ({message})")
+    study.tell(trial, state=TrialState.FAIL)
+    return f"not run again: the same config failed as {cls} in trial #{number} (free)"
+
+
 def drive(session: Session, executor: Executor, wall_time_s: float | None) -> None:
+    from autotuner.estimates import config_key
     from autotuner.proposals import Arms
-    from autotuner.space import sampled_params
+    from autotuner.space import grid_size, sampled_params
 
     spec, study, progress = session.spec, session.study, session.progress
     say = progress.say
@@ -313,9 +331,12 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
     free_streak = 0
     free_total = 0
     exhausted = False
+    space_size = grid_size(spec)
+    # The last share of the budget refines around the leaders (none for a grid: it walks it all).
+    reserve = 0 if spec.sampler.type == "grid" else math.ceil(spec.sampler.refine_share * total)
 
     def runnable(config: dict[str, Any]) -> bool:
-        return precheck(spec, config, session.caps, []) is None
+        return precheck(spec, config, session.caps, []) is None and not arms.predicted_infeasible(config)
 
     def time_left() -> bool:
         if deadline is not None and time.monotonic() >= deadline:
@@ -332,9 +353,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
         pick = arms.unmeasured(rng, runnable)
         if pick is None:
             exhausted = True
-            say(
-                f"every runnable config of the space is measured; the search ends at trial #{trial.number}"
-            )
+            say(f"every runnable config of the space is measured; the search ends at trial #{trial.number}")
             return
         free_streak = 0
         db(
@@ -342,9 +361,18 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
             "queueing a config",
         )
 
+    design: list[dict[str, Any]] = []
+    if not trials and spec.sampler.type in ("tpe", "gp", "random") and spec.sampler.n_startup_trials:
+        # The sampler's startup draws, made a covering design: each value and pair of values of
+        # the space is seen as early as it can be (a random start leaves whole backends out).
+        # Queued one at a time, so that a run stopped early leaves nothing waiting.
+        from autotuner.space import initial_design
+
+        design = initial_design(spec, min(spec.sampler.n_startup_trials, total), rng, runnable)
     try:
         while True:
             trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+            arms.update(trials)
             room = total - counted(trials)
             while (
                 room > 0
@@ -352,7 +380,28 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 and time_left()
                 and not exhausted
                 and free_total <= max(50, 10 * total)
+                and not (space_size is not None and arms.tried() >= space_size)
             ):
+                present = {config_key(dict(t.user_attrs.get("config", t.params))) for t in trials}
+                while design and config_key(design[0]) in present:
+                    design.pop(0)  # another driver sharing the study has it already
+                if design and not _waiting(study):
+                    nxt = design.pop(0)
+                    db(
+                        lambda c=nxt: study.enqueue_trial(
+                            sampled_params(spec, c), user_attrs={"drawn": "initial design"}
+                        ),
+                        "queueing a config",
+                    )
+                elif room <= reserve and not _waiting(study):
+                    near = arms.surrogate_pick(runnable) or arms.next_neighbor(runnable)
+                    if near is not None:
+                        db(
+                            lambda c=near: study.enqueue_trial(
+                                sampled_params(spec, c), user_attrs={"drawn": "refinement"}
+                            ),
+                            "queueing a config",
+                        )
                 trial = db(study.ask, "asking for a trial")
                 db(
                     lambda t=trial: study._storage.set_trial_system_attr(t._trial_id, OWNER, owner),
@@ -366,9 +415,11 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 db(lambda t=trial, c=config: t.set_user_attr("config", c), "storing the config")
                 n = counted(trials) + len(running) + 1
                 known = precheck(spec, config, session.caps, trials)
+                if known is None and (why := arms.predicted_infeasible(config)):
+                    known = TrialResult.failure("predicted-infeasible", why)
                 if known is not None:
                     summary, failure = store(trial, known)
-                    arms.refuse(config)
+                    arms.fail(trial.number, config, failure or "unsupported", known.failure_message or "")
                     progress.trial_finished(
                         n - 1,
                         total,
@@ -382,6 +433,16 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
                     continue
                 proposal = arms.propose(config)
+                if proposal.action == "failed" and proposal.failed is not None:
+                    summary = db(
+                        lambda t=trial, f=proposal.failed: tell_failed_before(study, t, f), "storing a repeat"
+                    )
+                    progress.trial_finished(
+                        n - 1, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, None, None
+                    )
+                    free(trial)
+                    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+                    continue
                 values = arms.pooled_values(proposal.estimate) if proposal.estimate else None
                 if proposal.action == "pooled" and values is not None:
                     e = proposal.estimate
@@ -442,8 +503,8 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     arms.add(trial.number, config, result.metrics, loaded)
                 if result.ok:
                     measured_s += float(result.metrics.get("measure_s") or 0.0)
-                elif failure in DETERMINISTIC:
-                    arms.refuse(config)
+                elif failure and failure not in ("interrupted", "under-load"):
+                    arms.fail(trial.number, config, failure, result.failure_message or "")
                 if result.ok and result.metrics.get("unstable"):
                     summary += " [unstable: CV target not met]"
                 best = best_line(spec, arms)

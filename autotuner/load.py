@@ -32,8 +32,29 @@ def _busy_s(cores: list[int]) -> float | None:
 
 
 def _own_cpu_s() -> float:
+    """CPU seconds of this process and every process of its session (the worker runs in a
+    session of its own, so this is the trial: threads, children, an external engine's workers)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    mine = t.user + t.system + t.children_user + t.children_system
+    try:
+        sid = os.getsid(0)
+        me = os.getpid()
+        others = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            fields = stat[stat.rindex(")") + 2 :].split()
+            # fields[3] is the session id; [11..14] utime, stime, cutime, cstime (ticks).
+            if int(fields[3]) == sid:
+                others += sum(int(x) for x in fields[11:15])
+        return mine + others / _TICK
+    except (OSError, ValueError, IndexError):
+        return mine
 
 
 class LoadMeter:

@@ -9,6 +9,7 @@ from typing import Any
 FAILURE_CLASSES: dict[str, str] = {
     "unsupported": "the runner cannot execute this combination (checked before heavy work)",
     "predicted-oom": "the memory model says the config cannot fit, so it was not launched",
+    "predicted-infeasible": "a config differing only in batch size or threads broke an accuracy constraint",
     "oom": "the device or host ran out of memory",
     "timeout": "the trial ran past measurement.trial_timeout_s and was killed",
     "crash": "the worker process died on a signal",

@@ -190,3 +190,84 @@ def random_config(spec: Spec, rng: Any) -> dict[str, Any]:
 def sampled_params(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a config that the sampler suggests (fixed ones left out), to enqueue."""
     return {k: v for k, v in config.items() if k in spec.space and spec.space[k].type != "fixed"}
+
+
+def neighbors(spec: Spec, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Configs one step away: one parameter changed (to an adjacent value where the values are
+    ordered numbers, a doubling or halving on a log range, any other choice otherwise), with the
+    conditions applied again (a parameter that becomes active takes its first value)."""
+    out: list[dict[str, Any]] = []
+    base = defaults(spec)
+    for name in order(spec.space):
+        p = spec.space[name]
+        if name not in config or p.type == "fixed":
+            continue
+        v = config[name]
+        values = p.values()
+        steps: list[Any] = []
+        if values is not None:
+            numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+            if numeric:
+                ordered = sorted(set(values))
+                i = ordered.index(v) if v in ordered else -1
+                steps = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered) and i >= 0]
+            else:
+                steps = [x for x in values if x != v]
+        elif p.type == "int" and p.log:
+            lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
+            steps = sorted({x for x in (int(v) // 2, int(v) * 2) if lo <= x <= hi and x != v})
+        for x in steps:
+            changed = {**config, name: x}
+            fixed: dict[str, Any] = {}
+            for n in order(spec.space):
+                if active(spec.space[n], fixed):
+                    fixed[n] = changed.get(n, base.get(n))
+            out.append(fixed)
+    return out
+
+
+def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int = 300) -> list[dict[str, Any]]:
+    """n runnable configs that cover the space's values and pairs of values as evenly as they can
+    (a greedy pairwise covering design), to start the search instead of n random draws: every
+    backend, precision and thread count is seen early, and in combination."""
+    from itertools import combinations
+
+    every = all_configs(spec, limit=5_000)
+    pool = every if every is not None else [random_config(spec, rng) for _ in range(pool_size)]
+    pool = list(pool)
+    rng.shuffle(pool)
+    seen_one: dict[tuple[str, str], int] = {}
+    seen_two: dict[tuple[str, str, str, str], int] = {}
+
+    def items(c: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str, str]]]:
+        ones = [(k, repr(v)) for k, v in sorted(c.items()) if spec.space[k].type != "fixed"]
+        twos = [(a[0], a[1], b[0], b[1]) for a, b in combinations(ones, 2)]
+        return ones, twos
+
+    out: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    checked: dict[str, bool] = {}
+    while len(out) < n:
+        best, best_score = None, None
+        for c in pool:
+            k = repr(sorted(c.items()))
+            if k in keys:
+                continue
+            ones, twos = items(c)
+            score = (sum(1 for x in ones if x not in seen_one), sum(1 for x in twos if x not in seen_two))
+            score = (score[0], score[1], -sum(seen_one.get(x, 0) for x in ones))
+            if best_score is None or score > best_score:
+                if k not in checked:
+                    checked[k] = bool(runnable(c))
+                if checked[k]:
+                    best, best_score = c, score
+        if best is None:
+            break
+        keys.add(repr(sorted(best.items())))
+        ones, twos = items(best)
+        for x in ones:
+            seen_one[x] = seen_one.get(x, 0) + 1
+        for y in twos:
+            seen_two[y] = seen_two.get(y, 0) + 1
+        out.append(best)
+    return out

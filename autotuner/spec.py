@@ -283,6 +283,10 @@ class Budget(_Strict):
 class SamplerSpec(_Strict):
     type: Literal["tpe", "random", "grid", "nsga2", "gp"] = "tpe"
     n_startup_trials: int = Field(default=8, ge=0)
+    # The last share of the trial budget measures unmeasured neighbours (one parameter one step
+    # away) of the best configs so far, instead of asking the sampler: a local refinement that
+    # finds the best's next-door configs a global sampler tends to leave out. 0 turns it off.
+    refine_share: float = Field(default=0.25, ge=0, le=1)
 
 
 class Measurement(_Strict):
@@ -296,7 +300,7 @@ class Measurement(_Strict):
     keep_samples: int = Field(default=500, ge=0)
     # A block during which other processes took more than this many cores' worth of CPU on the
     # trial's cores is "under load": kept, left out of estimates, and measured again.
-    max_foreign_load: float = Field(default=0.3, gt=0)
+    max_foreign_load: float = Field(default=0.1, gt=0)
     load_repeats: int = Field(default=2, ge=0, le=10)
 
     @model_validator(mode="after")
@@ -358,9 +362,9 @@ class AccuracySpec(_Strict):
 class PickSpec(_Strict):
     """Racing the contenders: interleaved rounds, one fresh worker process per block."""
 
-    top_k: int = Field(default=4, ge=1, le=20)  # most contenders raced at once
+    top_k: int = Field(default=3, ge=1, le=20)  # most contenders raced at once
     rounds: int = Field(default=3, ge=0, le=50)  # rounds every contender gets; 0: no racing
-    max_rounds: int = Field(default=8, ge=1, le=100)
+    max_rounds: int = Field(default=6, ge=1, le=100)
     time_s: float | None = Field(default=None, gt=0)  # wall-time budget of the race
     confidence: Literal[0.9, 0.95, 0.99] = 0.95
     # Two configs whose paired difference lies within this share of the leader are a tie.
@@ -372,7 +376,8 @@ class PickSpec(_Strict):
     @field_validator("tie_break", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+        # One rule may be given as a string; its error then names the field itself.
+        return [check_rule(v)] if isinstance(v, str) else v
 
     @field_validator("tie_break")
     @classmethod

@@ -1,9 +1,12 @@
-"""Run search_spaces/quickstart.yaml N times from scratch and compare the configs chosen.
+"""Run search_spaces/quickstart.yaml N times from scratch and judge each pick against ground truth.
 
     python benchmarks/quickstart_repeat.py [N]
 
-Each run is a fresh folder (new study) sharing one artifact cache (ONNX export, reference), as a
-user's reruns would. Prints and writes docs/benchmarks/quickstart_repeat.md.
+Each run is a fresh folder (new study, a fresh sampler seed, as a new user's run) sharing one
+artifact cache (ONNX export, reference). The ground truth is the quickstart landscape
+(benchmarks/landscapes/quickstart.jsonl: every config measured in several rounds in fresh
+processes): a pick is right when its true mean is within 2% of the true best's or the
+landscape's rounds cannot tell them apart. Prints and writes docs/benchmarks/quickstart_picks.md.
 """
 
 from __future__ import annotations
@@ -17,13 +20,27 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine_lines, write_doc  # noqa: E402
+from _machine import load_average, machine_lines, write_doc  # noqa: E402
+from search_quality import TIE_PCT, truth, welch_tie  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
+LANDSCAPE = ROOT / "benchmarks" / "landscapes" / "quickstart.jsonl"
 
 
 def main(n: int) -> None:
+    from record_landscape import landscape_spec
+
+    from autotuner.estimates import config_key
+    from autotuner.executors.replay import load_landscape
+    from autotuner.spec_load import load_spec
+
+    spec = landscape_spec(load_spec(SPEC))
+    t = truth(spec, load_landscape(LANDSCAPE))
+    feas = {k: v for k, v in t.items() if v["feasible"]}
+    ranked = sorted(feas, key=lambda k: -feas[k]["mean"])
+    best = feas[ranked[0]]
+    load0 = load_average()
     rows = []
     for i in range(n):
         with tempfile.TemporaryDirectory(prefix="autotune-repeat-") as d:
@@ -33,55 +50,62 @@ def main(n: int) -> None:
             if proc.returncode != 0:
                 print(proc.stdout[-2000:], proc.stderr[-2000:])
                 raise SystemExit(f"run {i + 1} failed")
-            best = yaml.safe_load((Path(d) / "reports" / "quickstart.best.yaml").read_text())
-        tp = best["metrics"]["throughput_items_s"]
-        rem = tp.get("remeasured", {})
+            chosen = yaml.safe_load((Path(d) / "reports" / "quickstart.best.yaml").read_text())
+            tail = proc.stdout[proc.stdout.rfind("the race on") :] if "the race on" in proc.stdout else ""
+        k = config_key(chosen["params"])
+        got = t.get(k)
+        regret = (best["mean"] - got["mean"]) / best["mean"] if got else 1.0
+        right = got is not None and (regret <= TIE_PCT or welch_tie(got["values"], best["values"]))
+        tp = chosen["metrics"]["throughput_items_s"]
         row = {
             "run": i + 1,
             "wall_s": round(wall, 1),
-            "params": best["params"],
-            "trial_value": tp["trial"],
-            "mean": rem.get("mean"),
-            "ci": [rem.get("ci_low"), rem.get("ci_high")],
-            "tied_with": best["choice"]["tied_with_trials"],
-            "candidates": [(c["params"], c.get("mean"), c.get("ci")) for c in best["choice"]["candidates"]],
-            "reason": best["choice"]["reason"],
+            "params": chosen["params"],
+            "estimate": f"{tp['mean']} [{tp.get('ci_low')}, {tp.get('ci_high')}] over {tp['blocks']} blocks",
+            "true_rank": ranked.index(k) + 1 if k in ranked else None,
+            "true_mean": round(got["mean"], 1) if got else None,
+            "regret_pct": round(100 * regret, 1),
+            "right": right,
+            "baseline": (chosen["choice"].get("baseline") or {}).get("text", "-"),
+            "reason": chosen["choice"]["reason"],
         }
         rows.append(row)
         print(row, flush=True)
+        print(tail[:3000], flush=True)
     lines = [
-        "# quickstart, three runs from scratch",
+        "# quickstart, three runs from scratch, against ground truth",
         "",
         "Produced by `python benchmarks/quickstart_repeat.py`: `autotune run search_spaces/quickstart.yaml`",
-        "in a fresh folder each time (new study; the artifact cache is shared, as on a user's machine).",
+        "in a fresh folder each time (new study, a fresh sampler seed; the artifact cache is shared, as on",
+        "a user's machine). Ground truth: `benchmarks/landscapes/quickstart.jsonl` (every config measured",
+        "in fresh processes over several rounds). True best: "
+        f"`{' '.join(f'{k}={v}' for k, v in best['config'].items())}` at {best['mean']:.1f} items/s.",
         "",
         "## Machine",
         "",
-        *machine_lines(),
+        *machine_lines(load0),
         "",
-        "## Chosen configs",
+        "## Picks",
         "",
-        "| run | wall s | chosen params | throughput (trial) | re-measured mean [95% CI] "
-        "| tied with | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| run | wall s | chosen params | its estimate | true rank | true mean | regret % | best or tie | "
+        "baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = " ".join(f"{k}={v}" for k, v in r["params"].items())
-        ci = f"{r['mean']} [{r['ci'][0]}, {r['ci'][1]}]" if r["mean"] is not None else "-"
         lines.append(
-            f"| {r['run']} | {r['wall_s']} | {p} | {r['trial_value']} | {ci} | "
-            f"{r['tied_with'] or '-'} | {r['reason']} |"
+            f"| {r['run']} | {r['wall_s']} | {p} | {r['estimate']} | {r['true_rank']} | {r['true_mean']} | "
+            f"{r['regret_pct']} | {'yes' if r['right'] else 'no'} | {r['baseline']} |"
         )
-    lines += ["", "## Candidates re-measured in each run", ""]
-    for r in rows:
+    lines += ["", "Reasons:", ""] + [f"- run {r['run']}: {r['reason']}" for r in rows]
+    lines += ["", "True ranking (feasible configs, top 8):", ""]
+    for j, k in enumerate(ranked[:8]):
+        v = feas[k]
+        vals = ", ".join(f"{x:.0f}" for x in v["values"])
         lines.append(
-            f"- run {r['run']}: "
-            + "; ".join(
-                f"{' '.join(f'{k}={v}' for k, v in c[0].items())} mean {c[1]} CI {c[2]}"
-                for c in r["candidates"]
-            )
+            f"{j + 1}. `{' '.join(f'{a}={b}' for a, b in v['config'].items())}`: {v['mean']:.1f} ({vals})"
         )
-    write_doc("quickstart_repeat.md", lines)
+    write_doc("quickstart_picks.md", lines)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,15 @@ TIE_PCT = 0.02
 def truth(spec: Any, landscape: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per config: mean of the rule metric over its recorded rounds, its values, feasibility."""
     o = spec.objectives[0]
+    limit = spec.measurement.max_foreign_load
     out = {}
     for key, recs in landscape.items():
         ok = [r for r in recs if "metrics" in r]
+        clean = [
+            r for r in ok if not r.get("under_load") and not (r["metrics"].get("foreign_load", 0) > limit)
+        ]
+        # The truth rests on blocks no other process disturbed (the replay still draws them all).
+        ok = clean or ok
         if not ok:
             continue
         vals = [float(r["metrics"][o.metric]) for r in ok if o.metric in r["metrics"]]

@@ -12,12 +12,16 @@ SMALL_MODEL = {
     "builtin": "tiny-transformer",
     "options": {"layers": 1, "hidden": 64, "heads": 2, "seq_len": 16, "vocab": 200},
 }
+# Tests about other behaviour do not depend on what else runs on the machine: no block counts as
+# measured under foreign load (tests/test_load.py causes load for real and keeps the default).
+NO_LOAD_CHECK = 8.0
 FAST_MEASUREMENT = {
     "warmup_iters": 1,
     "min_iters": 5,
     "min_time_s": 0.05,
     "max_time_s": 0.3,
     "trial_timeout_s": 120,
+    "max_foreign_load": NO_LOAD_CHECK,
 }
 
 
@@ -59,5 +63,6 @@ def fixed_time(seconds: float, **extra: Any) -> dict[str, Any]:
         "min_time_s": seconds,
         "max_time_s": seconds,
         "trial_timeout_s": 120,
+        "max_foreign_load": NO_LOAD_CHECK,
         **extra,
     }

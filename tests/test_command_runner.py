@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import NO_LOAD_CHECK
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -30,6 +31,7 @@ def spec_dict(tmp: Path, **command) -> dict:  # noqa: ANN003
         "budget": {"trials": 2},
         "sampler": {"type": "grid"},
         "pick": {"rounds": 0},
+        "measurement": {"max_foreign_load": NO_LOAD_CHECK},
         "command": {
             "argv": [
                 sys.executable,

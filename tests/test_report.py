@@ -48,7 +48,9 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             d,
             "two.yaml",
             name="two",
-            budget={"trials": 5},
+            # The grid walks every config, the refused one with the markup in its reason too.
+            budget={"trials": 6},
+            sampler={"type": "grid"},
             baseline={"backend": "torch-eager"},
             space={
                 "backend": ["torch-eager", "onnxruntime-cpu"],

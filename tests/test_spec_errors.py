@@ -568,13 +568,13 @@ CASES = [
         "budget-unknown-field",
         mod({"budget": {"trial": 3}}),
         "budget.trial",
-        "unknown field; allowed: trials, wall_time_s",
+        "unknown field; allowed: trials, wall_time_s, measure_s",
     ),
     case(
         "sampler-unknown-type",
         mod({"sampler": {"type": "cmaes"}}),
         "sampler.type",
-        "Input should be 'tpe', 'random', 'grid' or 'nsga2'",
+        "Input should be 'tpe', 'random', 'grid', 'nsga2' or 'gp'",
     ),
     case(
         "grid-with-log-range",
@@ -624,7 +624,7 @@ CASES = [
         mod({"measurement.warmup": 3}),
         "measurement.warmup",
         "unknown field; allowed: warmup_iters, min_iters, max_iters, min_time_s, max_time_s, "
-        "cv_target, trial_timeout_s, keep_samples",
+        "cv_target, trial_timeout_s, keep_samples, max_foreign_load, load_repeats",
     ),
     case(
         "accuracy-samples-zero",
@@ -655,7 +655,8 @@ CASES = [
         "pick-unknown-field",
         mod({"pick.topk": 3}),
         "pick.topk",
-        "unknown field; allowed: top_k, rounds, confidence, tie_break, round_time_s",
+        "unknown field; allowed: top_k, rounds, max_rounds, time_s, confidence, tie_tolerance, tie_break, "
+        "round_time_s",
     ),
     case(
         "baseline-key-not-in-space",

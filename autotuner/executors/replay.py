@@ -42,6 +42,7 @@ class ReplayExecutor(Executor):
         self.measure_s = 0.0  # timed measurement the replayed run would have spent
         self.setup_s = 0.0
         self.blocks = 0
+        self.queues: dict[str, list[dict[str, Any]]] = {}
 
     def answer(self, request: TrialRequest) -> TrialResult:
         recs = self.landscape.get(config_key(request.config))
@@ -52,7 +53,15 @@ class ReplayExecutor(Executor):
             r = recs[0]
             cls = r.get("failure_class") if r.get("failure_class") in FAILURE_CLASSES else "error"
             return TrialResult.failure(cls, str(r.get("message")))
-        r = self.rng.choice(ok)
+        # Without replacement: a config's recorded rounds are drawn in a shuffled order, and only
+        # once all were drawn does the order start again (blocks are independent measurements).
+        k = config_key(request.config)
+        queue = self.queues.get(k)
+        if not queue:
+            queue = list(ok)
+            self.rng.shuffle(queue)
+            self.queues[k] = queue
+        r = queue.pop()
         metrics = {k: float(v) for k, v in r["metrics"].items()}
         block_s = request.block_s
         if block_s is not None:
