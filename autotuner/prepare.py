@@ -135,8 +135,23 @@ def _reference(spec: Spec, path: Path) -> None:
     if spec.model.onnx is not None:
         import onnxruntime as ort
 
+        from autotuner.inputs import chunks
+        from autotuner.models import model_inputs
+
         sess = ort.InferenceSession(str(onnx_path(spec, "fp32")), providers=["CPUExecutionProvider"])
-        out = np.asarray(sess.run(None, inputs)[0], dtype=np.float32)
+        # A model exported with a fixed batch takes the samples in batches of exactly that size.
+        dims = sess.get_inputs()[0].shape
+        specs = model_inputs(spec)
+        axis = specs[0].shape.index("batch")
+        fixed = dims[axis] if axis < len(dims) and isinstance(dims[axis], int) and dims[axis] > 0 else None
+        if fixed is None:
+            out = np.asarray(sess.run(None, inputs)[0], dtype=np.float32)
+        else:
+            outs = [
+                np.asarray(sess.run(None, b)[0], dtype=np.float32)[:n]
+                for b, n in chunks(inputs, specs, fixed)
+            ]
+            out = np.concatenate(outs)
     else:
         import torch
 

@@ -82,6 +82,22 @@ def main() -> None:
         sections += [f"## {name}", "", f"`{spec}` on `benchmarks/landscapes/{name}.jsonl`: {head}", ""]
         sections += ["| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
         sections += ["| " + " | ".join(str(r[c]) for c in COLS) + " |" for r in rows]
+        d = next(r for r in rows if r["strategy"] == "default")
+        naive = next((r for r in rows if r["strategy"] == "naive-tpe"), None)
+        aims = [
+            ("P(best or tie) >= 0.95", d["p_best"] >= 0.95, d["p_best"]),
+            ("median regret <= 1%", d["median_regret"] <= 0.01, d["median_regret"]),
+            ("measurement <= 50% of the grid's", d["measure_s_ratio"] <= 0.5, d["measure_s_ratio"]),
+        ]
+        sections += ["", "Aims for the default strategy: " + "; ".join(
+            f"{a}: {'met' if ok else 'NOT met'} ({v})" for a, ok, v in aims
+        ) + "."]  # fmt: skip
+        if naive is not None:
+            sections += [
+                f"Without the race (naive-tpe) the same search spends {naive['measure_s_ratio']} of the "
+                f"grid's seconds and lands within 2% of the best in {naive['p_within_2pct']:.0%} of runs "
+                f"(the race: {d['p_within_2pct']:.0%})."
+            ]
         sections += [""]
     lines += machine_lines(load0) + [""] + sections
     write_doc("search_quality.md", lines)
