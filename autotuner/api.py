@@ -152,7 +152,7 @@ def choose(
         )
 
         def measure(config: dict[str, Any]) -> TrialResult:
-            req = TrialRequest(-1, config, meta={"block_s": spec.pick.round_time_s})
+            req = TrialRequest(-1, config, meta={"block_s": block_seconds(spec, estimates, config)})
             try:
                 return executor.submit(req).result()
             except Exception as e:  # noqa: BLE001 - an executor fault drops the candidate only
@@ -191,6 +191,19 @@ def choose(
             }
     study.set_user_attr("pick", pick.to_dict())
     return pick
+
+
+MIN_BATCHES_PER_BLOCK = 5
+
+
+def block_seconds(spec: Spec, estimates: dict[str, Any], config: dict[str, Any]) -> float:
+    """A race block lasts pick.round_time_s, or long enough for 5 batches of a slow config (its
+    mean batch latency from the search), so that a block is never one or two batches."""
+    e = estimates.get(config_key(config))
+    lat = e.mean("latency_mean_ms") if e is not None else None
+    if not lat:
+        return spec.pick.round_time_s
+    return max(spec.pick.round_time_s, MIN_BATCHES_PER_BLOCK * float(lat) / 1000.0)
 
 
 def baseline_config(spec: Spec) -> dict[str, Any] | None:

@@ -102,7 +102,7 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
                 {
                     "trial": c.trial,
                     "params": c.config,
-                    "before_race": _r(c.value),
+                    "before_race": _r(c.value) if c.value == c.value else None,
                     "blocks_before_race": c.blocks,
                     "race_rounds": len(c.rounds),
                     **(

@@ -156,7 +156,7 @@ def decide(
     """The winner among the contenders that finished the race (baseline excluded)."""
     pct = int(confidence * 100)
     contenders = [c for c in cands if not c.baseline]
-    for c in contenders:
+    for c in cands:  # the baseline's race figures are shown beside the contenders'
         if len(c.rounds) >= 2:
             m, lo, hi = mean_ci(c.rounds, confidence)
             c.mean, c.ci = m, (lo, hi)
