@@ -217,3 +217,24 @@ def test_race_blocks_pool_into_the_estimate_the_export_reads(tmp_path: Path) -> 
     best = yaml.safe_load(out.read_text())
     assert best["metrics"]["throughput_items_s"]["blocks"] == est.n
     assert best["choice"]["baseline"]["significant"] is True
+
+
+def test_a_budget_in_measurement_seconds_ends_the_search(tmp_path: Path) -> None:
+    truth = {("torch-eager", "fp32", bs): 100.0 * bs for bs in range(1, 9)}
+    land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))  # 0.5 s of timed measurement each
+    spec = _spec(
+        tmp_path,
+        space={
+            "backend": "torch-eager",
+            "precision": "fp32",
+            "batch_size": list(range(1, 9)),
+            "threads": [1],
+        },
+        sampler={"type": "random"},
+        budget={"trials": 50, "measure_s": 2.0},
+        seed=0,
+    )
+    ex = ReplayExecutor(spec, CAPS, land, seed=0)
+    study = _drive(spec, ex, budget=50)
+    assert driver.counted(study.get_trials(deepcopy=False)) == 4 == ex.blocks
+    assert ex.measure_s == pytest.approx(2.0)
