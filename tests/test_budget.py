@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_spec_dict
+from helpers import FAST_MEASUREMENT, make_spec_dict
 from optuna.trial import TrialState
 
 from autotuner import api, driver
@@ -165,6 +165,7 @@ def test_a_trial_under_foreign_load_is_kept_left_out_and_measured_again(tmp_path
         tmp_path,
         space={"backend": "torch-eager", "precision": "fp32", "batch_size": [1, 2, 4], "threads": [1]},
         sampler={"type": "grid"},
+        measurement={**FAST_MEASUREMENT, "max_foreign_load": 0.1},
         seed=0,
     )
     ex = LoadedOnce(spec, CAPS, land, seed=0)

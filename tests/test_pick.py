@@ -144,7 +144,13 @@ def test_baseline_gain_is_paired_and_says_when_there_is_none() -> None:
 
 
 def test_a_block_under_foreign_load_is_measured_again() -> None:
-    spec = _spec(max_rounds=3)
+    from helpers import FAST_MEASUREMENT
+
+    d = make_spec_dict(
+        pick={"rounds": 3, "max_rounds": 3, "round_time_s": 0.1},
+        measurement={**FAST_MEASUREMENT, "max_foreign_load": 0.1},
+    )
+    spec = spec_from_dict(d, "test")
     cands = _cands(1, 2)
     inner = Noisy({1: (100.0, 1, 1), 2: (50.0, 1, 1)}, rel_noise=0.01)
     loaded_once = {"left": 1}
