@@ -408,7 +408,15 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
             ci = f"{c.ci[0]:.4g}..{c.ci[1]:.4g}" if c.ci else "-"
             mean = f"{c.mean:.4g}" if c.mean is not None else "-"
             rows.append(
-                [f"#{c.trial}", fmt_config(c.config), f"{c.value:.4g}", len(c.rounds), mean, ci, status]
+                [
+                    f"#{c.trial}" if c.trial >= 0 else "-",
+                    fmt_config(c.config),
+                    f"{c.value:.4g}" if c.value == c.value else "-",
+                    len(c.rounds),
+                    mean,
+                    ci,
+                    status,
+                ]
             )
         progress.table(["trial", "config", "before race", "rounds", "race mean", "interval", "status"], rows)
     chosen = pick.chosen

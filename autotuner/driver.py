@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotuner import __version__
 from autotuner.errors import UsageError
+from autotuner.estimates import NOT_LAUNCHED, counted, uses_budget
 from autotuner.executors import Executor, TrialRequest
 from autotuner.executors.process import kill_all
 from autotuner.progress import Progress, fmt_config
@@ -38,7 +39,6 @@ GRACE_S = 30.0
 OWNER = "autotune:driver"
 BEAT = "autotune:heartbeat"
 DETERMINISTIC = ("unsupported", "oom", "predicted-oom")
-NOT_LAUNCHED = ("unsupported", "predicted-oom", "predicted-infeasible")
 RUNNABLE = "runnable"
 # A proposed repeat of a contender is measured until it has this many blocks. Measured on the
 # recorded landscapes (docs/benchmarks/search_quality.md), repeats in the search bought less than
@@ -87,26 +87,6 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
     study.set_user_attr("autotune_version", __version__)
     study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return study
-
-
-def uses_budget(t: FrozenTrial) -> bool:
-    """The budget counts measurements: running or finished trials, except interrupted ones (they
-    are retried), refusals known before launch, repeats told the pooled value, and blocks taken
-    under foreign load that were measured again."""
-    if t.state == TrialState.RUNNING:
-        return True
-    if not t.state.is_finished():
-        return False
-    failure = t.user_attrs.get("failure_class")
-    if failure in ("interrupted", "under-load"):
-        return False
-    if t.state == TrialState.PRUNED and failure in NOT_LAUNCHED:
-        return False
-    return "pooled_from" not in t.user_attrs and "failed_before" not in t.user_attrs
-
-
-def counted(trials: list[FrozenTrial]) -> int:
-    return sum(1 for t in trials if uses_budget(t))
 
 
 def within_budget(study: optuna.Study, number: int, budget: int) -> bool:

@@ -25,6 +25,8 @@ from autotuner.metrics import is_number
 from autotuner.stats import mean_ci, t_quantile
 
 RACE_KEY = "race"
+# Failures known without launching: stored PRUNED and infeasible, and free.
+NOT_LAUNCHED = ("unsupported", "predicted-oom", "predicted-infeasible")
 DEFAULT_REL_SD = 0.10  # the between-process spread assumed before a study has seen any repeat
 
 
@@ -242,3 +244,23 @@ def trial_front(trials: list[FrozenTrial], directions: list[str]) -> list[Frozen
             seen.add(k)
             out.append(t)
     return out
+
+
+def uses_budget(t: FrozenTrial) -> bool:
+    """The budget counts measurements: running or finished trials, except interrupted ones (they
+    are retried), refusals known before launch, repeats told the pooled value, and blocks taken
+    under foreign load that were measured again."""
+    if t.state == TrialState.RUNNING:
+        return True
+    if not t.state.is_finished():
+        return False
+    failure = t.user_attrs.get("failure_class")
+    if failure in ("interrupted", "under-load"):
+        return False
+    if t.state == TrialState.PRUNED and failure in NOT_LAUNCHED:
+        return False
+    return "pooled_from" not in t.user_attrs and "failed_before" not in t.user_attrs
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    return sum(1 for t in trials if uses_budget(t))

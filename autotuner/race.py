@@ -98,7 +98,7 @@ def run_race(
             c.rounds.append(float(v) if v is not None else float("nan"))
         rounds = r + 1
         line = ", ".join(
-            f"#{c.trial}{' (baseline)' if c.baseline else ''} {race_mean(c, rule.metric) or float('nan'):.4g}"
+            f"{'baseline' if c.baseline else f'#{c.trial}'} {race_mean(c, rule.metric) or float('nan'):.4g}"
             for c in cands
             if c.dropped is None
         )

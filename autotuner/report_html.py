@@ -173,7 +173,7 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
     page.figure(figs.history(d))
     page.add("</div>")
     page.figure(figs.parallel(d))
-    top = [c["trial"] for c in (d.pick or {}).get("candidates", [])] or [
+    top = [c["trial"] for c in (d.pick or {}).get("candidates", []) if c["trial"] >= 0] or [
         t.number
         for t in sorted(d.feasible, key=lambda t: t.values[0], reverse=d.directions[0] == "maximize")[:5]
     ]
@@ -209,7 +209,7 @@ def _summary(page: Page, d: StudyData) -> None:
         ),
         ("libraries", ", ".join(f"{k} {v}" for k, v in libs.items())),
         ("autotune", d.version),
-        ("budget used", f"{len(d.trials)} trials" + (f" of {budget}" if budget else "")),
+        ("budget used", _budget_used(d, budget)),
         ("trials by state", ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"),
         ("failures by class", ", ".join(f"{k} {v}" for k, v in sorted(classes.items())) or "none"),
     ]
@@ -249,10 +249,25 @@ def _summary(page: Page, d: StudyData) -> None:
     )
 
 
+def _budget_used(d: StudyData, budget: Any) -> str:
+    """Measurements against the budget; the trials that measured nothing are said apart."""
+    from autotuner.estimates import uses_budget
+
+    n = sum(1 for t in d.trials if uses_budget(t))
+    free = len(d.trials) - n
+    text = f"{n} measurements" + (f" of {budget}" if budget else "")
+    return text + (
+        f" ({free} more trials were free: refusals, pooled repeats, loaded blocks)" if free else ""
+    )
+
+
 def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
     """Every config once, with its pooled estimate: what the pick reads."""
+    from autotuner.estimates import feasible as feasible_estimate
     from autotuner.estimates import relative_spread
+    from autotuner.spec import Constraint
 
+    constraints = [Constraint(**c) for c in d.constraints]
     conf = float((d.pick or {}).get("confidence", 0.95))
     metrics = [m for m in d.objectives if m in METRICS]
     o = metrics[0] if metrics else None
@@ -262,11 +277,14 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
     chosen = json.dumps((d.pick or {}).get("config") or {}, sort_keys=True)
     head = "".join(
         f"<th>{esc(h)}</th>"
-        for h in ["first trial", *d.params, "blocks", "under load", *metrics, "measure s"]
+        for h in ["first trial", *d.params, "feasible", "blocks", "under load", *metrics, "measure s"]
     )
     body = []
     for e in ests[:50]:
-        cells = [f"#{e.first_trial}", *[e.config.get(p, "") for p in d.params], e.n, e.under_load]
+        ok, why = feasible_estimate(e, constraints)
+        verdict = "yes" if ok else "unknown" if why and why.endswith("not measured") else "no"
+        first = f"#{e.first_trial}" if e.first_trial >= 0 else "race only"
+        cells = [first, *[e.config.get(p, "") for p in d.params], verdict, e.n, e.under_load]
         for m in metrics:
             iv = e.interval(m, conf, rel[m])
             cells.append(f"{_fmt(iv[0])} [{_fmt(iv[1])}, {_fmt(iv[2])}]" if iv else "")
@@ -295,10 +313,11 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
             else c.get("dropped") or c.get("error") or ""
         )
         ci = c.get("ci")
+        value = c.get("value")
         cells = [
-            f"#{c['trial']}",
+            f"#{c['trial']}" if c["trial"] >= 0 else "-",
             " ".join(f"{k}={v}" for k, v in c["config"].items()),
-            c.get("value"),
+            value if isinstance(value, int | float) and value == value else "",
             len(c.get("rounds", [])),
             c.get("mean"),
             f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "",
