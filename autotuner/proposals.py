@@ -183,14 +183,18 @@ class Arms:
         lists = [neighbors(self.spec, e.config) for e in self.diverse_leaders(k)]
         self.turn = getattr(self, "turn", -1) + 1
         order = [lists[(self.turn + i) % len(lists)] for i in range(len(lists))] if lists else []
-        for cands in order:
-            for c in cands:
-                key = config_key(c)
-                if key in self.estimates or key in self.refused:
-                    continue
-                if runnable(c):
-                    return c
-                self.refuse(c)
+        return self.first_runnable((c for cands in order for c in cands), runnable)
+
+    def first_runnable(self, configs: Any, runnable: Any) -> dict[str, Any] | None:
+        """The first config not measured, not refused, and accepted by `runnable`; the ones it
+        refuses on the way are remembered as refused."""
+        for c in configs:
+            key = config_key(c)
+            if key in self.estimates or key in self.refused:
+                continue
+            if runnable(c):
+                return c
+            self.refuse(c)
         return None
 
     def surrogate_pick(self, runnable: Any, ridge: float = 1.0) -> dict[str, Any] | None:
@@ -238,11 +242,7 @@ class Arms:
         def predict(c: dict[str, Any]) -> float:
             return float(sum(w[index[f]] for f in feats(c) if f in index))
 
-        for c in sorted(cands, key=predict, reverse=True):
-            if runnable(c):
-                return c
-            self.refuse(c)
-        return None
+        return self.first_runnable(sorted(cands, key=predict, reverse=True), runnable)
 
     def unmeasured(self, rng: random.Random, runnable: Any, tries: int = 200) -> dict[str, Any] | None:
         """An unmeasured config that `runnable(config)` accepts, drawn at random; None if none is left."""
@@ -252,17 +252,5 @@ class Arms:
                 c for c in every if config_key(c) not in self.estimates and config_key(c) not in self.refused
             ]
             rng.shuffle(pool_)
-            for c in pool_:
-                if runnable(c):
-                    return c
-                self.refuse(c)
-            return None
-        for _ in range(tries):
-            c = random_config(self.spec, rng)
-            k = config_key(c)
-            if k in self.estimates or k in self.refused:
-                continue
-            if runnable(c):
-                return c
-            self.refuse(c)
-        return None
+            return self.first_runnable(pool_, runnable)
+        return self.first_runnable((random_config(self.spec, rng) for _ in range(tries)), runnable)
