@@ -197,7 +197,9 @@ class Arms:
             self.refuse(c)
         return None
 
-    def surrogate_pick(self, runnable: Any, ridge: float = 1.0) -> dict[str, Any] | None:
+    def surrogate_pick(
+        self, runnable: Any, ridge: float = 0.3, pair_ridge: float = 3.0
+    ) -> dict[str, Any] | None:
         """The unmeasured runnable config a small additive model predicts best: ridge regression
         of log(rule metric) on one-hot values and pairs of values of the parameters, fitted to
         every measured config (finite spaces only; None where the space is unbounded)."""
@@ -235,8 +237,9 @@ class Arms:
             for f in feats(c):
                 x[i, index[f]] = 1.0
         sign = 1.0 if self.maximize else -1.0
-        penalty = ridge * np.eye(x.shape[1])
-        penalty[-1, -1] = 0.0  # the intercept is not shrunk
+        # Pairs are shrunk harder than single values: with few measurements a pair term should
+        # explain only what the values alone cannot (else it soaks up main effects as noise).
+        penalty = np.diag([pair_ridge if "&" in f else ridge for f in index] + [0.0])  # intercept free
         w = np.linalg.solve(x.T @ x + penalty, x.T @ (sign * (y - y.mean())))
 
         def predict(c: dict[str, Any]) -> float:

@@ -88,7 +88,9 @@ def _arms(spec: Any, tmp_path: Path, measured: dict[tuple[str, str, int, int], f
 
 def test_the_refinement_model_proposes_the_combination_the_data_points_to(tmp_path: Path) -> None:
     """Additive effects: ORT beats torch by 2x, int8 beats fp32 by 1.5x, 2 threads beat 1 by 1.8x,
-    bigger batches help. The unmeasured config with all the good values is the one to measure."""
+    bigger batches help. From a quarter of the configs (the best left out), over 20 seeded
+    samples, the model proposes the best in at least 17 and never one outside the top 10% (a
+    random unmeasured pick would land there one time in ten)."""
     spec = _spec()
     truth = {}
     for c in all_configs(spec) or []:
@@ -100,12 +102,19 @@ def test_the_refinement_model_proposes_the_combination_the_data_points_to(tmp_pa
         v *= 1.8 if c["threads"] == 2 else 1.0
         v *= c["batch_size"] ** 0.3
         truth[(c["backend"], c["precision"], c["batch_size"], c["threads"])] = v
-    best = max(truth, key=truth.get)  # type: ignore[arg-type]
-    seen = {k: v for k, v in truth.items() if k != best and random.Random(hash(k) % 1000).random() < 0.25}
-    arms = _arms(spec, tmp_path, seen)
-    pick = arms.surrogate_pick(lambda c: True)
-    assert pick is not None
-    assert (pick["backend"], pick["precision"], pick["batch_size"], pick["threads"]) == best
+    ranked = sorted(truth, key=truth.get, reverse=True)  # type: ignore[arg-type]
+    hits = 0
+    for seed in range(20):
+        rng = random.Random(seed)
+        seen = {k: truth[k] for k in ranked[1:] if rng.random() < 0.25}
+        d = tmp_path / str(seed)
+        d.mkdir()
+        pick = _arms(spec, d, seen).surrogate_pick(lambda c: True)
+        assert pick is not None
+        key = (pick["backend"], pick["precision"], pick["batch_size"], pick["threads"])
+        assert key in ranked[:7], f"seed {seed}: the model proposed rank {ranked.index(key) + 1}"
+        hits += key == ranked[0]
+    assert hits >= 17, f"the best proposed in {hits} of 20 samples"
 
 
 def test_an_accuracy_verdict_is_shared_across_batch_size_and_threads(tmp_path: Path) -> None:
