@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,10 +84,12 @@ class Journal:
         self._append({"done": trial_id})
 
     def pending(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []  # never written, or compacted by another driver sharing the study
         entries: dict[int, dict[str, Any]] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -98,15 +101,30 @@ class Journal:
         return list(entries.values())
 
     def compact(self) -> None:
-        if self.path.exists() and not self.pending():
-            self.path.unlink()
+        """Remove the file once nothing in it is pending. Drivers sharing a study share the
+        journal: the check and the removal happen under the same lock as every append, so an
+        entry another driver writes meanwhile is never removed with the file."""
+        with self._locked():
+            if not self.pending():
+                self.path.unlink(missing_ok=True)
 
     def _append(self, rec: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with self._locked(), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def replay(
