@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import optuna
 
 from autotuner.errors import UsageError
 from autotuner.estimates import config_key
-from autotuner.pick import Candidate, Pick, Rule, baseline_gain, decide
+from autotuner.pick import Candidate, Pick, Rule, baseline_gain, decide, race_status
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.spec import Spec, check_rule
@@ -117,7 +117,7 @@ def choose(
     trials = study.get_trials(deepcopy=False)
     stored = race_blocks(study.user_attrs)
     estimates = pool(trials, stored)
-    cands, _ = contenders(spec, estimates, rule)
+    cands = contenders(spec, estimates, rule)
     if not cands:
         progress.say("no feasible completed trial: nothing to pick (see failures above)")
         return None
@@ -167,7 +167,7 @@ def choose(
 
             e = estimates.get(config_key(c.config)) or Estimate(config_key(c.config), c.config)
             mixed = Estimate(e.key, e.config, list(e.trials), list(e.blocks))
-            mixed.blocks += [Block("race", m) for m in c.round_metrics]
+            mixed.blocks += [Block(m) for m in c.round_metrics]
             return feasible(mixed, spec.constraints)[1]
 
         run_race(spec, rule, racers, measure, on_block, progress.say, breaks)
@@ -210,14 +210,9 @@ def baseline_config(spec: Spec) -> dict[str, Any] | None:
     """The spec's baseline as a full config (unset parameters at their first value)."""
     if not spec.baseline:
         return None
-    from autotuner.space import active, defaults, order
+    from autotuner.space import complete
 
-    full = {**defaults(spec), **spec.baseline}
-    config: dict[str, Any] = {}
-    for name in order(spec.space):
-        if name in full and active(spec.space[name], config):
-            config[name] = full[name]
-    return config
+    return complete(spec, dict(spec.baseline))
 
 
 def _refused(spec: Spec, config: dict[str, Any], executor: Any, trials: list[Any]) -> bool:
@@ -356,7 +351,8 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
 
     estimates = pool(study.get_trials(deepcopy=False), race_blocks(study.user_attrs))
     ok = [e for e in estimates.values() if feasible(e, spec.constraints)[0]]
-    shown = front(ok, spec.objectives)
+    pareto = front(ok, spec.objectives)
+    shown = list(pareto)
     chosen_key = config_key(pick.config) if pick else None
     if chosen_key and chosen_key in estimates and estimates[chosen_key] not in shown:
         shown.append(estimates[chosen_key])
@@ -366,7 +362,8 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
     shown.sort(key=lambda e: e.mean(o.metric) or 0.0, reverse=o.direction == "maximize")
     conf = spec.pick.confidence
     if shown:
-        on_front = set(id(e) for e in front(ok, spec.objectives))
+        on_front = {id(e) for e in pareto}
+        spread = {m: relative_spread(estimates, m) for m in metrics}
         progress.say(
             f"\nPareto-optimal feasible configs by their pooled estimates ({len(on_front)}), "
             f"mean +- half the {int(conf * 100)}% interval:"
@@ -376,7 +373,7 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
             mark = "*" if e.key == chosen_key else ""
             cells = []
             for m in metrics:
-                iv = e.interval(m, conf, relative_spread(estimates, m))
+                iv = e.interval(m, conf, spread[m])
                 cells.append(f"{iv[0]:.4g} +-{(iv[2] - iv[1]) / 2:.2g}" if iv else "-")
             flags = [] if id(e) in on_front else ["chosen, off the front"]
             if e.under_load:
@@ -397,14 +394,7 @@ def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progr
         progress.say(f"\nthe race on {pick.rule} ({pick.rounds} rounds, blocks in fresh workers):")
         rows = []
         for c in pick.candidates:
-            if c.baseline:
-                status = "baseline"
-            elif c.trial == pick.winner:
-                status = "chosen"
-            elif c.trial in pick.tied_with:
-                status = "tie"
-            else:
-                status = c.dropped or c.error or "-"
+            status = race_status(asdict(c), pick.winner, pick.tied_with)
             ci = f"{c.ci[0]:.4g}..{c.ci[1]:.4g}" if c.ci else "-"
             mean = f"{c.mean:.4g}" if c.mean is not None else "-"
             rows.append(

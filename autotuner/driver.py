@@ -22,6 +22,7 @@ from autotuner.errors import UsageError
 from autotuner.estimates import NOT_LAUNCHED, counted, uses_budget
 from autotuner.executors import Executor, TrialRequest
 from autotuner.executors.process import kill_all
+from autotuner.load import over_limit
 from autotuner.progress import Progress, fmt_config
 from autotuner.registry import runner_for
 from autotuner.resilience import DB_ERRORS, Journal, replay, retry_db
@@ -238,11 +239,6 @@ def best_line(spec: Spec, arms: Any) -> str | None:
     return f"#{e.first_trial} {o.metric}={v:.4g}" + (f" ({e.n} blocks)" if e.n > 1 else "")
 
 
-def is_loaded(result: TrialResult, limit: float) -> bool:
-    v = result.metrics.get("foreign_load")
-    return result.ok and v is not None and math.isfinite(v) and v > limit
-
-
 def tell_pooled(spec: Spec, study: optuna.Study, trial: Trial, e: Any, values: list[float]) -> str:
     """A repeat the sampler proposed, answered with the config's pooled estimate: no measurement."""
     trial.set_user_attr("pooled_from", list(e.trials))
@@ -323,6 +319,10 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
             return False
         return spec.budget.measure_s is None or measured_s < spec.budget.measure_s
 
+    def queue(config: dict[str, Any], **attrs: Any) -> None:
+        """Have the next ask return this config (the sampler is not asked for it)."""
+        db(lambda: study.enqueue_trial(sampled_params(spec, config), user_attrs=attrs), "queueing a config")
+
     def free(trial: Trial) -> None:
         """A trial that measured nothing; after a few in a row, queue an unmeasured config."""
         nonlocal free_streak, free_total, exhausted
@@ -336,10 +336,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
             say(f"every runnable config of the space is measured; the search ends at trial #{trial.number}")
             return
         free_streak = 0
-        db(
-            lambda: study.enqueue_trial(sampled_params(spec, pick), user_attrs={"drawn": "unmeasured"}),
-            "queueing a config",
-        )
+        queue(pick, drawn="unmeasured")
 
     design: list[dict[str, Any]] = []
     if not trials and spec.sampler.type in ("tpe", "gp", "random") and spec.sampler.n_startup_trials:
@@ -352,6 +349,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
     try:
         while True:
             trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+            fresh = 0
             arms.update(trials)
             room = total - counted(trials)
             while (
@@ -362,26 +360,16 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 and free_total <= max(50, 10 * total)
                 and not (space_size is not None and arms.tried() >= space_size)
             ):
-                present = {config_key(dict(t.user_attrs.get("config", t.params))) for t in trials}
-                while design and config_key(design[0]) in present:
-                    design.pop(0)  # another driver sharing the study has it already
+                if design:
+                    present = {config_key(dict(t.user_attrs.get("config", t.params))) for t in trials}
+                    while design and config_key(design[0]) in present:
+                        design.pop(0)  # another driver sharing the study has it already
                 if design and not _waiting(study):
-                    nxt = design.pop(0)
-                    db(
-                        lambda c=nxt: study.enqueue_trial(
-                            sampled_params(spec, c), user_attrs={"drawn": "initial design"}
-                        ),
-                        "queueing a config",
-                    )
+                    queue(design.pop(0), drawn="initial design")
                 elif room <= reserve and not _waiting(study):
                     near = arms.surrogate_pick(runnable) or arms.next_neighbor(runnable)
                     if near is not None:
-                        db(
-                            lambda c=near: study.enqueue_trial(
-                                sampled_params(spec, c), user_attrs={"drawn": "refinement"}
-                            ),
-                            "queueing a config",
-                        )
+                        queue(near, drawn="refinement")
                 trial = db(study.ask, "asking for a trial")
                 db(
                     lambda t=trial: study._storage.set_trial_system_attr(t._trial_id, OWNER, owner),
@@ -393,49 +381,39 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     break
                 config = db(lambda t=trial: suggest(t, spec), "sampling a config")
                 db(lambda t=trial, c=config: t.set_user_attr("config", c), "storing the config")
-                n = counted(trials) + len(running) + 1
+                # The trials read since the last look hold every one running then; the ones
+                # submitted since, and this one, come on top.
+                n = counted(trials) + fresh + 1
                 known = precheck(spec, config, session.caps, trials)
                 if known is None and (why := arms.predicted_infeasible(config)):
                     known = TrialResult.failure("predicted-infeasible", why)
+                proposal = arms.propose(config) if known is None else None
+                free_summary, failure = None, None
                 if known is not None:
                     summary, failure = store(trial, known)
                     arms.fail(trial.number, config, failure or "unsupported", known.failure_message or "")
-                    progress.trial_finished(
-                        n - 1,
-                        total,
-                        trial.number,
-                        f"{fmt_config(config)} {summary} (free)",
-                        0.0,
-                        failure,
-                        None,
-                    )
-                    free(trial)
-                    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
-                    continue
-                proposal = arms.propose(config)
-                if proposal.action == "failed" and proposal.failed is not None:
-                    summary = db(
+                    free_summary = f"{summary} (free)"
+                elif proposal is not None and proposal.action == "failed" and proposal.failed is not None:
+                    free_summary = db(
                         lambda t=trial, f=proposal.failed: tell_failed_before(study, t, f), "storing a repeat"
                     )
-                    progress.trial_finished(
-                        n - 1, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, None, None
-                    )
-                    free(trial)
-                    trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
-                    continue
-                values = arms.pooled_values(proposal.estimate) if proposal.estimate else None
-                if proposal.action == "pooled" and values is not None:
+                elif proposal is not None and proposal.action == "pooled" and proposal.estimate is not None:
                     e = proposal.estimate
-                    summary = db(
-                        lambda t=trial, e=e, v=values: tell_pooled(spec, study, t, e, v), "storing a repeat"
-                    )
+                    values = arms.pooled_values(e)
+                    if values is not None:
+                        free_summary = db(
+                            lambda t=trial, e=e, v=values: tell_pooled(spec, study, t, e, v),
+                            "storing a repeat",
+                        )
+                if free_summary is not None:
                     progress.trial_finished(
-                        n - 1, total, trial.number, f"{fmt_config(config)} {summary}", 0.0, None, None
+                        n - 1, total, trial.number, f"{fmt_config(config)} {free_summary}", 0.0, failure, None
                     )
                     free(trial)
                     trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+                    fresh = 0
                     continue
-                if proposal.action == "remeasure" and proposal.estimate is not None:
+                if proposal is not None and proposal.action == "remeasure" and proposal.estimate is not None:
                     e = proposal.estimate
                     db(lambda t=trial, e=e: t.set_user_attr("repeat_of", e.first_trial), "storing the config")
                     say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
@@ -443,6 +421,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 progress.trial_started(n, total, trial.number, config)
                 req = TrialRequest(trial.number, config)
                 running[executor.submit(req)] = (trial, time.monotonic(), n, config)
+                fresh += 1
                 room -= 1
             if not running:
                 break
@@ -453,7 +432,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     result = fut.result()
                 except Exception as e:  # noqa: BLE001 - an executor fault fails the trial only
                     result = TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
-                loaded = is_loaded(result, limit)
+                loaded = result.ok and over_limit(result.metrics, limit)
                 if loaded:
                     depth = int(trial.user_attrs.get("load_retry", 0))
                     load = result.metrics.get("foreign_load", 0.0)
@@ -469,13 +448,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                             latency_samples_ms=result.latency_samples_ms,
                             info=result.info,
                         )
-                        db(
-                            lambda t=trial, d=depth, c=config: study.enqueue_trial(
-                                sampled_params(spec, c),
-                                user_attrs={"repeat_of": t.number, "load_retry": d + 1},
-                            ),
-                            "queueing a repeat",
-                        )
+                        queue(config, repeat_of=trial.number, load_retry=depth + 1)
                     else:
                         result.info["under_load"] = True
                 summary, failure = store(trial, result)

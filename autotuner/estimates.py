@@ -48,10 +48,15 @@ def is_measurement(t: FrozenTrial) -> bool:
 
 @dataclass
 class Block:
-    source: str  # "trial #12" or "race round 3"
     metrics: dict[str, float]
     under_load: bool = False
-    round: int | None = None  # race round, for paired comparisons
+
+
+def trial_block(t: FrozenTrial) -> Block:
+    """A measuring trial as a block: its numeric metrics, and whether it ran under foreign load
+    (flagged, or stored as FAIL under-load)."""
+    metrics = {m: float(v) for m, v in t.user_attrs.items() if is_number(v)}
+    return Block(metrics, bool(t.user_attrs.get("under_load")) or t.state == TrialState.FAIL)
 
 
 @dataclass
@@ -60,11 +65,15 @@ class Estimate:
     config: dict[str, Any]
     trials: list[int] = field(default_factory=list)  # trial numbers that measured it
     blocks: list[Block] = field(default_factory=list)
-    constraint_values: dict[str, float] = field(default_factory=dict)
 
     @property
     def first_trial(self) -> int:
         return self.trials[0] if self.trials else -1
+
+    @property
+    def has_clean(self) -> bool:
+        """At least one block no other process disturbed."""
+        return any(not b.under_load for b in self.blocks)
 
     def clean(self) -> list[Block]:
         ok = [b for b in self.blocks if not b.under_load]
@@ -106,24 +115,6 @@ class Estimate:
         half = _half(m, rel_sd, 1, confidence)
         return m, m - half, m + half
 
-    def to_dict(self, metrics: list[str], confidence: float, rel_sd: float) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "config": self.config,
-            "trials": self.trials,
-            "blocks": self.n,
-            "under_load": self.under_load,
-            "measure_s": round(self.measure_s, 3),
-        }
-        for m in metrics:
-            iv = self.interval(m, confidence, rel_sd)
-            if iv is not None:
-                out[m] = {"mean": _r(iv[0]), "ci": [_r(iv[1]), _r(iv[2])]}
-            else:
-                v = self.mean(m)
-                if v is not None:
-                    out[m] = {"mean": _r(v)}
-        return out
-
 
 def _half(mean: float, rel_sd: float, n: int, confidence: float) -> float:
     """Half-width of an interval whose spread is rel_sd of the mean (normal quantile)."""
@@ -145,21 +136,11 @@ def pool(trials: list[FrozenTrial], race_blocks: list[dict[str, Any]] | None = N
         k = config_key(cfg)
         e = out.setdefault(k, Estimate(k, cfg))
         e.trials.append(t.number)
-        metrics = {m: float(v) for m, v in t.user_attrs.items() if is_number(v)}
-        loaded = bool(t.user_attrs.get("under_load")) or t.state == TrialState.FAIL
-        e.blocks.append(Block(f"trial #{t.number}", metrics, loaded))
+        e.blocks.append(trial_block(t))
     for b in race_blocks or []:
-        e = out.get(b["key"])
-        if e is None:
-            e = out.setdefault(b["key"], Estimate(b["key"], dict(b["config"])))
-        e.blocks.append(
-            Block(
-                f"race round {b['round'] + 1}",
-                {m: float(v) for m, v in b["metrics"].items() if is_number(v)},
-                bool(b.get("under_load")),
-                int(b["round"]),
-            )
-        )
+        e = out.setdefault(b["key"], Estimate(b["key"], dict(b["config"])))
+        metrics = {m: float(v) for m, v in b["metrics"].items() if is_number(v)}
+        e.blocks.append(Block(metrics, bool(b.get("under_load"))))
     return out
 
 
@@ -184,6 +165,11 @@ def relative_spread(estimates: dict[str, Estimate], metric: str) -> float:
     # Shrink toward the prior while the study has seen few repeats.
     w = df / (df + 4)
     return math.sqrt(w * ss / df + (1 - w) * DEFAULT_REL_SD**2)
+
+
+def reaches(iv: tuple[float, float, float], lead: tuple[float, float, float], maximize: bool) -> bool:
+    """Whether an interval (mean, low, high) reaches the leader's: the config may still be best."""
+    return iv[2] >= lead[1] if maximize else iv[1] <= lead[2]
 
 
 def feasible(e: Estimate, constraints: list[Any]) -> tuple[bool, str | None]:

@@ -8,6 +8,7 @@ under load can be told apart, repeated, and left out of a config's estimate.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -79,3 +80,9 @@ class LoadMeter:
         foreign = (busy - self._busy0) - (_own_cpu_s() - self._own0)
         # Tick granularity (10 ms) can make a quiet block read slightly negative.
         return max(0.0, foreign / wall)
+
+
+def over_limit(metrics: dict[str, float], limit: float) -> bool:
+    """Whether a block's foreign load passed the limit (a block without a reading is not)."""
+    v = metrics.get("foreign_load")
+    return v is not None and math.isfinite(v) and v > limit

@@ -74,6 +74,17 @@ class Pick:
         return next(c for c in self.candidates if c.trial == self.winner and not c.baseline)
 
 
+def race_status(c: dict[str, Any], winner: int, tied_with: list[int]) -> str:
+    """What became of a raced candidate (a Candidate as a dict): baseline, chosen, tie, or why it left."""
+    if c.get("baseline"):
+        return "baseline"
+    if c["trial"] == winner:
+        return "chosen"
+    if c["trial"] in tied_with:
+        return "tie"
+    return c.get("dropped") or c.get("error") or "-"
+
+
 def metric_series(c: Candidate, metric: str) -> list[float | None]:
     return [r.get(metric) if is_number(r.get(metric)) else None for r in c.round_metrics]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from autotuner.estimates import Block, Estimate, config_key, feasible, relative_spread
+from autotuner.estimates import Block, Estimate, config_key, feasible, reaches, relative_spread
 from autotuner.space import all_configs, random_config
 from autotuner.spec import Spec
 
@@ -54,7 +54,7 @@ class Arms:
 
     def update(self, trials: list[FrozenTrial]) -> None:
         """Take in the finished trials not seen yet (another driver sharing the study, too)."""
-        from autotuner.estimates import is_measurement
+        from autotuner.estimates import is_measurement, trial_block
 
         for t in trials:
             if t.number in self.seen or not t.state.is_finished():
@@ -62,11 +62,8 @@ class Arms:
             self.seen.add(t.number)
             config = dict(t.user_attrs.get("config", {}))
             if is_measurement(t):
-                metrics = {m: float(v) for m, v in t.user_attrs.items() if isinstance(v, int | float)}
-                loaded = (
-                    bool(t.user_attrs.get("under_load")) or t.user_attrs.get("failure_class") == "under-load"
-                )
-                self.add(t.number, config, metrics, loaded)
+                block = trial_block(t)
+                self.add(t.number, config, block.metrics, block.under_load)
                 continue
             cls = t.user_attrs.get("failure_class")
             if cls and cls not in ("interrupted", "under-load"):
@@ -77,25 +74,26 @@ class Arms:
         k = config_key(config)
         e = self.estimates.setdefault(k, Estimate(k, config))
         e.trials.append(number)
-        e.blocks.append(Block(f"trial #{number}", dict(metrics), under_load))
+        e.blocks.append(Block(dict(metrics), under_load))
 
     def refuse(self, config: dict[str, Any]) -> None:
         self.refused.add(config_key(config))
 
     def fail(self, number: int, config: dict[str, Any], cls: str, message: str) -> None:
+        self.seen.add(number)
         k = config_key(config)
         self.refused.add(k)
         self.failed.setdefault(k, (number, cls, message))
 
     def tried(self) -> int:
         """Distinct configs measured cleanly, refused or failed."""
-        clean = {k for k, e in self.estimates.items() if any(not b.under_load for b in e.blocks)}
+        clean = {k for k, e in self.estimates.items() if e.has_clean}
         return len(clean | self.refused)
 
     def measured(self, config: dict[str, Any]) -> Estimate | None:
         """Its estimate, if the config has a clean block (one taken under load does not count)."""
         e = self.estimates.get(config_key(config))
-        if e is None or not any(not b.under_load for b in e.blocks):
+        if e is None or not e.has_clean:
             return None
         return e if e.values(self.metric) else None
 
@@ -111,11 +109,8 @@ class Arms:
         mine = e.interval(self.metric, conf, rel)
         if not ivs or mine is None or not feasible(e, self.spec.constraints)[0]:
             return False
-        if self.maximize:
-            lead = max(ivs, key=lambda iv: iv[0])
-            return mine[2] >= lead[1]
-        lead = min(ivs, key=lambda iv: iv[0])
-        return mine[1] <= lead[2]
+        lead = (max if self.maximize else min)(ivs, key=lambda iv: iv[0])
+        return reaches(mine, lead, self.maximize)
 
     def propose(self, config: dict[str, Any]) -> Proposal:
         e = self.measured(config)
@@ -158,7 +153,7 @@ class Arms:
             e
             for e in self.estimates.values()
             if e.mean(self.metric) is not None
-            and any(not b.under_load for b in e.blocks)
+            and e.has_clean
             and feasible(e, self.spec.constraints)[0]
         ]
         scored.sort(key=lambda e: e.mean(self.metric) or 0.0, reverse=self.maximize)
@@ -212,7 +207,7 @@ class Arms:
         rows = [
             (e.config, e.mean(self.metric))
             for e in self.estimates.values()
-            if any(not b.under_load for b in e.blocks) and (e.mean(self.metric) or 0) > 0
+            if e.has_clean and (e.mean(self.metric) or 0) > 0
         ]
         if every is None or len(rows) < 4:
             return None

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autotuner.estimates import Estimate, config_key, feasible, relative_spread
+from autotuner.estimates import Estimate, config_key, feasible, reaches, relative_spread
+from autotuner.load import over_limit
 from autotuner.pick import Candidate, Rule, race_mean, settle
 from autotuner.result import TrialResult
 from autotuner.spec import Spec
@@ -24,38 +25,22 @@ MeasureBlock = Callable[[dict[str, Any]], TrialResult]
 OnBlock = Callable[[Candidate, int, TrialResult, bool], None]
 
 
-def contenders(
-    spec: Spec, estimates: dict[str, Estimate], rule: Rule
-) -> tuple[list[Candidate], dict[str, str]]:
-    """Feasible configs whose interval on the rule overlaps the leader's, best first, capped.
-    Also returns why each other feasible-looking config is out."""
+def contenders(spec: Spec, estimates: dict[str, Estimate], rule: Rule) -> list[Candidate]:
+    """Feasible configs whose interval on the rule reaches the leader's, best first, capped."""
     conf = spec.pick.confidence
     rel = relative_spread(estimates, rule.metric)
     scored: list[tuple[Estimate, tuple[float, float, float]]] = []
-    out: dict[str, str] = {}
     for e in estimates.values():
-        ok, why = feasible(e, spec.constraints)
-        if not ok:
-            out[e.key] = why or "infeasible"
-            continue
         iv = e.interval(rule.metric, conf, rel)
-        if iv is not None:
+        if iv is not None and feasible(e, spec.constraints)[0]:
             scored.append((e, iv))
-    if not scored:
-        return [], out
     scored.sort(key=lambda x: rule.key(x[1][0]))
-    lead = scored[0][1]
-    picked: list[Candidate] = []
-    for e, (m, lo, hi) in scored:
-        overlaps = hi >= lead[1] if rule.direction == "max" else lo <= lead[2]
-        if not overlaps:
-            out[e.key] = "its interval does not reach the leader's"
-            continue
-        if len(picked) == spec.pick.top_k:
-            out[e.key] = f"past pick.top_k ({spec.pick.top_k})"
-            continue
-        picked.append(Candidate(trial=e.first_trial, config=e.config, value=m, blocks=e.n))
-    return picked, out
+    lead = scored[0][1] if scored else None
+    reaching = [(e, iv) for e, iv in scored if lead and reaches(iv, lead, rule.direction == "max")]
+    return [
+        Candidate(trial=e.first_trial, config=e.config, value=iv[0], blocks=e.n)
+        for e, iv in reaching[: spec.pick.top_k]
+    ]
 
 
 def run_race(
@@ -80,7 +65,7 @@ def run_race(
         for c in active[k:] + active[:k]:
             res = measure(c.config)
             tries = 0
-            while res.ok and _loaded(res, limit) and tries < spec.measurement.load_repeats:
+            while res.ok and over_limit(res.metrics, limit) and tries < spec.measurement.load_repeats:
                 on_block(c, r, res, True)
                 say(
                     f"  round {r + 1}: trial #{c.trial} measured under foreign load "
@@ -92,7 +77,7 @@ def run_race(
                 c.error = f"{res.failure_class}: {res.failure_message}"
                 c.dropped = f"failed in round {r + 1}: {c.error}"
                 continue
-            on_block(c, r, res, _loaded(res, limit))
+            on_block(c, r, res, over_limit(res.metrics, limit))
             c.round_metrics.append(dict(res.metrics))
             v = res.metrics.get(rule.metric)
             c.rounds.append(float(v) if v is not None else float("nan"))
@@ -112,11 +97,10 @@ def run_race(
                 if why:
                     c.dropped = f"breaks a constraint on the re-measured numbers: {why}"
             racing = [c for c in racing if c.dropped is None]
-        before = {id(c) for c in racing}
         looks = p.max_rounds - max(p.rounds, 2) + 1
         done = settle(racing, rule, p.confidence, p.tie_tolerance, looks)
-        for c in racing:
-            if c.dropped and id(c) in before:
+        for c in racing:  # every one of them was in the race until settle
+            if c.dropped:
                 say(f"  trial #{c.trial} leaves the race: {c.dropped}")
         if done:
             break
@@ -124,11 +108,6 @@ def run_race(
             say(f"  the race's time budget ({p.time_s:g} s) is spent")
             break
     return rounds
-
-
-def _loaded(res: TrialResult, limit: float) -> bool:
-    v = res.metrics.get("foreign_load")
-    return v is not None and v == v and v > limit
 
 
 def race_block_record(c: Candidate, r: int, res: TrialResult, under_load: bool) -> dict[str, Any]:

@@ -265,6 +265,7 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
     """Every config once, with its pooled estimate: what the pick reads."""
     from autotuner.estimates import feasible as feasible_estimate
     from autotuner.estimates import relative_spread
+    from autotuner.pick import race_status
     from autotuner.spec import Constraint
 
     constraints = [Constraint(**c) for c in d.constraints]
@@ -303,15 +304,7 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
         return
     rows = []
     for c in (d.pick or {}).get("candidates", []):
-        status = (
-            "baseline"
-            if c.get("baseline")
-            else "chosen"
-            if c["trial"] == d.winner
-            else "tie"
-            if c["trial"] in (d.pick or {}).get("tied_with", [])
-            else c.get("dropped") or c.get("error") or ""
-        )
+        status = race_status(c, d.winner if d.winner is not None else -2, (d.pick or {}).get("tied_with", []))
         ci = c.get("ci")
         value = c.get("value")
         cells = [

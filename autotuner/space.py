@@ -54,20 +54,28 @@ def suggest(trial: optuna.trial.Trial, spec: Spec) -> dict[str, Any]:
     return config
 
 
-def defaults(spec: Spec) -> dict[str, Any]:
-    """A config with each parameter at its first value (baseline when `bench` is given none)."""
+def first_value(p: ParamSpec) -> Any:
+    if p.type == "categorical":
+        return (p.choices or [None])[0]
+    if p.type == "fixed":
+        return p.value
+    return int(p.low) if p.type == "int" else p.low  # type: ignore[arg-type]
+
+
+def complete(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:
+    """The config the given values make, conditions applied: each active parameter takes its given
+    value or, where none is given, its first; inactive ones are left out."""
     config: dict[str, Any] = {}
     for name in order(spec.space):
         p = spec.space[name]
-        if not active(p, config):
-            continue
-        if p.type == "categorical":
-            config[name] = (p.choices or [None])[0]
-        elif p.type == "fixed":
-            config[name] = p.value
-        else:
-            config[name] = int(p.low) if p.type == "int" else p.low  # type: ignore[arg-type]
+        if active(p, config):
+            config[name] = values[name] if name in values else first_value(p)
     return config
+
+
+def defaults(spec: Spec) -> dict[str, Any]:
+    """A config with each parameter at its first value (baseline when `bench` is given none)."""
+    return complete(spec, {})
 
 
 def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
@@ -197,7 +205,6 @@ def neighbors(spec: Spec, config: dict[str, Any]) -> list[dict[str, Any]]:
     ordered numbers, a doubling or halving on a log range, any other choice otherwise), with the
     conditions applied again (a parameter that becomes active takes its first value)."""
     out: list[dict[str, Any]] = []
-    base = defaults(spec)
     for name in order(spec.space):
         p = spec.space[name]
         if name not in config or p.type == "fixed":
@@ -216,13 +223,7 @@ def neighbors(spec: Spec, config: dict[str, Any]) -> list[dict[str, Any]]:
         elif p.type == "int" and p.log:
             lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
             steps = sorted({x for x in (int(v) // 2, int(v) * 2) if lo <= x <= hi and x != v})
-        for x in steps:
-            changed = {**config, name: x}
-            fixed: dict[str, Any] = {}
-            for n in order(spec.space):
-                if active(spec.space[n], fixed):
-                    fixed[n] = changed.get(n, base.get(n))
-            out.append(fixed)
+        out += [complete(spec, {**config, name: x}) for x in steps]
     return out
 
 

@@ -54,11 +54,6 @@ def landscape_spec(spec: Spec) -> Spec:
 LOAD_RETRIES = 3
 
 
-def _loaded(res: Any, spec: Spec) -> bool:
-    v = res.metrics.get("foreign_load")
-    return v is not None and v == v and v > spec.measurement.max_foreign_load
-
-
 def _record(config: dict[str, Any], r: int, res: Any) -> dict[str, Any]:
     m = {k: v for k, v in res.metrics.items() if v == v}
     return {
@@ -84,6 +79,7 @@ def main() -> None:
     from autotuner.estimates import config_key
     from autotuner.executors.base import TrialRequest
     from autotuner.executors.local import LocalExecutor
+    from autotuner.load import over_limit
     from autotuner.space import all_configs
     from autotuner.spec_load import load_spec
 
@@ -116,7 +112,8 @@ def main() -> None:
                     known = precheck(spec, config, caps, [])
                     res = known if known is not None else ex.submit(TrialRequest(i, config)).result()
                     tries = 0
-                    while res.ok and _loaded(res, spec) and tries < LOAD_RETRIES:
+                    limit = spec.measurement.max_foreign_load
+                    while res.ok and over_limit(res.metrics, limit) and tries < LOAD_RETRIES:
                         # Kept (the replay draws it: load is part of real noise), marked, and
                         # measured again so that the ground truth has a clean block.
                         f.write(json.dumps(_record(config, r, res) | {"under_load": True}) + "\n")

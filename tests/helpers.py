@@ -15,6 +15,9 @@ SMALL_MODEL = {
 # Tests about other behaviour do not depend on what else runs on the machine: no block counts as
 # measured under foreign load (tests/test_load.py causes load for real and keeps the default).
 NO_LOAD_CHECK = 8.0
+# Plain random draws: no covering design at the start (it draws runnable configs only) and no
+# refinement at the end, for tests about what the driver does with whatever is proposed.
+PLAIN_RANDOM = {"type": "random", "n_startup_trials": 0, "refine_share": 0}
 FAST_MEASUREMENT = {
     "warmup_iters": 1,
     "min_iters": 5,

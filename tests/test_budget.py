@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FAST_MEASUREMENT, make_spec_dict
+from helpers import FAST_MEASUREMENT, PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
 from autotuner import api, driver
@@ -81,8 +81,7 @@ def test_refusals_cost_no_budget_and_are_still_learned(tmp_path: Path) -> None:
             "batch_size": [1, 2, 4, 8],
             "threads": [1],
         },
-        # No covering design at the start (it draws runnable configs only): plain random draws.
-        sampler={"type": "random", "n_startup_trials": 0, "refine_share": 0},
+        sampler=PLAIN_RANDOM,
         seed=1,
     )
     ex = ReplayExecutor(spec, CAPS, land, seed=1)
@@ -112,7 +111,7 @@ def test_repeats_are_pooled_or_spent_on_contenders_and_the_space_ends(
             "batch_size": list(range(1, 7)),
             "threads": [1],
         },
-        sampler={"type": "random", "n_startup_trials": 0, "refine_share": 0},
+        sampler=PLAIN_RANDOM,
         seed=0,
     )
     ex = ReplayExecutor(spec, CAPS, land, seed=0)

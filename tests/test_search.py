@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_spec_dict
+from helpers import PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
 from autotuner import driver
@@ -167,7 +167,7 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
                 "threads": [1],
             },
             storage=f"sqlite:///{tmp_path / 'study.db'}",
-            sampler={"type": "random", "n_startup_trials": 0, "refine_share": 0},
+            sampler=PLAIN_RANDOM,
             seed=3,
         ),
         "test",
