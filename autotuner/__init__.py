@@ -9,7 +9,7 @@ __all__ = ["__version__", "bench", "load_spec", "run"]
 
 if TYPE_CHECKING:
     from autotuner.api import bench, run
-    from autotuner.spec_load import load_spec
+    from autotuner.spec.loading import load_spec
 
 
 def __getattr__(name: str) -> Any:
@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "load_spec":
-        from autotuner.spec_load import load_spec
+        from autotuner.spec.loading import load_spec
 
         return load_spec
     raise AttributeError(name)

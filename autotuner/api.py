@@ -9,13 +9,14 @@ from typing import Any
 import optuna
 
 from autotuner.errors import UsageError
-from autotuner.estimates import config_key
-from autotuner.pick import Candidate, Pick, Rule, baseline_gain, decide, race_status
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
-from autotuner.spec import Spec, check_rule
-from autotuner.spec_load import load_spec
-from autotuner.storage import default_url, redact
+from autotuner.search.estimates import config_key
+from autotuner.search.pick import Candidate, Pick, Rule, baseline_gain, decide, race_status
+from autotuner.spec.loading import load_spec
+from autotuner.spec.schema import Spec, check_rule
+from autotuner.study import records as rec
+from autotuner.study.storage import default_url, redact
 
 
 @dataclass
@@ -31,7 +32,7 @@ def _spec(spec: Spec | str | Path, study: str | None, storage: str | None) -> Sp
     s = spec if isinstance(spec, Spec) else load_spec(spec)
     updates = {k: v for k, v in (("study", study), ("storage", storage)) if v is not None}
     if updates:
-        from autotuner.spec_load import spec_from_dict, spec_to_dict
+        from autotuner.spec.loading import spec_from_dict, spec_to_dict
 
         s = spec_from_dict({**spec_to_dict(s), **updates}, "command line")
     return s
@@ -49,9 +50,9 @@ def run(
     reports_dir: str | Path = "reports",
 ) -> RunOutcome:
     """Search, re-measure the top candidates, pick, and write the best-config YAML."""
-    from autotuner.capabilities import probe
-    from autotuner.driver import Session, drive, open_study
-    from autotuner.executors import EXECUTORS, make_executor
+    from autotuner.execution import EXECUTORS, make_executor
+    from autotuner.execution.capabilities import probe
+    from autotuner.search.driver import Session, drive, open_study
 
     s = _spec(spec, study, storage)
     if trials is not None and trials < 1:
@@ -66,10 +67,10 @@ def run(
     executor_obj = make_executor(executor, s, caps, address)
     st = open_study(s, url, caps, progress)
     if isinstance(spec, str | Path):
-        st.set_user_attr("spec_path", str(spec))
+        rec.set_spec_path(st, str(spec))
     budget = trials or s.budget.trials
     if s.sampler.type == "grid":
-        from autotuner.space import grid_size
+        from autotuner.search.space import grid_size
 
         size = grid_size(s)
         if size is not None and size < budget:
@@ -103,9 +104,9 @@ def choose(
 ) -> Pick | None:
     """Pick the winner from the configs' pooled estimates. With an executor, race the contenders
     first (interleaved rounds, a fresh process per block); without one, read the last race."""
-    from autotuner.estimates import RACE_KEY, pool, race_blocks
-    from autotuner.executors.base import TrialRequest
-    from autotuner.race import contenders, race_block_record, run_race
+    from autotuner.execution.base import TrialRequest
+    from autotuner.search.estimates import pool
+    from autotuner.search.race import contenders, race_block_record, run_race
 
     if rule_text is not None:
         try:
@@ -115,7 +116,7 @@ def choose(
     o = spec.objectives[0]
     rule = Rule.parse(rule_text or f"{'max' if o.direction == 'maximize' else 'min'}:{o.metric}")
     trials = study.get_trials(deepcopy=False)
-    stored = race_blocks(study.user_attrs)
+    stored = rec.race_blocks(study)
     estimates = pool(trials, stored)
     cands = contenders(spec, estimates, rule)
     if not cands:
@@ -160,10 +161,10 @@ def choose(
 
         def on_block(c: Candidate, r: int, res: TrialResult, loaded: bool) -> None:
             blocks.append({**race_block_record(c, r, res, loaded), "race": race_id})
-            study.set_user_attr(RACE_KEY, {"blocks": blocks})
+            rec.save_race(study, blocks)
 
         def breaks(c: Candidate) -> str | None:
-            from autotuner.estimates import Block, Estimate, feasible
+            from autotuner.search.estimates import Block, Estimate, feasible
 
             e = estimates.get(config_key(c.config)) or Estimate(config_key(c.config), c.config)
             mixed = Estimate(e.key, e.config, list(e.trials), list(e.blocks))
@@ -189,7 +190,7 @@ def choose(
                 "text": "the baseline was not measured beside the winner, so no gain over it is claimed",
                 "significant": False,
             }
-    study.set_user_attr("pick", pick.to_dict())
+    rec.save_pick(study, pick.to_dict())
     return pick
 
 
@@ -210,13 +211,13 @@ def baseline_config(spec: Spec) -> dict[str, Any] | None:
     """The spec's baseline as a full config (unset parameters at their first value)."""
     if not spec.baseline:
         return None
-    from autotuner.space import complete
+    from autotuner.search.space import complete
 
     return complete(spec, dict(spec.baseline))
 
 
 def _refused(spec: Spec, config: dict[str, Any], executor: Any, trials: list[Any]) -> bool:
-    from autotuner.driver import precheck
+    from autotuner.search.driver import precheck
 
     return precheck(spec, config, getattr(executor, "caps", {}), trials) is not None
 
@@ -234,7 +235,7 @@ def _replay_last_race(racers: list[Candidate], stored: list[dict[str, Any]], rul
 
 
 def _export(spec: Spec, study: optuna.Study, pick: Pick, url: str, path: Path) -> Path:
-    from autotuner.export import best_config, write_yaml
+    from autotuner.report.export import best_config, write_yaml
 
     return write_yaml(path, best_config(spec, study, pick, url))
 
@@ -252,15 +253,15 @@ def export(
 
     fmt="vllm" returns the `vllm serve` command line of the chosen config instead.
     """
-    from autotuner.spec_load import spec_from_dict
-    from autotuner.storage import load_study
+    from autotuner.spec.loading import spec_from_dict
+    from autotuner.study.storage import load_study
 
     if fmt not in ("yaml", "vllm"):
         raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm")
     progress = progress or Progress()
     url = storage or default_url(study_name)
     st = load_study(study_name, url)
-    spec = spec_from_dict(st.user_attrs["spec"], f"study {study_name}")
+    spec = spec_from_dict(rec.stored_spec(st), f"study {study_name}")
     pick = choose(spec, st, rule, None, Progress(quiet=True) if fmt == "vllm" else progress)
     if pick is None:
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
@@ -291,8 +292,8 @@ def report(
     studies: list[str], *, storage: str | None = None, output: str | Path | None = None, fmt: str = "html"
 ) -> Path:
     """Write the HTML report (several studies: fronts overlaid), or the trial table as CSV/JSON."""
-    from autotuner import report_data
-    from autotuner.storage import load_study
+    from autotuner.report import data as report_data
+    from autotuner.study.storage import load_study
 
     if fmt not in ("html", "csv", "json"):
         raise UsageError(f"--format {fmt!r}: allowed: html, csv, json")
@@ -310,18 +311,18 @@ def report(
     if fmt != "html":
         return report_data.write_table(loaded[0][1], path, fmt)
     from autotuner.files import atomic_write_text
-    from autotuner.report_html import build
+    from autotuner.report.html import build
 
     return atomic_write_text(path, build(loaded))
 
 
 def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, Any], TrialResult]:
     """Measure one config (no search, nothing stored). Unset parameters take their first value."""
-    from autotuner.capabilities import probe
-    from autotuner.driver import precheck
-    from autotuner.executors.base import TrialRequest
-    from autotuner.executors.local import LocalExecutor
-    from autotuner.space import defaults
+    from autotuner.execution.base import TrialRequest
+    from autotuner.execution.capabilities import probe
+    from autotuner.execution.local import LocalExecutor
+    from autotuner.search.driver import precheck
+    from autotuner.search.space import defaults
 
     s = _spec(spec, None, None)
     for k, v in config.items():
@@ -347,9 +348,9 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
 
 def _summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progress) -> None:
     """The front of the configs' pooled estimates, the race side by side, and the choice."""
-    from autotuner.estimates import feasible, front, pool, race_blocks, relative_spread
+    from autotuner.search.estimates import feasible, front, pool, relative_spread
 
-    estimates = pool(study.get_trials(deepcopy=False), race_blocks(study.user_attrs))
+    estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
     ok = [e for e in estimates.values() if feasible(e, spec.constraints)[0]]
     pareto = front(ok, spec.objectives)
     shown = list(pareto)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from autotuner import __version__
+from autotuner._version import __version__
 from autotuner.errors import AutotuneError, UsageError
 
 
@@ -120,11 +120,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {path}")
         return 0
     if args.command == "studies":
-        from autotuner.inspect import list_studies
+        from autotuner.report.show import list_studies
 
         return list_studies(args.storage)
     if args.command == "show":
-        from autotuner.inspect import show_study
+        from autotuner.report.show import show_study
 
         return show_study(args.study, args.storage)
     raise UsageError(f"unknown command {args.command}")  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one, even with several writers at once."""
+"""Files written so that a reader never sees half of one, and the cache folder."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def cache_dir() -> Path:
+    """Where artifacts (ONNX exports, reference outputs) and result journals are kept."""
+    root = os.environ.get("AUTOTUNE_CACHE_DIR") or Path.home() / ".cache" / "autotune"
+    return Path(root)

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autotuner.errors import AutotuneError
-from autotuner.runner import Runner
-from autotuner.spec import Spec, render
+from autotuner.runners.base import Runner
+from autotuner.spec.schema import Spec, render
 
 
 class CommandFailed(AutotuneError):

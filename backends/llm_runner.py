@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autotuner.errors import UsageError
-from autotuner.runner import Runner, common_check, host_peak_rss_mb
-from autotuner.spec import Spec
+from autotuner.runners.base import Runner, common_check, host_peak_rss_mb
+from autotuner.spec.schema import Spec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -27,7 +27,7 @@ REFERENCE_TOKENS = 8
 
 def llama_shape(spec: Spec) -> dict[str, int]:
     """The sizes the memory model needs: from a local HF directory's config.json, or tiny-llama's."""
-    from autotuner.models import TINY_LLAMA_DEFAULTS
+    from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
 
     if spec.model.hf is not None:
         import json
@@ -169,7 +169,7 @@ class LlmRunner(Runner):
     def run_external(self) -> dict[str, float]:
         import logging
 
-        from autotuner.workload import requests
+        from autotuner.backends.llm_workload import requests
 
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         started = time.perf_counter()
@@ -283,7 +283,7 @@ class LlmRunner(Runner):
 
 def load_causal_lm(spec: Spec) -> Any:
     """The fp32 causal LM: tiny-llama from its seed, or a local Hugging Face directory (offline)."""
-    from autotuner.models import tiny_llama
+    from autotuner.models.builtins import tiny_llama
 
     if spec.model.hf is None:
         return tiny_llama(spec.model.options)

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autotuner.errors import UnsupportedConfig
-from autotuner.runner import Runner, common_check
-from autotuner.spec import Spec
+from autotuner.runners.base import Runner, common_check
+from autotuner.spec.schema import Spec
 
 PROVIDERS = {
     "onnxruntime-cpu": "CPUExecutionProvider",
@@ -73,7 +73,8 @@ class OnnxRuntimeRunner(Runner):
     def setup(self) -> None:
         import onnxruntime as ort
 
-        from autotuner.prepare import cache_dir, onnx_path
+        from autotuner.files import cache_dir
+        from autotuner.models.artifacts import onnx_path
 
         backend = self.config["backend"]
         precision = self.config.get("precision", "fp32")

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autotuner.runner import Runner, common_check
-from autotuner.spec import Spec
+from autotuner.runners.base import Runner, common_check
+from autotuner.spec.schema import Spec
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -53,7 +53,7 @@ class TorchRunner(Runner):
     def setup(self) -> None:
         import torch
 
-        from autotuner.models import build_torch_model
+        from autotuner.models.builtins import build_torch_model
 
         threads = self.config.get("threads")
         if threads:
@@ -86,7 +86,7 @@ class TorchRunner(Runner):
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> list[Any]:
         """The batch as positional tensors, in the spec's input order (what forward() takes)."""
-        from autotuner.models import model_inputs
+        from autotuner.models.builtins import model_inputs
 
         torch = self.torch
         out = []
@@ -108,7 +108,7 @@ class TorchRunner(Runner):
         return step
 
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        from autotuner.prepare import first_tensor
+        from autotuner.models.artifacts import first_tensor
 
         with self.torch.inference_mode():
             out = first_tensor(self.model(*self._tensors(batch)))

@@ -8,7 +8,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from autotuner.capabilities import cpu_model
+from autotuner.execution.capabilities import cpu_model
 
 # Taken at import, before a benchmark pins itself to fewer cores.
 USABLE_CORES = len(os.sched_getaffinity(0))

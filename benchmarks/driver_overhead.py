@@ -1,6 +1,6 @@
 """The driver's own cost per trial, without running any model.
 
-Runs the real `autotuner.driver.drive` loop (ask, suggest, precheck, record/tell, best_line,
+Runs the real `autotuner.search.driver.drive` loop (ask, suggest, precheck, record/tell, best_line,
 storage reads and writes) over the quickstart spec's space with the TPE sampler from `make_sampler`, but
 with an executor that answers at once with a made-up TrialResult: every metric name of
 autotuner/metrics.py with plausible values for the config, and 200 latency samples, as a real
@@ -34,14 +34,14 @@ from sqlalchemy.engine import Engine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import load_average, machine_lines  # noqa: E402
 
-import autotuner.driver as driver  # noqa: E402
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.executors import Executor, TrialRequest  # noqa: E402
-from autotuner.harness import keep, summarize  # noqa: E402
+import autotuner.search.driver as driver  # noqa: E402
+from autotuner.execution import Executor, TrialRequest  # noqa: E402
+from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner.execution.harness import keep, summarize  # noqa: E402
 from autotuner.metrics import HARNESS_METRICS  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
 from autotuner.result import TrialResult  # noqa: E402
-from autotuner.spec_load import load_spec  # noqa: E402
+from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
@@ -134,7 +134,7 @@ class Parts:
 
 
 def instrument(parts: Parts) -> dict[str, Any]:
-    """Wrap the names drive() looks up in autotuner.driver; returns the originals to restore."""
+    """Wrap the names drive() looks up in autotuner.search.driver; returns the originals to restore."""
     saved = {name: getattr(driver, name) for name in ("suggest", "precheck", "record", "best_line")}
 
     def timed(name: str, fn: Any) -> Any:

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import Clock, InstantExecutor, fake_result  # noqa: E402
 
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.driver import Session, drive, open_study  # noqa: E402
-from autotuner.spec_load import load_spec  # noqa: E402
+from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner.search.driver import Session, drive, open_study  # noqa: E402
+from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = os.environ.get("AUTOTUNE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -24,10 +24,10 @@ sys.path.insert(0, str(HERE))
 
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
 
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.driver import Session, drive, open_study  # noqa: E402
+from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
-from autotuner.spec_load import spec_from_dict  # noqa: E402
+from autotuner.search.driver import Session, drive, open_study  # noqa: E402
+from autotuner.spec.loading import spec_from_dict  # noqa: E402
 
 
 def spec(name: str, trials: int):  # noqa: ANN201
@@ -73,7 +73,7 @@ def measure(executor_name: str, slots: int, trials: int, caps: dict) -> dict:
     stamps = Stamps()
     study = open_study(s, url, caps, stamps)
     if executor_name == "local":
-        from autotuner.executors.local import LocalExecutor
+        from autotuner.execution.local import LocalExecutor
 
         ex = LocalExecutor(s, caps)
     else:
@@ -86,7 +86,7 @@ def measure(executor_name: str, slots: int, trials: int, caps: dict) -> dict:
             logging_level="ERROR",
             configure_logging=False,
         )
-        from autotuner.executors.ray_executor import RayExecutor
+        from autotuner.execution.ray_executor import RayExecutor
 
         ex = RayExecutor(s, caps)
         assert ex.slots == slots, ex.slots

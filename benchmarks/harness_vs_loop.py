@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import load_average, machine_lines  # noqa: E402
 
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.harness import HarnessSettings, measure  # noqa: E402
-from autotuner.inputs import make_inputs  # noqa: E402
-from autotuner.models import model_inputs  # noqa: E402
-from autotuner.runner import Device  # noqa: E402
-from autotuner.spec_load import load_spec  # noqa: E402
-from autotuner.worker import build, settings_of  # noqa: E402
+from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner.execution.harness import HarnessSettings, measure  # noqa: E402
+from autotuner.execution.worker import build, settings_of  # noqa: E402
+from autotuner.models.builtins import model_inputs  # noqa: E402
+from autotuner.models.inputs import make_inputs  # noqa: E402
+from autotuner.runners.base import Device  # noqa: E402
+from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "tiny.yaml"
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = [
         "# Harness against a hand-written timing loop",
         "",
-        "Does `autotuner.harness.measure` report the latency a minimal hand loop sees on the same",
+        "Does `autotuner.execution.harness.measure` report the latency a minimal hand loop sees on the same",
         "model? Both time the same runner instance in one process, interleaved over the rounds.",
         "",
         "Produced by `python benchmarks/harness_vs_loop.py`.",

@@ -31,12 +31,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average  # noqa: E402
 
-from autotuner.spec import Spec  # noqa: E402
+from autotuner.spec.schema import Spec  # noqa: E402
 
 
 def landscape_spec(spec: Spec) -> Spec:
     """The spec with every range made a finite list: log int ranges at powers of two."""
-    from autotuner.spec_load import spec_from_dict, spec_to_dict
+    from autotuner.spec.loading import spec_from_dict, spec_to_dict
 
     d = spec_to_dict(spec)
     for name, p in spec.space.items():
@@ -74,14 +74,14 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="skip (config, round) pairs already in the file")
     args = ap.parse_args()
 
-    from autotuner.capabilities import probe
-    from autotuner.driver import precheck
-    from autotuner.estimates import config_key
-    from autotuner.executors.base import TrialRequest
-    from autotuner.executors.local import LocalExecutor
-    from autotuner.load import over_limit
-    from autotuner.space import all_configs
-    from autotuner.spec_load import load_spec
+    from autotuner.execution.base import TrialRequest
+    from autotuner.execution.capabilities import probe
+    from autotuner.execution.load import over_limit
+    from autotuner.execution.local import LocalExecutor
+    from autotuner.search.driver import precheck
+    from autotuner.search.estimates import config_key
+    from autotuner.search.space import all_configs
+    from autotuner.spec.loading import load_spec
 
     spec = landscape_spec(load_spec(args.spec))
     configs = all_configs(spec)

@@ -22,10 +22,10 @@ from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import InstantExecutor  # noqa: E402
 
 from autotuner.api import choose, report  # noqa: E402
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.driver import Session, drive, open_study  # noqa: E402
+from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
-from autotuner.spec_load import load_spec  # noqa: E402
+from autotuner.search.driver import Session, drive, open_study  # noqa: E402
+from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
 
 The landscape (benchmarks/record_landscape.py) holds every config of the space measured in several
 rounds in fresh processes; a config's true value is its mean over those rounds. Each run drives
-the real driver (autotuner.driver.drive) and the real pick (autotuner.api.choose) with a replay
+the real driver (autotuner.search.driver.drive) and the real pick (autotuner.api.choose) with a replay
 executor that answers a config with one of its recorded rounds drawn at random, so the noise is
 the machine's own. Per strategy it prints:
 
@@ -74,13 +74,13 @@ def landscape_caps(landscape_path: str) -> dict[str, Any]:
     p = Path(landscape_path).with_suffix(".caps.json")
     if p.exists():
         return json.loads(p.read_text())
-    from autotuner.capabilities import probe
+    from autotuner.execution.capabilities import probe
 
     return probe()
 
 
 def welch_tie(a: list[float], b: list[float]) -> bool:
-    from autotuner.stats import t_quantile
+    from autotuner.search.stats import t_quantile
 
     if len(a) < 2 or len(b) < 2:
         return False
@@ -97,7 +97,7 @@ def welch_tie(a: list[float], b: list[float]) -> bool:
 def strategy_spec(spec_path: str, strategy: str) -> Any:
     from record_landscape import landscape_spec
 
-    from autotuner.spec_load import load_spec, spec_from_dict, spec_to_dict
+    from autotuner.spec.loading import load_spec, spec_from_dict, spec_to_dict
 
     spec = landscape_spec(load_spec(spec_path))
     d = spec_to_dict(spec)
@@ -114,10 +114,11 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
     """One seeded run of the real driver and pick against the replayed landscape."""
     import optuna
 
-    from autotuner import api, driver
-    from autotuner.executors.replay import ReplayExecutor, load_landscape
+    from autotuner import api
+    from autotuner.execution.replay import ReplayExecutor, load_landscape
     from autotuner.progress import Progress
-    from autotuner.spec_load import spec_from_dict, spec_to_dict
+    from autotuner.search import driver
+    from autotuner.spec.loading import spec_from_dict, spec_to_dict
 
     spec_path, landscape_path, strategy, seed = args
     spec = strategy_spec(spec_path, strategy)
@@ -134,7 +135,7 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
     study.set_user_attr("sampler_seed", seed)
     budget = spec.budget.trials
     if spec.sampler.type == "grid":
-        from autotuner.space import grid_size
+        from autotuner.search.space import grid_size
 
         budget = min(budget, grid_size(spec) or budget)
     session = driver.Session(spec, study, "sqlite:///:memory:", budget, caps, quiet)
@@ -153,8 +154,8 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
 
 
 def evaluate(spec_path: str, landscape_path: str, seeds: int, strategies: list[str], jobs: int) -> list[dict]:
-    from autotuner.estimates import config_key
-    from autotuner.executors.replay import load_landscape
+    from autotuner.execution.replay import load_landscape
+    from autotuner.search.estimates import config_key
 
     spec = strategy_spec(spec_path, "default")
     land = load_landscape(landscape_path)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.runner import Runner
-from autotuner.spec import Spec
+from autotuner.runners.base import Runner
+from autotuner.spec.schema import Spec
 
 STEP_S = 0.05
 

@@ -67,8 +67,8 @@ print(json.dumps({"items_s": 8 * n / (time.perf_counter() - t0)}))
 
 def export_model(work: Path) -> Path:
     """The tiny encoder as ONNX (autotune's cached export), its batch dimension fixed at 8."""
-    from autotuner.prepare import onnx_path
-    from autotuner.spec_load import spec_from_dict
+    from autotuner.models.artifacts import onnx_path
+    from autotuner.spec.loading import spec_from_dict
 
     spec = spec_from_dict(
         {
@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--olive", default="olive")
     ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
-    from autotuner.stats import mean_ci, paired_difference
+    from autotuner.search.stats import mean_ci, paired_difference
 
     load0 = load_average()
     probe = "import olive, onnxruntime; print(olive.__version__, onnxruntime.__version__)"

@@ -21,7 +21,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def caps() -> dict[str, Any]:
-    from autotuner.capabilities import probe
+    from autotuner.execution.capabilities import probe
 
     return probe()
 

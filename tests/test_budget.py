@@ -14,14 +14,15 @@ import pytest
 from helpers import FAST_MEASUREMENT, PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
-from autotuner import api, driver
-from autotuner.capabilities import probe  # noqa: E402
-from autotuner.estimates import config_key, pool, race_blocks
-from autotuner.executors.base import TrialRequest
-from autotuner.executors.replay import ReplayExecutor, load_landscape
+from autotuner import api
+from autotuner.execution.base import TrialRequest
+from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner.execution.replay import ReplayExecutor, load_landscape
 from autotuner.progress import Progress
 from autotuner.result import TrialResult
-from autotuner.spec_load import spec_from_dict
+from autotuner.search import driver
+from autotuner.search.estimates import config_key, pool, race_blocks
+from autotuner.spec.loading import spec_from_dict
 
 CAPS = probe()  # the real machine's facts: runner checks read them
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from autotuner.api import run
 from autotuner.errors import SpecError
 from autotuner.progress import Progress
-from autotuner.spec_load import spec_from_dict
+from autotuner.spec.loading import spec_from_dict
 
 QUIET = Progress(quiet=True)
 HOSTILE = "$(touch pwned); `touch pwned2` && rm -rf ./x | cat > pwned3 ; echo 'q\"uote'"
@@ -76,7 +76,7 @@ def test_metrics_file_and_the_literal_argv(in_tmp: Path) -> None:
 
 
 def test_argv_arrives_unchanged(tmp_path: Path) -> None:
-    from autotuner.runner import Device
+    from autotuner.runners.base import Device
 
     spec = spec_from_dict(spec_dict(tmp_path, metrics={"throughput_items_s": "results.throughput"}))
     from autotuner.backends.command_runner import CommandRunner, last_json
@@ -84,7 +84,7 @@ def test_argv_arrives_unchanged(tmp_path: Path) -> None:
     runner = CommandRunner(spec, {"backend": "command", "size": 8, "label": HOSTILE}, Device("cpu", (0,)))
     import subprocess
 
-    from autotuner.spec import render
+    from autotuner.spec.schema import render
 
     values = {"size": 8, "label": HOSTILE, "model": "m", "trial_dir": str(tmp_path)}
     argv = [render(a, values) for a in spec.command.argv]

@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from autotuner.api import run
 from autotuner.progress import Progress
-from autotuner.runner import Device
-from autotuner.spec_load import spec_from_dict
+from autotuner.runners.base import Device
+from autotuner.spec.loading import spec_from_dict
 
 pytest.importorskip("transformers", reason="pip install -e '.[minilm]' brings transformers")
 from autotuner.backends.llm_runner import LlmRunner, memory_model  # noqa: E402
@@ -115,7 +115,7 @@ def test_study_with_a_predicted_oom_that_never_launches(in_tmp: Path) -> None:
 
 
 def test_a_budget_below_one_request_is_an_oom_failure() -> None:
-    from autotuner.worker import classify
+    from autotuner.execution.worker import classify
 
     with pytest.raises(RuntimeError) as e:
         measure({"page_size": 16, "kv_budget_mb": 0.01})
@@ -123,7 +123,7 @@ def test_a_budget_below_one_request_is_an_oom_failure() -> None:
 
 
 def test_a_local_hugging_face_directory(tmp_path: Path) -> None:
-    from autotuner.models import tiny_llama
+    from autotuner.models.builtins import tiny_llama
 
     tiny_llama(MODEL["options"]).save_pretrained(tmp_path / "llama")
     d = llm_spec(model={"hf": "llama"}, workload={"requests": 4, "prompt_len": 8, "output_len": 4})

@@ -14,9 +14,9 @@ from helpers import write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
-from autotuner.driver import uses_budget
-from autotuner.load import LoadMeter
+from autotuner.execution.load import LoadMeter
 from autotuner.progress import Progress
+from autotuner.search.driver import uses_budget
 
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass\n"
 # Spins until the study holds a trial flagged under load (or 60 s), then stops: the repeat is clean.

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from autotuner.api import run
 from autotuner.progress import Progress
-from autotuner.resilience import Journal
 from autotuner.result import TrialResult
+from autotuner.study.journal import Journal
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -151,7 +151,7 @@ def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
         study = optuna.load_study(study_name=name, storage=PG)
-        from autotuner.driver import uses_budget
+        from autotuner.search.driver import uses_budget
 
         counted = [t for t in study.trials if uses_budget(t)]
         assert len(counted) == 6, "together the drivers measured exactly the budget"
@@ -165,7 +165,7 @@ def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
 def test_a_journal_never_writes_into_another_database(tmp_path: Path, monkeypatch) -> None:
     """The same study name and relative URL in two folders are two databases: a pending entry of
     one must not land in the other."""
-    from autotuner.resilience import replay
+    from autotuner.study.journal import replay
 
     for d in ("a", "b"):
         (tmp_path / d).mkdir()

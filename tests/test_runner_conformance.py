@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from helpers import make_spec_dict
 
-from autotuner.accuracy import compare
 from autotuner.errors import UnsupportedConfig
-from autotuner.harness import HarnessSettings, measure
-from autotuner.inputs import chunks, make_inputs
-from autotuner.models import model_inputs
-from autotuner.prepare import accuracy_inputs, reference_outputs
-from autotuner.registry import all_backends, runner_for, runners
-from autotuner.runner import Device
-from autotuner.spec_load import spec_from_dict
-from autotuner.worker import build
+from autotuner.execution.accuracy import compare
+from autotuner.execution.harness import HarnessSettings, measure
+from autotuner.execution.worker import build
+from autotuner.models.artifacts import accuracy_inputs, reference_outputs
+from autotuner.models.builtins import model_inputs
+from autotuner.models.inputs import chunks, make_inputs
+from autotuner.runners.base import Device
+from autotuner.runners.registry import all_backends, runner_for, runners
+from autotuner.spec.loading import spec_from_dict
 
 CPU_CASES = [
     ("torch-eager", "fp32"),
@@ -186,7 +186,7 @@ def test_every_runner_runs_one_real_trial_through_the_worker(runner: str, caps: 
     """The worker's own path (check, setup, measure or run_external) gives finite metrics."""
     import math
 
-    from autotuner.worker import run_trial
+    from autotuner.execution.worker import run_trial
 
     spec_dict, config = _one_trial_spec(runner, tmp_path)
     spec = spec_from_dict(spec_dict)

@@ -12,13 +12,13 @@ import pytest
 from helpers import PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
-from autotuner import driver
-from autotuner.estimates import config_key
-from autotuner.executors.replay import ReplayExecutor, load_landscape
+from autotuner.execution.replay import ReplayExecutor, load_landscape
 from autotuner.progress import Progress
-from autotuner.proposals import Arms
-from autotuner.space import all_configs, initial_design, neighbors
-from autotuner.spec_load import spec_from_dict
+from autotuner.search import driver
+from autotuner.search.estimates import config_key
+from autotuner.search.proposals import Arms
+from autotuner.search.space import all_configs, initial_design, neighbors
+from autotuner.spec.loading import spec_from_dict
 
 SPACE = {
     "backend": ["torch-eager", "onnxruntime-cpu"],
@@ -75,7 +75,7 @@ def _arms(spec: Any, tmp_path: Path, measured: dict[tuple[str, str, int, int], f
     land = load_landscape(tmp_path / "l.jsonl")
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize"])
     ex = ReplayExecutor(spec, {}, land, seed=0)
-    from autotuner.executors.base import TrialRequest
+    from autotuner.execution.base import TrialRequest
 
     for recs in land.values():
         t = study.ask()
@@ -155,7 +155,7 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))
-    from autotuner.capabilities import probe
+    from autotuner.execution.capabilities import probe
 
     caps = probe()
     spec = spec_from_dict(

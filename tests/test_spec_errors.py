@@ -19,10 +19,10 @@ import yaml
 
 from autotuner.errors import SpecError, UsageError
 from autotuner.metrics import METRICS
-from autotuner.models import BUILTINS
-from autotuner.registry import all_backends, all_knobs
-from autotuner.spec import Spec
-from autotuner.spec_load import load_spec
+from autotuner.models.builtins import BUILTINS
+from autotuner.runners.registry import all_backends, all_knobs
+from autotuner.spec.loading import load_spec
+from autotuner.spec.schema import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "spec.yaml"

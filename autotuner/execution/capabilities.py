@@ -1,0 +1,106 @@
+"""What this machine offers (probed once, in a child process) and its environment fingerprint.
+
+Runner checks read these facts, so that an unsupported config is refused in milliseconds without
+starting a worker, and the study records the hardware and library versions it was measured on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+_LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "optuna", "numpy", "transformers")
+
+
+def probe(timeout_s: float = 120.0) -> dict[str, Any]:
+    """Run the probe in a fresh interpreter so the driver never imports torch itself."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "autotuner.execution.capabilities"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError) as e:
+        caps = _static()
+        caps["probe_error"] = str(e).splitlines()[0][:300]
+        return caps
+
+
+def _static() -> dict[str, Any]:
+    libs = {}
+    for name in _LIBS:
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "machine": platform.machine(),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "libraries": libs,
+        "cuda_devices": 0,
+        "gpus": [],
+        "ort_providers": [],
+    }
+
+
+def _live() -> dict[str, Any]:
+    caps = _static()
+    try:
+        import torch
+
+        caps["torch_cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            caps["cuda_devices"] = n
+            caps["gpus"] = [torch.cuda.get_device_name(i) for i in range(n)]
+            caps["cuda_bf16"] = bool(torch.cuda.is_bf16_supported())
+            caps["gpu_memory_mb"] = torch.cuda.get_device_properties(0).total_memory / 2**20
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        caps["ort_providers"] = list(ort.get_available_providers())
+    except ImportError:
+        pass
+    caps["nvidia_driver"] = _nvidia_driver()
+    return caps
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+if __name__ == "__main__":
+    print(json.dumps(_live()))

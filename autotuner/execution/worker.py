@@ -1,0 +1,166 @@
+"""The worker: measures one block of one config (a search trial or a re-measurement) in its own process.
+
+    python -m autotuner.execution.worker REQUEST.json RESULT.json
+
+It never touches the study database; it writes a plain result file that the executor reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotuner.errors import UnsupportedConfig
+from autotuner.execution.harness import HarnessSettings, measure
+from autotuner.result import TrialResult
+from autotuner.runners.base import Device, Runner, host_peak_rss_mb
+from autotuner.spec.schema import Spec
+
+_OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "failed to allocate memory",
+    "unable to allocate",
+    "cannot allocate memory",
+    "bad_alloc",
+    "no requests can be scheduled",  # transformers: a KV cache too small to hold one request
+)
+
+
+def classify(exc: BaseException) -> TrialResult:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+    if isinstance(exc, UnsupportedConfig):
+        return TrialResult.failure("unsupported", str(exc))
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return TrialResult.failure("timeout", f"the command ran past its {exc.timeout:g} s and was killed")
+    if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS):
+        return TrialResult.failure("oom", text)
+    return TrialResult.failure("error", text)
+
+
+def settings_of(spec: Spec) -> HarnessSettings:
+    m = spec.measurement
+    return HarnessSettings(
+        warmup_iters=m.warmup_iters,
+        min_iters=m.min_iters,
+        max_iters=m.max_iters,
+        min_time_s=m.min_time_s,
+        max_time_s=m.max_time_s,
+        cv_target=m.cv_target,
+        keep_samples=m.keep_samples,
+    )
+
+
+def pin(device: Device, config: dict[str, Any]) -> None:
+    """Hold exactly the cores the trial is measured on."""
+    threads = int(config.get("threads") or len(device.cores))
+    cores = device.cores[: max(1, threads)]
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
+def build(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, Any]) -> Runner:
+    from autotuner.runners.registry import runner_for
+
+    cls = runner_for(str(config.get("backend", "torch-eager")))
+    reason = cls.check(spec, config, caps)
+    if reason:
+        raise UnsupportedConfig(reason)
+    return cls(spec, config, device)
+
+
+def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
+    """One re-measurement block: a fixed measuring time, no CV stop, no samples kept."""
+    base = settings_of(spec)
+    return HarnessSettings(
+        warmup_iters=base.warmup_iters,
+        min_iters=min(base.min_iters, 5),
+        max_iters=base.max_iters,
+        min_time_s=block_s,
+        max_time_s=block_s,
+        cv_target=0.0,
+        keep_samples=0,
+    )
+
+
+def run_trial(
+    spec: Spec,
+    config: dict[str, Any],
+    device: Device,
+    caps: dict[str, Any],
+    block_s: float | None = None,
+) -> TrialResult:
+    """One measurement block of a config in this fresh process.
+
+    A search trial (block_s None) measures with the spec's settings and checks accuracy; a
+    re-measurement block measures for block_s seconds and skips the accuracy check (accuracy does
+    not change between processes; the config's trial measured it).
+    """
+    from autotuner.execution.accuracy import compare
+    from autotuner.models.artifacts import accuracy_inputs, reference_outputs
+    from autotuner.models.builtins import model_inputs
+    from autotuner.models.inputs import chunks, make_inputs
+
+    pin(device, config)
+    try:
+        runner = build(spec, config, device, caps)
+        if runner.external:
+            from autotuner.execution.load import LoadMeter
+
+            meter = LoadMeter()
+            meter.start()
+            started = time.perf_counter()
+            metrics = runner.run_external()
+            metrics = {**metrics, "measure_s": time.perf_counter() - started}
+            metrics["foreign_load"] = meter.stop()
+            return TrialResult(ok=True, metrics=metrics)
+        batch_size = int(config.get("batch_size", 1))
+        specs = model_inputs(spec)
+        started = time.perf_counter()
+        runner.setup()
+        batch = make_inputs(specs, batch_size, spec.data_seed)
+        step = runner.prepare(batch)
+        step()  # the first call (lazy init, compilation) belongs to setup
+        runner.synchronize()
+        setup_s = time.perf_counter() - started
+        runner.activate()
+        settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
+        metrics, samples = measure(step, settings, batch_size, runner.synchronize)
+        metrics["setup_s"] = setup_s
+        metrics["host_rss_mb"] = host_peak_rss_mb()
+        device_mb = runner.device_peak_memory_mb()
+        metrics["peak_memory_mb"] = device_mb if device_mb is not None else metrics["host_rss_mb"]
+        if block_s is None:
+            ref = reference_outputs(spec)
+            outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
+            metrics.update(compare(np.concatenate(outs), ref))
+        runner.teardown()
+    except Exception as e:  # noqa: BLE001 - every failure becomes classified data
+        return classify(e)
+    return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples)
+
+
+def main(argv: list[str]) -> int:
+    from autotuner.spec.loading import spec_from_dict
+
+    request = json.loads(Path(argv[1]).read_text())
+    out_path = Path(argv[2])
+    spec = spec_from_dict(request["spec"])
+    device = Device.from_dict(request["device"])
+    caps = request["caps"]
+    payload = run_trial(spec, request["config"], device, caps, request.get("block_s")).to_dict()
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,183 @@
+"""Artifacts shared by trials, made once in a child process and cached by content hash.
+
+- the ONNX export of a torch model (and its fp16 / int8 variants);
+- the fp32 reference outputs on the seeded accuracy inputs.
+
+They are made in a child process so that a trial's peak memory is not inflated by a model it
+does not run, and so that a crash there is reported like any other trial error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotuner.errors import AutotuneError
+from autotuner.files import atomic_write, cache_dir
+from autotuner.spec.loading import spec_from_dict, spec_to_dict
+from autotuner.spec.schema import Spec
+
+OPSET = 17
+
+
+def onnx_path(spec: Spec, precision: str) -> Path:
+    """The ONNX file for a precision, made on first use."""
+    from autotuner.models.builtins import model_identity
+
+    if spec.model.onnx is not None and precision == "fp32":
+        return spec.resolve(spec.model.onnx)
+    path = cache_dir() / "onnx" / f"{model_identity(spec)}.{precision}.onnx"
+    if not path.exists():
+        _in_child("onnx", spec, {"precision": precision, "path": str(path)})
+    return path
+
+
+def reference_outputs(spec: Spec) -> np.ndarray:
+    from autotuner.models.builtins import model_identity
+
+    name = f"{model_identity(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
+    path = cache_dir() / "reference" / name
+    if not path.exists():
+        _in_child("reference", spec, {"path": str(path)})
+    return np.load(path)
+
+
+def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
+    from autotuner.models.builtins import model_inputs
+    from autotuner.models.inputs import make_inputs
+
+    # A seed apart from the timed batch, the same for every config.
+    return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.data_seed + 1)
+
+
+def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
+    payload = json.dumps({"kind": kind, "spec": spec_to_dict(spec), **extra})
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotuner.models.artifacts"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise AutotuneError(f"preparing the {kind} failed (exit {proc.returncode}): {tail[0]}")
+
+
+def _export(spec: Spec, precision: str, path: Path) -> None:
+    if precision == "fp32":
+        _export_fp32(spec, path)
+        return
+    source = onnx_path(spec, "fp32")
+    if precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
+    elif precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        atomic_write(
+            path,
+            lambda tmp: quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8),
+            ".onnx",
+        )
+    else:
+        raise AutotuneError(f"no ONNX variant for precision {precision!r}")
+
+
+def _export_fp32(spec: Spec, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from autotuner.models.builtins import build_torch_model, model_inputs
+    from autotuner.models.inputs import make_inputs
+
+    model = build_torch_model(spec)
+    specs = model_inputs(spec)
+    sample = {k: torch.from_numpy(v) for k, v in make_inputs(specs, 2, spec.data_seed).items()}
+    names = [s.name for s in specs]
+    axes = {s.name: {s.shape.index("batch"): "batch"} for s in specs}
+    axes["output"] = {0: "batch"}
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                tuple(sample[n] for n in names),  # positional, in the spec's input order
+                tmp,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+
+    atomic_write(path, write, ".onnx")
+
+
+def _reference(spec: Spec, path: Path) -> None:
+    inputs = accuracy_inputs(spec)
+    if spec.model.onnx is not None:
+        import onnxruntime as ort
+
+        from autotuner.models.builtins import model_inputs
+        from autotuner.models.inputs import chunks
+
+        sess = ort.InferenceSession(str(onnx_path(spec, "fp32")), providers=["CPUExecutionProvider"])
+        # A model exported with a fixed batch takes the samples in batches of exactly that size.
+        dims = sess.get_inputs()[0].shape
+        specs = model_inputs(spec)
+        axis = specs[0].shape.index("batch")
+        fixed = dims[axis] if axis < len(dims) and isinstance(dims[axis], int) and dims[axis] > 0 else None
+        if fixed is None:
+            out = np.asarray(sess.run(None, inputs)[0], dtype=np.float32)
+        else:
+            outs = [
+                np.asarray(sess.run(None, b)[0], dtype=np.float32)[:n]
+                for b, n in chunks(inputs, specs, fixed)
+            ]
+            out = np.concatenate(outs)
+    else:
+        import torch
+
+        from autotuner.models.builtins import build_torch_model, model_inputs
+
+        model = build_torch_model(spec)
+        with torch.inference_mode():
+            res = model(*[torch.from_numpy(inputs[s.name]) for s in model_inputs(spec)])
+        out = first_tensor(res).float().numpy()
+    atomic_write(path, lambda tmp: np.save(tmp, out), ".npy")
+    # np.save appends .npy to names without it; mkstemp gave one with it.
+
+
+def first_tensor(res: Any) -> Any:
+    """The first tensor of a model's output (a tensor, a tuple or list, or a dict)."""
+    if isinstance(res, dict):
+        res = next(iter(res.values()))
+    while isinstance(res, list | tuple):
+        res = res[0]
+    if hasattr(res, "last_hidden_state"):
+        res = res.last_hidden_state
+    return res
+
+
+def _main() -> None:
+    req = json.loads(sys.stdin.read())
+    spec = spec_from_dict(req["spec"])
+    if req["kind"] == "onnx":
+        _export(spec, req["precision"], Path(req["path"]))
+    else:
+        _reference(spec, Path(req["path"]))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,142 @@
+"""The best-config YAML: the chosen parameters, deploy settings, evidence and provenance."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from autotuner._version import __version__
+from autotuner.files import atomic_write_text
+from autotuner.runners.registry import runner_for
+from autotuner.search.pick import Pick
+from autotuner.spec.schema import Spec
+from autotuner.study import records as rec
+from autotuner.study.storage import redact
+
+KEY_METRICS = (
+    "throughput_items_s",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "peak_memory_mb",
+    "accuracy_cosine",
+    "accuracy_max_abs_error",
+    "setup_s",
+)
+
+
+def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -> dict[str, Any]:
+    from autotuner.search.estimates import Estimate, config_key, pool, relative_spread
+
+    trial = study.trials[pick.winner]
+    config = dict(pick.config or rec.trial_config(trial))
+    estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
+    est = estimates.get(config_key(config)) or Estimate(config_key(config), config)
+    wanted = list(
+        dict.fromkeys(
+            [*(o.metric for o in spec.objectives), *(c.metric for c in spec.constraints), *KEY_METRICS]
+        )
+    )
+    metrics: dict[str, Any] = {}
+    for m in wanted:
+        iv = est.interval(m, pick.confidence, relative_spread(estimates, m))
+        if iv is not None and len(est.values(m)) >= 2:
+            entry: dict[str, Any] = {
+                "mean": _r(iv[0]),
+                "ci_low": _r(iv[1]),
+                "ci_high": _r(iv[2]),
+                "blocks": len(est.values(m)),
+                "confidence": pick.confidence,
+            }
+        elif est.mean(m) is not None:
+            # Measured once (accuracy: by the trial; it does not vary between processes).
+            entry = {"mean": _r(est.mean(m)), "blocks": max(1, len(est.values(m)))}
+        elif (v := rec.metric(trial, m)) is not None:
+            entry = {"mean": _r(v), "blocks": 1}
+        else:
+            continue
+        metrics[m] = entry
+    constraints = []
+    for c in spec.constraints:
+        v = est.mean(c.metric)
+        if v is not None:
+            constraints.append(
+                {
+                    "constraint": c.text,
+                    "value": _r(v),
+                    "margin": _r(-c.violation(v)),
+                    "satisfied": c.violation(v) <= 0,
+                }
+            )
+    runner = runner_for(str(config.get("backend", "torch-eager")))
+    spec_path = rec.study_attr(study, rec.SPEC_PATH, f"{spec.name}.yaml")
+    argv = ["autotune", "bench", spec_path] + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+    return {
+        "autotune_version": __version__,
+        "model": spec.model.model_dump(mode="json", exclude_none=True),
+        "params": config,
+        "deploy": {"batch_size": config.get("batch_size", 1), **runner.deploy_settings(config)},
+        "metrics": metrics,
+        "constraints": constraints,
+        "choice": {
+            "rule": pick.rule,
+            "reason": pick.reason,
+            "tied_with_trials": pick.tied_with,
+            "tie_break": pick.tie_break,
+            "remeasured": pick.remeasured,
+            "race_rounds": pick.rounds,
+            "baseline": pick.baseline,
+            "estimate": {
+                "blocks": est.n,
+                "blocks_under_load_left_out": est.under_load,
+                "measure_s": round(est.measure_s, 3),
+                "trials": est.trials,
+            },
+            "candidates": [
+                {
+                    "trial": c.trial,
+                    "params": c.config,
+                    "before_race": _r(c.value) if c.value == c.value else None,
+                    "blocks_before_race": c.blocks,
+                    "race_rounds": len(c.rounds),
+                    **(
+                        {"mean": _r(c.mean), "ci": [_r(c.ci[0]), _r(c.ci[1])]}
+                        if c.ci and c.mean is not None
+                        else {}
+                    ),
+                    **({"left_race": c.dropped} if c.dropped else {}),
+                    **({"error": c.error} if c.error else {}),
+                    **({"baseline": True} if c.baseline else {}),
+                }
+                for c in pick.candidates
+            ],
+        },
+        "environment": rec.environment(study),
+        "provenance": {
+            "study": study.study_name,
+            "storage": redact(storage_url),
+            "trial": trial.number,
+            "measured_at": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "autotune_version": __version__,
+            "spec_fingerprint": rec.study_attr(study, rec.SPEC_FINGERPRINT),
+        },
+        "remeasure_command": shlex.join(argv),
+    }
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    """Write atomically: a reader never sees half a file."""
+    header = f"# autotune best config for study {data['provenance']['study']}\n"
+    return atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def _r(v: Any) -> Any:
+    if isinstance(v, float):
+        return float(f"{v:.6g}")
+    return v

@@ -1,0 +1,255 @@
+"""What the driver does with a config the sampler proposes, so that no trial buys nothing.
+
+- never measured: measure it (one block, counted in the budget);
+- failed before (any class: a crash or a timeout is not retried on the budget): not run again,
+  stored as a FAIL of the same class that costs nothing;
+- measured, and still a contender (its interval reaches the leader's) with fewer than
+  REPEATS blocks: measure it again, deliberately (counted);
+- measured otherwise: tell the sampler the config's pooled estimate at no cost (free);
+- after a few free trials in a row (the sampler is stuck on what it knows), the driver draws an
+  unmeasured runnable config itself and queues it, so the search cannot stall; when none is left,
+  the space is exhausted and the search ends.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from autotuner.search.estimates import Block, Estimate, config_key, feasible, reaches, relative_spread
+from autotuner.search.space import all_configs, random_config
+from autotuner.spec.schema import Spec
+from autotuner.study import records as rec
+
+# Knobs that change speed but not the numbers a model computes: a config that breaks an accuracy
+# constraint breaks it at every value of these, with its other settings the same.
+SPEED_ONLY = frozenset({"batch_size", "threads", "inter_op_threads", "execution_mode", "io_binding"})
+# How far past its bound an accuracy constraint must be broken before the verdict is shared.
+ACCURACY_MARGIN = 0.01
+
+
+@dataclass
+class Proposal:
+    action: str  # "measure", "remeasure", "pooled" or "failed"
+    estimate: Estimate | None = None
+    failed: tuple[int, str, str] | None = None  # (trial, class, message) of the earlier failure
+
+
+class Arms:
+    """The configs measured so far, kept up to date as results arrive (one pass at the start)."""
+
+    def __init__(self, spec: Spec, trials: list[FrozenTrial], repeats: int) -> None:
+        self.spec = spec
+        self.repeats = repeats
+        self.estimates: dict[str, Estimate] = {}
+        self.refused: set[str] = set()
+        self.failed: dict[str, tuple[int, str, str]] = {}
+        self.seen: set[int] = set()
+        o = spec.objectives[0]
+        self.metric = o.metric
+        self.maximize = o.direction == "maximize"
+        self.update(trials)
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        """Take in the finished trials not seen yet (another driver sharing the study, too)."""
+        from autotuner.search.estimates import is_measurement, trial_block
+
+        for t in trials:
+            if t.number in self.seen or not t.state.is_finished():
+                continue
+            self.seen.add(t.number)
+            config = rec.trial_config(t)
+            if is_measurement(t):
+                block = trial_block(t)
+                self.add(t.number, config, block.metrics, block.under_load)
+                continue
+            cls = rec.failure_class(t)
+            if cls and cls not in ("interrupted", "under-load"):
+                self.fail(t.number, config, cls, rec.failure_message(t))
+
+    def add(self, number: int, config: dict[str, Any], metrics: dict[str, float], under_load: bool) -> None:
+        self.seen.add(number)
+        k = config_key(config)
+        e = self.estimates.setdefault(k, Estimate(k, config))
+        e.trials.append(number)
+        e.blocks.append(Block(dict(metrics), under_load))
+
+    def refuse(self, config: dict[str, Any]) -> None:
+        self.refused.add(config_key(config))
+
+    def fail(self, number: int, config: dict[str, Any], cls: str, message: str) -> None:
+        self.seen.add(number)
+        k = config_key(config)
+        self.refused.add(k)
+        self.failed.setdefault(k, (number, cls, message))
+
+    def tried(self) -> int:
+        """Distinct configs measured cleanly, refused or failed."""
+        clean = {k for k, e in self.estimates.items() if e.has_clean}
+        return len(clean | self.refused)
+
+    def measured(self, config: dict[str, Any]) -> Estimate | None:
+        """Its estimate, if the config has a clean block (one taken under load does not count)."""
+        e = self.estimates.get(config_key(config))
+        if e is None or not e.has_clean:
+            return None
+        return e if e.values(self.metric) else None
+
+    def is_contender(self, e: Estimate) -> bool:
+        conf = self.spec.pick.confidence
+        rel = relative_spread(self.estimates, self.metric)
+        ivs = []
+        for x in self.estimates.values():
+            if feasible(x, self.spec.constraints)[0]:
+                iv = x.interval(self.metric, conf, rel)
+                if iv is not None:
+                    ivs.append(iv)
+        mine = e.interval(self.metric, conf, rel)
+        if not ivs or mine is None or not feasible(e, self.spec.constraints)[0]:
+            return False
+        lead = (max if self.maximize else min)(ivs, key=lambda iv: iv[0])
+        return reaches(mine, lead, self.maximize)
+
+    def propose(self, config: dict[str, Any]) -> Proposal:
+        e = self.measured(config)
+        before = self.failed.get(config_key(config))
+        if e is None and before is not None:
+            return Proposal("failed", failed=before)
+        if e is None:
+            return Proposal("measure")
+        if e.n < self.repeats and self.is_contender(e):
+            return Proposal("remeasure", e)
+        return Proposal("pooled", e)
+
+    def pooled_values(self, e: Estimate) -> list[float] | None:
+        vals = [e.mean(o.metric) for o in self.spec.objectives]
+        return None if any(v is None for v in vals) else [float(v) for v in vals]  # type: ignore[arg-type]
+
+    def predicted_infeasible(self, config: dict[str, Any]) -> str | None:
+        """Why the config cannot meet an accuracy constraint: a measured config with the same
+        settings apart from speed-only knobs broke it clearly (batch size and threads do not
+        change what the model computes)."""
+        acc = [c for c in self.spec.constraints if c.metric.startswith("accuracy_")]
+        if not acc:
+            return None
+        mine = {k: v for k, v in config.items() if k not in SPEED_ONLY}
+        for e in self.estimates.values():
+            if {k: v for k, v in e.config.items() if k not in SPEED_ONLY} != mine:
+                continue
+            for c in acc:
+                v = e.mean(c.metric)
+                if v is not None and c.violation(v) > ACCURACY_MARGIN * max(abs(c.bound), 1e-9):
+                    return (
+                        f"trial #{e.first_trial} with the same settings but batch size / threads broke "
+                        f"{c.text} ({c.metric}={v:.4g}); those knobs do not change accuracy"
+                    )
+        return None
+
+    def leaders(self, k: int) -> list[Estimate]:
+        """The k best feasible configs by their pooled estimate on the first objective."""
+        scored = [
+            e
+            for e in self.estimates.values()
+            if e.mean(self.metric) is not None
+            and e.has_clean
+            and feasible(e, self.spec.constraints)[0]
+        ]
+        scored.sort(key=lambda e: e.mean(self.metric) or 0.0, reverse=self.maximize)
+        return scored[:k]
+
+    def diverse_leaders(self, k: int) -> list[Estimate]:
+        """The best configs, each at least two parameters away from the ones before it, so that
+        refinement climbs several hills rather than one hill's slopes."""
+        out: list[Estimate] = []
+        for e in self.leaders(len(self.estimates)):
+            if all(sum(1 for n in e.config if e.config.get(n) != o.config.get(n)) >= 2 for o in out):
+                out.append(e)
+            if len(out) == k:
+                break
+        return out
+
+    def next_neighbor(self, runnable: Any, k: int = 3) -> dict[str, Any] | None:
+        """An unmeasured, runnable neighbour of one of the k best diverse configs, taken in turn
+        (the best's first neighbour, then the second's, ...)."""
+        from autotuner.search.space import neighbors
+
+        lists = [neighbors(self.spec, e.config) for e in self.diverse_leaders(k)]
+        self.turn = getattr(self, "turn", -1) + 1
+        order = [lists[(self.turn + i) % len(lists)] for i in range(len(lists))] if lists else []
+        return self.first_runnable((c for cands in order for c in cands), runnable)
+
+    def first_runnable(self, configs: Any, runnable: Any) -> dict[str, Any] | None:
+        """The first config not measured, not refused, and accepted by `runnable`; the ones it
+        refuses on the way are remembered as refused."""
+        for c in configs:
+            key = config_key(c)
+            if key in self.estimates or key in self.refused:
+                continue
+            if runnable(c):
+                return c
+            self.refuse(c)
+        return None
+
+    def surrogate_pick(
+        self, runnable: Any, ridge: float = 0.3, pair_ridge: float = 3.0
+    ) -> dict[str, Any] | None:
+        """The unmeasured runnable config a small additive model predicts best: ridge regression
+        of log(rule metric) on one-hot values and pairs of values of the parameters, fitted to
+        every measured config (finite spaces only; None where the space is unbounded)."""
+        import math
+        from itertools import combinations
+
+        import numpy as np
+
+        every = all_configs(self.spec)
+        rows = [
+            (e.config, e.mean(self.metric))
+            for e in self.estimates.values()
+            if e.has_clean and (e.mean(self.metric) or 0) > 0
+        ]
+        if every is None or len(rows) < 4:
+            return None
+
+        def feats(c: dict[str, Any]) -> list[str]:
+            ones = [f"{k}={c[k]!r}" for k in sorted(c) if self.spec.space[k].type != "fixed"]
+            return ones + [f"{a}&{b}" for a, b in combinations(ones, 2)]
+
+        cands = [
+            c for c in every if config_key(c) not in self.estimates and config_key(c) not in self.refused
+        ]
+        if not cands:
+            return None
+        index: dict[str, int] = {}
+        for c, _ in rows:
+            for f in feats(c):
+                index.setdefault(f, len(index))
+        x = np.zeros((len(rows), len(index) + 1))
+        y = np.array([math.log(v) for _, v in rows])  # type: ignore[arg-type]
+        for i, (c, _) in enumerate(rows):
+            x[i, -1] = 1.0
+            for f in feats(c):
+                x[i, index[f]] = 1.0
+        sign = 1.0 if self.maximize else -1.0
+        # Pairs are shrunk harder than single values: with few measurements a pair term should
+        # explain only what the values alone cannot (else it soaks up main effects as noise).
+        penalty = np.diag([pair_ridge if "&" in f else ridge for f in index] + [0.0])  # intercept free
+        w = np.linalg.solve(x.T @ x + penalty, x.T @ (sign * (y - y.mean())))
+
+        def predict(c: dict[str, Any]) -> float:
+            return float(sum(w[index[f]] for f in feats(c) if f in index))
+
+        return self.first_runnable(sorted(cands, key=predict, reverse=True), runnable)
+
+    def unmeasured(self, rng: random.Random, runnable: Any, tries: int = 200) -> dict[str, Any] | None:
+        """An unmeasured config that `runnable(config)` accepts, drawn at random; None if none is left."""
+        every = all_configs(self.spec)
+        if every is not None:
+            pool_ = [
+                c for c in every if config_key(c) not in self.estimates and config_key(c) not in self.refused
+            ]
+            rng.shuffle(pool_)
+            return self.first_runnable(pool_, runnable)
+        return self.first_runnable((random_config(self.spec, rng) for _ in range(tries)), runnable)

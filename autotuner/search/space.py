@@ -1,0 +1,274 @@
+"""Turning the spec's space into Optuna suggestions, conditions included."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+
+from autotuner.spec.schema import ParamSpec, Spec
+
+
+def order(space: dict[str, ParamSpec]) -> list[str]:
+    """Parameters after the ones their conditions read."""
+    done: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in done:
+            return
+        for dep in space[n].when or {}:
+            visit(dep)
+        done.append(n)
+
+    for n in space:
+        visit(n)
+    return done
+
+
+def active(p: ParamSpec, config: dict[str, Any]) -> bool:
+    return all(config.get(dep) in vals for dep, vals in (p.when or {}).items())
+
+
+def suggest(trial: optuna.trial.Trial, spec: Spec) -> dict[str, Any]:
+    """The full config of a trial: suggested parameters plus fixed ones, inactive ones left out."""
+    config: dict[str, Any] = {}
+    for name in order(spec.space):
+        p = spec.space[name]
+        if not active(p, config):
+            continue
+        if p.type == "fixed":
+            config[name] = p.value
+        elif p.type == "categorical":
+            config[name] = trial.suggest_categorical(name, p.choices)  # type: ignore[arg-type]
+        elif p.type == "int":
+            config[name] = trial.suggest_int(
+                name,
+                int(p.low),
+                int(p.high),
+                step=int(p.step or 1),
+                log=p.log,  # type: ignore[arg-type]
+            )
+        else:
+            config[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)  # type: ignore[arg-type]
+    return config
+
+
+def first_value(p: ParamSpec) -> Any:
+    if p.type == "categorical":
+        return (p.choices or [None])[0]
+    if p.type == "fixed":
+        return p.value
+    return int(p.low) if p.type == "int" else p.low  # type: ignore[arg-type]
+
+
+def complete(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:
+    """The config the given values make, conditions applied: each active parameter takes its given
+    value or, where none is given, its first; inactive ones are left out."""
+    config: dict[str, Any] = {}
+    for name in order(spec.space):
+        p = spec.space[name]
+        if active(p, config):
+            config[name] = values[name] if name in values else first_value(p)
+    return config
+
+
+def defaults(spec: Spec) -> dict[str, Any]:
+    """A config with each parameter at its first value (baseline when `bench` is given none)."""
+    return complete(spec, {})
+
+
+def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    # TPE's multivariate/group options and BruteForceSampler are marked experimental; they are
+    # chosen deliberately, so their warnings would only be noise to a user.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(spec, seed)
+
+
+def _make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.type == "grid":
+        return _Grid(seed=seed)
+    if s.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if s.type == "gp":
+        try:
+            import scipy  # noqa: F401  - GPSampler's optimizer
+        except ImportError:
+            from autotuner.errors import UsageError
+
+            raise UsageError("sampler.type gp needs SciPy: pip install 'autotune[gp]'") from None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        n_startup_trials=s.n_startup_trials,
+    )
+
+
+class _Grid(optuna.samplers.BruteForceSampler):
+    """BruteForceSampler walks conditional spaces (GridSampler does not). Its after_trial calls
+    study.stop() once the grid is done, which only works inside study.optimize; the driver
+    bounds the budget by grid_size() instead."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def grid_size(spec: Spec) -> int | None:
+    """How many distinct configs the space holds, conditions included; None if unbounded."""
+    names = order(spec.space)
+
+    def count(i: int, config: dict[str, Any]) -> int | None:
+        if i == len(names):
+            return 1
+        p = spec.space[names[i]]
+        if not active(p, config):
+            return count(i + 1, config)
+        values = p.values()
+        if values is None:
+            return None
+        total = 0
+        for v in values:
+            n = count(i + 1, {**config, names[i]: v})
+            if n is None:
+                return None
+            total += n
+        return total
+
+    return count(0, {})
+
+
+def all_configs(spec: Spec, limit: int = 100_000) -> list[dict[str, Any]] | None:
+    """Every config of a finite space (conditions applied), or None if unbounded or over `limit`."""
+    size = grid_size(spec)
+    if size is None or size > limit:
+        return None
+    names = order(spec.space)
+    out: list[dict[str, Any]] = []
+
+    def walk(i: int, config: dict[str, Any]) -> None:
+        if i == len(names):
+            out.append(dict(config))
+            return
+        p = spec.space[names[i]]
+        if not active(p, config):
+            walk(i + 1, config)
+            return
+        for v in p.values() or []:
+            walk(i + 1, {**config, names[i]: v})
+
+    walk(0, {})
+    return out
+
+
+def random_config(spec: Spec, rng: Any) -> dict[str, Any]:
+    """A config drawn uniformly per parameter (log-uniform for log ranges), conditions applied."""
+    import math
+
+    config: dict[str, Any] = {}
+    for name in order(spec.space):
+        p = spec.space[name]
+        if not active(p, config):
+            continue
+        values = p.values()
+        if p.type == "fixed":
+            config[name] = p.value
+        elif values is not None:
+            config[name] = rng.choice(values)
+        elif p.type == "int":
+            lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
+            if p.log:
+                config[name] = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+            else:
+                config[name] = rng.randint(lo, hi)
+        else:
+            lo_f, hi_f = float(p.low), float(p.high)  # type: ignore[arg-type]
+            config[name] = (
+                math.exp(rng.uniform(math.log(lo_f), math.log(hi_f))) if p.log else rng.uniform(lo_f, hi_f)
+            )
+    return config
+
+
+def sampled_params(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a config that the sampler suggests (fixed ones left out), to enqueue."""
+    return {k: v for k, v in config.items() if k in spec.space and spec.space[k].type != "fixed"}
+
+
+def neighbors(spec: Spec, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Configs one step away: one parameter changed (to an adjacent value where the values are
+    ordered numbers, a doubling or halving on a log range, any other choice otherwise), with the
+    conditions applied again (a parameter that becomes active takes its first value)."""
+    out: list[dict[str, Any]] = []
+    for name in order(spec.space):
+        p = spec.space[name]
+        if name not in config or p.type == "fixed":
+            continue
+        v = config[name]
+        values = p.values()
+        steps: list[Any] = []
+        if values is not None:
+            numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+            if numeric:
+                ordered = sorted(set(values))
+                i = ordered.index(v) if v in ordered else -1
+                steps = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered) and i >= 0]
+            else:
+                steps = [x for x in values if x != v]
+        elif p.type == "int" and p.log:
+            lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
+            steps = sorted({x for x in (int(v) // 2, int(v) * 2) if lo <= x <= hi and x != v})
+        out += [complete(spec, {**config, name: x}) for x in steps]
+    return out
+
+
+def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int = 300) -> list[dict[str, Any]]:
+    """n runnable configs that cover the space's values and pairs of values as evenly as they can
+    (a greedy pairwise covering design), to start the search instead of n random draws: every
+    backend, precision and thread count is seen early, and in combination."""
+    from itertools import combinations
+
+    every = all_configs(spec, limit=5_000)
+    pool = every if every is not None else [random_config(spec, rng) for _ in range(pool_size)]
+    pool = list(pool)
+    rng.shuffle(pool)
+    seen_one: dict[tuple[str, str], int] = {}
+    seen_two: dict[tuple[str, str, str, str], int] = {}
+
+    def items(c: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str, str]]]:
+        ones = [(k, repr(v)) for k, v in sorted(c.items()) if spec.space[k].type != "fixed"]
+        twos = [(a[0], a[1], b[0], b[1]) for a, b in combinations(ones, 2)]
+        return ones, twos
+
+    out: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    checked: dict[str, bool] = {}
+    while len(out) < n:
+        best, best_score = None, None
+        for c in pool:
+            k = repr(sorted(c.items()))
+            if k in keys:
+                continue
+            ones, twos = items(c)
+            score = (sum(1 for x in ones if x not in seen_one), sum(1 for x in twos if x not in seen_two))
+            score = (score[0], score[1], -sum(seen_one.get(x, 0) for x in ones))
+            if best_score is None or score > best_score:
+                if k not in checked:
+                    checked[k] = bool(runnable(c))
+                if checked[k]:
+                    best, best_score = c, score
+        if best is None:
+            break
+        keys.add(repr(sorted(best.items())))
+        ones, twos = items(best)
+        for x in ones:
+            seen_one[x] = seen_one.get(x, 0) + 1
+        for y in twos:
+            seen_two[y] = seen_two.get(y, 0) + 1
+        out.append(best)
+    return out

@@ -1,0 +1,646 @@
+"""The spec: one validated object built from the YAML file. Nothing later re-parses YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from autotuner.metrics import METRICS
+
+
+class FieldError(ValueError):
+    """A problem at a field below the one being validated; `path` is relative to it.
+
+    A validator raises FieldError(("low",), "...") and load_spec reports the error at
+    pydantic's location plus this path, e.g. `space.batch_size.low` rather than `space.batch_size`.
+    """
+
+    def __init__(self, path: str | int | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path: tuple[str | int, ...] = path if isinstance(path, tuple) else (path,)
+
+
+def value_kind(v: Any) -> str:
+    """What a YAML value is, in words: 'a string', 'a list', 'nothing'."""
+    if v is None:
+        return "nothing"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list | tuple):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return f"a {type(v).__name__}"
+
+
+def _scalar(v: Any) -> Any:
+    if not isinstance(v, bool | int | float | str):
+        raise ValueError(f"must be a single value (number, string or boolean), got {value_kind(v)}")
+    return v
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"must be a number, got {value_kind(v)}")
+    return v
+
+
+Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
+Number = Annotated[float, BeforeValidator(_number)]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+def _a(word: str) -> str:
+    """The word with its article: 'an int', 'a float'."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    builtin: str | None = None
+    factory: str | None = None
+    onnx: str | None = None
+    # A model only an external command loads (a hub name or a path); {model} in its argv.
+    external: str | None = None
+    # A local Hugging Face causal-LM directory (the llm backend); read offline.
+    hf: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        sources = ("builtin", "factory", "onnx", "external", "hf")
+        given = [k for k in sources if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(sources)} (got {', '.join(given) or 'none'})")
+        return self
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str | None) -> str | None:
+        if v is not None and not FACTORY_RE.match(v):
+            raise ValueError(f"{v!r} must look like 'package.module:function'")
+        return v
+
+    @field_validator("onnx")
+    @classmethod
+    def _onnx(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".onnx"):
+            raise ValueError(f"{v!r} must be a path to a .onnx file")
+        return v
+
+    @field_validator("builtin")
+    @classmethod
+    def _known_builtin(cls, v: str | None) -> str | None:
+        from autotuner.models.builtins import BUILTINS
+
+        if v is not None and v not in BUILTINS:
+            raise ValueError(f"unknown builtin {v!r}; allowed: {', '.join(sorted(BUILTINS))}")
+        return v
+
+
+class InputSpec(_Strict):
+    name: str
+    shape: list[int | Literal["batch"]]
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
+    low: Number | None = None
+    high: Number | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not INPUT_NAME_RE.match(v):
+            raise ValueError(f"{v!r} must start with a letter or '_' and hold only letters, digits and '_'")
+        return v
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v  # pydantic says it must be a list
+        for i, d in enumerate(v):
+            if d != "batch" and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+                raise FieldError(
+                    i, f"{d!r} is not a dimension; use a positive integer or 'batch' (the only word allowed)"
+                )
+        if v.count("batch") != 1:
+            raise ValueError("must hold the word 'batch' exactly once, e.g. [batch, 128]")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise FieldError("low", f"{self.low:g} must be below high ({self.high:g})")
+        return self
+
+
+class ParamSpec(_Strict):
+    type: Literal["categorical", "int", "float", "fixed"]
+    choices: list[Scalar] | None = None
+    low: Number | None = None
+    high: Number | None = None
+    step: Number | None = None
+    log: bool = False
+    value: Scalar | None = None
+    when: dict[str, list[Scalar]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            return {"type": "categorical", "choices": data}
+        if isinstance(data, bool | int | float | str):
+            return {"type": "fixed", "value": data}
+        if isinstance(data, dict) and "type" not in data:
+            data = dict(data)
+            if "choices" in data:
+                data["type"] = "categorical"
+            elif "value" in data:
+                data["type"] = "fixed"
+            elif "low" in data or "high" in data:
+                ints = all(isinstance(data.get(k), int) for k in ("low", "high"))
+                data["type"] = "int" if ints else "float"
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        t = self.type
+        allowed = {
+            "categorical": {"choices"},
+            "int": {"low", "high", "step", "log"},
+            "float": {"low", "high", "step", "log"},
+            "fixed": {"value"},
+        }[t]
+        for key in ("choices", "low", "high", "step", "value"):
+            if getattr(self, key) is not None and key not in allowed:
+                raise FieldError(key, f"does not apply to {_a(t)} parameter")
+        if self.log and t not in ("int", "float"):
+            raise FieldError("log", f"does not apply to {_a(t)} parameter")
+        if t == "categorical":
+            if not self.choices:
+                raise ValueError("choices must list at least one value")
+            seen: set[str] = set()
+            for c in self.choices:
+                if json.dumps(c) in seen:
+                    raise ValueError(f"choices must not repeat a value; {c!r} is listed twice")
+                seen.add(json.dumps(c))
+        elif t == "fixed":
+            if self.value is None:
+                raise ValueError("a fixed parameter needs a value")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{_a(t)} range needs both low and high")
+            if t == "int":
+                for key in ("low", "high"):
+                    if not float(getattr(self, key)).is_integer():
+                        raise FieldError(
+                            key,
+                            f"{getattr(self, key):g} is not an integer; an int range needs integer bounds",
+                        )
+            if self.low > self.high:
+                raise FieldError("low", f"{self.low:g} exceeds high ({self.high:g})")
+            if self.log and self.low <= 0:
+                raise FieldError("low", f"must be above 0 in a log range, got {self.low:g}")
+            if self.step is not None:
+                if self.step <= 0:
+                    raise FieldError("step", f"must be positive, got {self.step:g}")
+                if self.log:
+                    raise ValueError("step and log cannot be combined")
+                if t == "int" and not float(self.step).is_integer():
+                    raise FieldError(
+                        "step", f"{self.step:g} is not an integer; an int range needs an integer step"
+                    )
+        return self
+
+    def values(self) -> list[Scalar] | None:
+        """Every value the parameter can take, where that set is finite."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "fixed":
+            return [self.value]  # type: ignore[list-item]
+        if self.type == "int":
+            step = int(self.step or 1)
+            if self.log:
+                return None
+            return list(range(int(self.low), int(self.high) + 1, step))  # type: ignore[arg-type]
+        return None
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["minimize", "maximize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_metric(v)
+
+
+class Constraint(_Strict):
+    metric: str
+    op: Literal["<=", ">=", "<", ">"]
+    bound: Number
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_metric(v)
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 is feasible."""
+        return value - self.bound if self.op in ("<=", "<") else self.bound - value
+
+
+class Budget(_Strict):
+    # Trials count measurements: refusals and pooled repeats are free (see driver).
+    trials: int = Field(default=20, ge=1, le=1_000_000)
+    wall_time_s: float | None = Field(default=None, gt=0)
+    # Seconds spent in timed measurement by the search (setup excluded); the search stops there.
+    measure_s: float | None = Field(default=None, gt=0)
+
+
+class SamplerSpec(_Strict):
+    type: Literal["tpe", "random", "grid", "nsga2", "gp"] = "tpe"
+    n_startup_trials: int = Field(default=8, ge=0)
+    # The last share of the trial budget measures unmeasured neighbours (one parameter one step
+    # away) of the best configs so far, instead of asking the sampler: a local refinement that
+    # finds the best's next-door configs a global sampler tends to leave out. 0 turns it off.
+    refine_share: float = Field(default=0.25, ge=0, le=1)
+
+
+class Measurement(_Strict):
+    warmup_iters: int = Field(default=3, ge=0)
+    min_iters: int = Field(default=10, ge=1)
+    max_iters: int = Field(default=10_000, ge=1)
+    min_time_s: float = Field(default=0.5, ge=0)
+    max_time_s: float = Field(default=3.0, gt=0)
+    cv_target: float = Field(default=0.10, gt=0)
+    trial_timeout_s: float = Field(default=300.0, gt=0)
+    keep_samples: int = Field(default=500, ge=0)
+    # A block during which other processes took more than this many cores' worth of CPU on the
+    # trial's cores is "under load": kept, left out of estimates, and measured again.
+    max_foreign_load: float = Field(default=0.1, gt=0)
+    load_repeats: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _order(self) -> Measurement:
+        # Point at the field the user wrote: min_* if given, else the max_* that undercuts its default.
+        for low, high in (("min_iters", "max_iters"), ("min_time_s", "max_time_s")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo > hi:
+                if low in self.model_fields_set or high not in self.model_fields_set:
+                    raise FieldError(low, f"{lo:g} exceeds {high} ({hi:g})")
+                raise FieldError(high, f"{hi:g} is below {low} ({lo:g})")
+        return self
+
+
+class LengthDist(_Strict):
+    """Token lengths of a workload: fixed, uniform or lognormal (clipped to [low, high])."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    value: int | None = Field(default=None, ge=1)
+    low: int | None = Field(default=None, ge=1)
+    high: int | None = Field(default=None, ge=1)
+    median: float | None = Field(default=None, gt=0)
+    sigma: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return (
+            {"dist": "fixed", "value": data} if isinstance(data, int) and not isinstance(data, bool) else data
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma")}[self.dist]
+        for k in need:
+            if getattr(self, k) is None:
+                raise FieldError(k, f"required for a {self.dist} length")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise FieldError("low", f"low ({self.low}) exceeds high ({self.high})")
+        return self
+
+
+class WorkloadSpec(_Strict):
+    """LLM serving workload: N requests, offline (all queued at once) or arriving at a Poisson rate."""
+
+    requests: int = Field(default=16, ge=1, le=100_000)
+    prompt_len: LengthDist = Field(default_factory=lambda: LengthDist(dist="uniform", low=16, high=128))
+    output_len: LengthDist = Field(default_factory=lambda: LengthDist(value=32))
+    rate_rps: float | None = Field(default=None, gt=0)
+    trace: str | None = None
+    slo_ttft_ms: float | None = Field(default=None, gt=0)
+    slo_tpot_ms: float | None = Field(default=None, gt=0)
+
+
+class AccuracySpec(_Strict):
+    samples: int = Field(default=16, ge=1, le=4096)
+
+
+class PickSpec(_Strict):
+    """Racing the contenders: interleaved rounds, one fresh worker process per block."""
+
+    top_k: int = Field(default=3, ge=1, le=20)  # most contenders raced at once
+    rounds: int = Field(default=3, ge=0, le=50)  # rounds every contender gets; 0: no racing
+    max_rounds: int = Field(default=6, ge=1, le=100)
+    time_s: float | None = Field(default=None, gt=0)  # wall-time budget of the race
+    confidence: Literal[0.9, 0.95, 0.99] = 0.95
+    # Two configs whose paired difference lies within this share of the leader are a tie.
+    tie_tolerance: float = Field(default=0.02, ge=0, lt=1)
+    # Applied in order, each only where it separates the tied configs beyond noise.
+    tie_break: list[str] = Field(default_factory=lambda: ["min:peak_memory_mb", "min:latency_p95_ms"])
+    round_time_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("tie_break", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        # One rule may be given as a string; its error then names the field itself.
+        return [check_rule(v)] if isinstance(v, str) else v
+
+    @field_validator("tie_break")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        for i, rule in enumerate(v):
+            try:
+                check_rule(rule)
+            except ValueError as e:
+                raise FieldError(i, str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> PickSpec:
+        if self.rounds > self.max_rounds:
+            raise FieldError("max_rounds", f"{self.max_rounds} is below rounds ({self.rounds})")
+        return self
+
+
+PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+COMMAND_EXTRAS = ("model", "trial_dir")
+
+
+def placeholders(template: str) -> list[str]:
+    """The {names} in a template; '{{' and '}}' are literal braces."""
+    return [m[1] for m in PLACEHOLDER_RE.finditer(template) if m[1] is not None]
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Fill {names} with values, as text: no shell, no format-spec mini-language."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] in ("{{", "}}"):
+            return m[0][0]
+        return str(values[m[1]])
+
+    return PLACEHOLDER_RE.sub(one, template)
+
+
+class CommandSpec(_Strict):
+    """An external benchmark: argv template (a list, never a shell string) and metric mapping."""
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    metrics_file: str | None = None
+    # Our metric name -> dotted path in the JSON (a file the command writes, else its stdout).
+    metrics: dict[str, str] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, v: dict[str, str]) -> dict[str, str]:
+        aggregates = ("min", "max", "count", "mean", "median", "p90", "p95", "p99")
+        for name, path in v.items():
+            _known_metric(name)
+            agg, sep, rest = path.partition(":")
+            if sep and agg not in aggregates:
+                raise FieldError(name, f"{agg!r} is not an aggregate; allowed: {', '.join(aggregates)}")
+            dotted = rest if sep else path
+            if not dotted or any(not part for part in dotted.split(".")):
+                raise FieldError(name, f"{path!r} is not a dotted path like 'results.throughput'")
+        return v
+
+
+class Spec(_Strict):
+    name: str
+    model: ModelSpec
+    inputs: list[InputSpec] | None = None
+    space: dict[str, ParamSpec]
+    objectives: list[Objective]
+    constraints: list[Constraint] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    # Fixes the sampler. Left out, each new study draws a fresh seed and records it, so that
+    # reruns are independent. The model's inputs are seeded by `seed`, or 0 when it is left out.
+    seed: int | None = Field(default=None, ge=0)
+    measurement: Measurement = Field(default_factory=Measurement)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
+    pick: PickSpec = Field(default_factory=PickSpec)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    baseline: dict[str, Scalar] | None = None
+    storage: str | None = None
+    study: str | None = None
+    command: CommandSpec | None = None
+    # Where the spec came from; relative model paths resolve against it. Not a YAML field.
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("name", "study")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a usable name; use letters, digits, '_', '-', '.' (up to 100)")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, v: list[InputSpec] | None) -> list[InputSpec] | None:
+        names = [i.name for i in v or []]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise FieldError((i, "name"), f"{name!r} is listed twice")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[Objective]) -> list[Objective]:
+        if not v:
+            raise ValueError("list at least one objective (at most 4)")
+        if len(v) > 4:
+            raise ValueError(f"list at most 4 objectives, got {len(v)}")
+        metrics = [o.metric for o in v]
+        for i, metric in enumerate(metrics):
+            if metric in metrics[:i]:
+                raise FieldError((i, "metric"), f"{metric!r} is listed twice")
+        return v
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _parse_constraints(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, item in enumerate(v):
+            if not isinstance(item, str):
+                out.append(item)
+                continue
+            m = CONSTRAINT_RE.match(item)
+            if not m:
+                raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
+            try:
+                metric = _known_metric(m[1])
+            except ValueError as e:
+                raise FieldError(i, str(e)) from None
+            out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
+        return out
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        from autotuner.runners.registry import all_backends, all_knobs
+
+        if not space:
+            raise ValueError("must define at least one parameter")
+        knobs = all_knobs()
+        # The command runner passes any parameter to its program, so any name is a knob there.
+        open_names = "command" in (space["backend"].values() or []) if "backend" in space else False
+        for name, p in space.items():
+            if name not in knobs and not open_names:
+                raise ValueError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(knobs))}")
+            for dep, vals in (p.when or {}).items():
+                if dep == name:
+                    raise FieldError(
+                        (name, "when"), f"names {dep!r} itself; a condition must name another parameter"
+                    )
+                if dep not in space:
+                    others = ", ".join(n for n in space if n != name)
+                    raise FieldError(
+                        (name, "when"), f"names {dep!r}, which is not another parameter; allowed: {others}"
+                    )
+                dep_vals = space[dep].values()
+                if dep_vals is not None:
+                    bad = [v for v in vals if v not in dep_vals]
+                    if bad:
+                        shown = ", ".join(map(str, dep_vals))
+                        raise FieldError(
+                            (name, "when", dep), f"{bad[0]!r} is never a value of {dep}; its values: {shown}"
+                        )
+        backends = all_backends()
+        if "backend" in space:
+            b = space["backend"]
+            if b.type not in ("categorical", "fixed"):
+                raise FieldError("backend", f"must be categorical or fixed, not {_a(b.type)} range")
+            bad = [v for v in b.values() or [] if v not in backends]
+            if bad:
+                raise FieldError(
+                    "backend", f"{bad[0]!r} is not a known backend; allowed: {', '.join(sorted(backends))}"
+                )
+        _check_acyclic(space)
+        return space
+
+    @model_validator(mode="after")
+    def _whole(self) -> Spec:
+        if self.inputs is None and (self.model.factory or self.model.onnx):
+            raise FieldError("inputs", "required when the model is a factory or an ONNX file")
+        backends = (self.space["backend"].values() or []) if "backend" in self.space else []
+        if "command" in backends:
+            if self.command is None:
+                raise FieldError("command", "required when space.backend includes command")
+            known = set(self.space) | set(COMMAND_EXTRAS)
+            texts = [("argv", i, a) for i, a in enumerate(self.command.argv)]
+            texts += [("env", k, v) for k, v in self.command.env.items()]
+            if self.command.metrics_file:
+                texts.append(("metrics_file", None, self.command.metrics_file))
+            for field, key, text in texts:
+                for name in placeholders(text):
+                    if name not in known:
+                        where = ("command", field) if key is None else ("command", field, key)
+                        raise FieldError(
+                            where, f"{{{name}}} is not a parameter; allowed: {', '.join(sorted(known))}"
+                        )
+        elif self.command is not None:
+            raise FieldError("command", "applies only when space.backend includes command")
+        if self.sampler.type == "grid":
+            for name, p in self.space.items():
+                if p.values() is None:
+                    raise FieldError(
+                        ("sampler", "type"),
+                        f"grid needs finite parameters, but space.{name} is a "
+                        "continuous or log range; give choices or a step",
+                    )
+        for k in self.baseline or {}:
+            if k not in self.space:
+                raise FieldError(
+                    ("baseline", k), f"not a parameter of space; allowed: {', '.join(self.space)}"
+                )
+        return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the model inputs and accuracy samples (stable when the sampler's is not)."""
+        return self.seed if self.seed is not None else 0
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.name
+
+    def fingerprint(self) -> str:
+        """A short hash of what the spec asks for, to notice a changed spec on resume."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _known_metric(v: str) -> str:
+    if v not in METRICS:
+        raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(METRICS)}")
+    return v
+
+
+def check_rule(v: str) -> str:
+    """A pick rule 'min:METRIC' or 'max:METRIC'."""
+    direction, _, metric = v.partition(":")
+    if direction not in ("min", "max") or not metric:
+        raise ValueError(f"rule {v!r} must look like 'min:METRIC' or 'max:METRIC'")
+    _known_metric(metric)
+    return v
+
+
+def _check_acyclic(space: dict[str, ParamSpec]) -> None:
+    seen: dict[str, int] = {}
+
+    def visit(n: str, trail: list[str]) -> None:
+        if seen.get(n) == 1:
+            raise ValueError(f"conditions form a cycle: {' -> '.join([*trail, n])}")
+        if seen.get(n) == 2:
+            return
+        seen[n] = 1
+        for dep in space[n].when or {}:
+            visit(dep, [*trail, n])
+        seen[n] = 2
+
+    for n in space:
+        visit(n, [])

@@ -1,0 +1,297 @@
+"""How autotune's data sits in an Optuna study: every stored key, read and written here only.
+
+A trial's user attributes hold its config (`config`), each metric under its own name (so that
+optuna-dashboard shows them), `latency_samples_ms`, `info`, and how it ended (`failure_class`,
+`failure_message`, `under_load`), plus the markers of free trials (`pooled_from`,
+`failed_before`) and of why it was run (`repeat_of`, `load_retry`, `retry_of`, `drawn`).
+Constraints are Optuna's own (system attributes `constraints:NAME`), so samplers read them.
+The study's user attributes hold the spec, the machine, the race and the pick.
+
+A finished trial is written in one transaction: its attributes, constraints, values and state
+(Optuna's public API would take one transaction for each attribute).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from autotuner.metrics import is_number
+from autotuner.result import TrialResult
+
+# Trial user attributes.
+CONFIG = "config"
+FAILURE_CLASS = "failure_class"
+FAILURE_MESSAGE = "failure_message"
+UNDER_LOAD = "under_load"
+SAMPLES = "latency_samples_ms"
+INFO = "info"
+POOLED_FROM = "pooled_from"
+FAILED_BEFORE = "failed_before"
+REPEAT_OF = "repeat_of"
+LOAD_RETRY = "load_retry"
+RETRY_OF = "retry_of"
+DRAWN = "drawn"
+# Trial system attributes.
+OWNER = "autotune:driver"
+BEAT = "autotune:heartbeat"
+CONSTRAINTS = "constraints"  # Optuna's key prefix: constraints:NAME
+RUNNABLE = "runnable"  # the constraint that makes a refused config infeasible for samplers
+# Study user attributes.
+SPEC = "spec"
+SPEC_PATH = "spec_path"
+SPEC_FINGERPRINT = "spec_fingerprint"
+SAMPLER_SEED = "sampler_seed"
+ENVIRONMENT = "environment"
+VERSION = "autotune_version"
+CREATED = "created"
+PICK = "pick"
+RACE = "race"
+
+# Not metrics, though some are numbers.
+_NOT_METRICS = frozenset(
+    {CONFIG, FAILURE_CLASS, FAILURE_MESSAGE, UNDER_LOAD, SAMPLES, INFO, POOLED_FROM, FAILED_BEFORE}
+    | {REPEAT_OF, LOAD_RETRY, RETRY_OF, DRAWN}
+)
+
+
+# ---- reading a trial ----------------------------------------------------------------------------
+
+
+def trial_config(t: FrozenTrial) -> dict[str, Any]:
+    """The config a trial ran (its parameters, with fixed ones included)."""
+    return dict(t.user_attrs.get(CONFIG, t.params))
+
+
+def failure_class(t: FrozenTrial) -> str | None:
+    return t.user_attrs.get(FAILURE_CLASS)
+
+
+def failure_message(t: FrozenTrial) -> str:
+    return str(t.user_attrs.get(FAILURE_MESSAGE) or "")
+
+
+def metric(t: FrozenTrial, name: str) -> float | None:
+    v = t.user_attrs.get(name)
+    return float(v) if is_number(v) else None
+
+
+def metrics(t: FrozenTrial) -> dict[str, float]:
+    """Every numeric metric a trial stored."""
+    return {k: float(v) for k, v in t.user_attrs.items() if k not in _NOT_METRICS and is_number(v)}
+
+
+def samples(t: FrozenTrial) -> list[float]:
+    return list(t.user_attrs.get(SAMPLES) or [])
+
+
+def under_load(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get(UNDER_LOAD)) or failure_class(t) == "under-load"
+
+
+def pooled_from(t: FrozenTrial) -> list[int] | None:
+    return t.user_attrs.get(POOLED_FROM)
+
+
+def failed_before(t: FrozenTrial) -> int | None:
+    return t.user_attrs.get(FAILED_BEFORE)
+
+
+def marker(t: FrozenTrial, key: str, default: Any = None) -> Any:
+    """One of the why-it-ran markers (REPEAT_OF, LOAD_RETRY, RETRY_OF, DRAWN)."""
+    return t.user_attrs.get(key, default)
+
+
+def owner(t: FrozenTrial) -> dict[str, Any]:
+    return dict(t.system_attrs.get(OWNER) or {})
+
+
+def last_beat(t: FrozenTrial) -> float:
+    start = t.datetime_start.timestamp() if t.datetime_start else 0.0
+    return float(t.system_attrs.get(BEAT, start))
+
+
+# ---- reading the study ---------------------------------------------------------------------------
+
+
+def study_attrs(study: optuna.Study) -> dict[str, Any]:
+    return dict(study.user_attrs)
+
+
+def stored_spec(study: optuna.Study) -> dict[str, Any]:
+    return dict(study.user_attrs.get(SPEC) or {})
+
+
+def environment(study: optuna.Study) -> dict[str, Any]:
+    return dict(study.user_attrs.get(ENVIRONMENT) or {})
+
+
+def race_blocks(attrs: Mapping[str, Any] | optuna.Study) -> list[dict[str, Any]]:
+    """Every stored race block (study attribute `race`), in the order they were measured."""
+    if isinstance(attrs, optuna.Study):
+        attrs = attrs.user_attrs
+    return list((attrs.get(RACE) or {}).get("blocks") or [])
+
+
+def stored_pick(study: optuna.Study) -> dict[str, Any] | None:
+    return study.user_attrs.get(PICK)
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def init_study(study: optuna.Study, **attrs: Any) -> None:
+    """The attributes of a new study (spec, spec_fingerprint, sampler_seed, environment, ...)."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for k, v in {**attrs, CREATED: created}.items():
+        study.set_user_attr(k, v)
+
+
+def save_race(study: optuna.Study, blocks: list[dict[str, Any]]) -> None:
+    study.set_user_attr(RACE, {"blocks": blocks})
+
+
+def save_pick(study: optuna.Study, pick: dict[str, Any]) -> None:
+    study.set_user_attr(PICK, pick)
+
+
+def set_spec_path(study: optuna.Study, path: str) -> None:
+    study.set_user_attr(SPEC_PATH, path)
+
+
+def set_config(trial: Trial, config: dict[str, Any]) -> None:
+    trial.set_user_attr(CONFIG, config)
+
+
+def set_marker(trial: Trial, key: str, value: Any) -> None:
+    trial.set_user_attr(key, value)
+
+
+def queue(study: optuna.Study, params: dict[str, Any], **markers: Any) -> None:
+    """Have the next ask return these parameters, with markers saying why."""
+    study.enqueue_trial(params, user_attrs=markers)
+
+
+def claim(study: optuna.Study, trial: Trial, who: dict[str, Any]) -> None:
+    """Mark a just-asked trial as this driver's (for recovery after the driver dies)."""
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER, who)
+
+
+def heartbeat(study: optuna.Study, trials: Iterable[Trial], now: float) -> None:
+    for t in trials:
+        study._storage.set_trial_system_attr(t._trial_id, BEAT, now)
+
+
+def trial_id(trial: Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def running_trial(study: optuna.Study, tid: int, number: int) -> Trial | None:
+    """The trial with this database id and number, if it is still RUNNING (a journal entry's)."""
+    storage = study._storage
+    try:
+        # Trial ids are unique per database, numbers per study: both must match.
+        same = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    except KeyError:
+        return None
+    if same != tid or storage.get_trial(tid).state != TrialState.RUNNING:
+        return None
+    return Trial(study, tid)
+
+
+def result_attrs(result: TrialResult) -> dict[str, Any]:
+    """A measured result as trial attributes: each metric on its own (NaN and inf as null)."""
+    attrs: dict[str, Any] = {k: (v if math.isfinite(v) else None) for k, v in result.metrics.items()}
+    if result.latency_samples_ms:
+        attrs[SAMPLES] = result.latency_samples_ms
+    if result.info:
+        attrs[INFO] = result.info
+    if result.info.get("under_load"):
+        attrs[UNDER_LOAD] = 1
+    return attrs
+
+
+def finish(
+    study: optuna.Study,
+    trial: Trial,
+    state: TrialState,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    constraints: Mapping[str, float] | None = None,
+    values: list[float] | None = None,
+) -> None:
+    """Store a trial's attributes and constraints and end it (COMPLETE with values, FAIL or
+    PRUNED), all in one transaction where the storage is a database."""
+    attrs = dict(attrs or {})
+    cons = {f"{CONSTRAINTS}:{k}": float(v) for k, v in (constraints or {}).items()}
+    rdb = _rdb(study)
+    if rdb is None:  # an in-memory or journal storage: Optuna's public calls
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        for k, v in (constraints or {}).items():
+            trial.set_constraint(k, v)
+        study.tell(trial, values, state=state if state != TrialState.COMPLETE else None)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    if state == TrialState.COMPLETE and (values is None or len(values) != len(study.directions)):
+        raise ValueError(f"a COMPLETE trial needs {len(study.directions)} value(s), got {values}")
+    tid = trial._trial_id
+    frozen = study._storage.get_trial(tid)
+    if frozen.state != TrialState.RUNNING:
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial #{frozen.number} is already finished")
+    frozen.user_attrs.update(attrs)
+    frozen.system_attrs.update(cons)
+    # What study.tell does around the write: the sampler's hook first, then the stored state.
+    study._thread_local.cached_all_trials = None
+    study.sampler.after_trial(study, frozen, state, values)
+    with _create_scoped_session(rdb.scoped_session) as session:
+        row = models.TrialModel.find_or_raise_by_id(tid, session, for_update=True)
+        rdb.check_trial_is_updatable(tid, row.state)
+        for k, v in attrs.items():
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, tid, k, v)
+        for k, v in cons.items():
+            rdb._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, tid, k, v)
+        for i, v in enumerate(values or []):
+            rdb._set_trial_value_without_commit(session, row, i, float(v))
+        row.state = state
+        row.datetime_complete = datetime.datetime.now()
+
+
+def fail(study: optuna.Study, trial: Trial, cls: str, message: str, **more: Any) -> None:
+    """End a trial as FAIL with a failure class and message."""
+    finish(study, trial, TrialState.FAIL, attrs={FAILURE_CLASS: cls, FAILURE_MESSAGE: message, **more})
+
+
+def interrupt(study: optuna.Study, t: Trial | FrozenTrial, message: str, retry: bool = True) -> None:
+    """A trial its driver stopped (Ctrl-C, a dead driver): FAIL interrupted, and its config queued
+    again when it had one, so that the next run measures it."""
+    live = t if isinstance(t, Trial) else Trial(study, t._trial_id)
+    fail(study, live, "interrupted", message)
+    params = t.params if isinstance(t, FrozenTrial) else study._storage.get_trial(t._trial_id).params
+    if retry and params:  # a driver killed between ask and sample leaves nothing to retry
+        queue(study, params, **{RETRY_OF: t.number})
+
+
+def _rdb(study: optuna.Study) -> Any:
+    """The RDBStorage under Optuna's cache, or None for other storages."""
+    from optuna.storages import RDBStorage
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    needed = ("scoped_session", "_set_trial_attr_without_commit", "_set_trial_value_without_commit")
+    if isinstance(backend, RDBStorage) and all(hasattr(backend, n) for n in needed):
+        return backend
+    return None
+
+
+def study_attr(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """One study attribute by its key (SPEC_PATH, VERSION, CREATED, SPEC_FINGERPRINT, ...)."""
+    return study.user_attrs.get(key, default)

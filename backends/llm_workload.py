@@ -1,0 +1,69 @@
+"""LLM serving workloads: request prompts, output lengths and arrival times, drawn from a seed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autotuner.errors import UsageError
+from autotuner.spec.schema import LengthDist, Spec
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: list[int]
+    output_len: int
+    arrival_s: float
+
+
+def draw(d: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    if d.dist == "fixed":
+        return np.full(n, int(d.value or 1))
+    if d.dist == "uniform":
+        return rng.integers(int(d.low or 1), int(d.high or 1) + 1, size=n)
+    x = rng.lognormal(np.log(float(d.median or 1)), float(d.sigma or 1), size=n)
+    return np.clip(np.rint(x), d.low or 1, d.high or 10**6).astype(int)
+
+
+def requests(spec: Spec, vocab: int) -> list[Request]:
+    w = spec.workload
+    rng = np.random.default_rng([spec.data_seed, 7])
+    if w.trace:
+        rows = _trace(spec.resolve(w.trace))
+        prompt_lens = np.array([r["prompt_len"] for r in rows])
+        output_lens = np.array([r["output_len"] for r in rows])
+        arrivals = np.array([float(r.get("arrival_s", 0.0)) for r in rows])
+    else:
+        prompt_lens = draw(w.prompt_len, w.requests, rng)
+        output_lens = draw(w.output_len, w.requests, rng)
+        gaps = rng.exponential(1.0 / w.rate_rps, size=w.requests) if w.rate_rps else np.zeros(w.requests)
+        arrivals = np.cumsum(gaps) - (gaps[0] if len(gaps) else 0.0)
+    return [
+        Request(prompt=rng.integers(1, vocab, size=int(p)).tolist(), output_len=int(o), arrival_s=float(a))
+        for p, o, a in zip(prompt_lens, output_lens, arrivals, strict=True)
+    ]
+
+
+def _trace(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"workload.trace: cannot read {path}: {e.strerror}") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["prompt_len"]), int(row["output_len"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UsageError(
+                f"workload.trace: {path} line {i}: expected JSON with prompt_len and output_len"
+            ) from None
+        rows.append(row)
+    if not rows:
+        raise UsageError(f"workload.trace: {path} holds no request")
+    return rows
