@@ -11,10 +11,9 @@ import pytest
 from helpers import NO_LOAD_CHECK
 from optuna.trial import TrialState
 
-from autotuner.api import run
+from autotuner.api import run, spec_from_dict
 from autotuner.errors import SpecError
 from autotuner.progress import Progress
-from autotuner.spec.loading import spec_from_dict
 
 QUIET = Progress(quiet=True)
 HOSTILE = "$(touch pwned); `touch pwned2` && rm -rf ./x | cat > pwned3 ; echo 'q\"uote'"
@@ -84,13 +83,13 @@ def test_argv_arrives_unchanged(tmp_path: Path) -> None:
     runner = CommandRunner(spec, {"backend": "command", "size": 8, "label": HOSTILE}, Device("cpu", (0,)))
     import subprocess
 
-    from autotuner.spec.schema import render
+    from autotuner.backends.command_runner import render
 
     values = {"size": 8, "label": HOSTILE, "model": "m", "trial_dir": str(tmp_path)}
-    argv = [render(a, values) for a in spec.command.argv]
+    argv = [render(a, values) for a in runner.settings.argv]
     echoed = last_json(subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True).stdout)
     assert echoed["label"] == HOSTILE and echoed["argv"][3] == HOSTILE
-    assert runner.run_external()["throughput_items_s"] > 0
+    assert runner.run_workload()["throughput_items_s"] > 0
 
 
 def test_non_zero_exit_fails_with_the_stderr_tail(in_tmp: Path) -> None:

@@ -10,10 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotuner.api import run
+from autotuner.api import run, spec_from_dict
 from autotuner.progress import Progress
 from autotuner.runners.base import Device
-from autotuner.spec.loading import spec_from_dict
 
 pytest.importorskip("transformers", reason="pip install -e '.[minilm]' brings transformers")
 from autotuner.backends.llm_runner import LlmRunner, memory_model  # noqa: E402
@@ -52,7 +51,7 @@ def llm_spec(**over: Any) -> dict[str, Any]:
 def measure(config: dict[str, Any], **over: Any) -> dict[str, float]:
     spec = spec_from_dict(llm_spec(**over))
     full = {"backend": "llm", "batch_size": 8, "kv_budget_mb": 0.25, "threads": 1, **config}
-    return LlmRunner(spec, full, Device("cpu", (0,))).run_external()
+    return LlmRunner(spec, full, Device("cpu", (0,))).run_workload()
 
 
 def test_page_size_moves_waste_and_the_kv_prediction_is_exact() -> None:
@@ -131,5 +130,5 @@ def test_a_local_hugging_face_directory(tmp_path: Path) -> None:
     spec = spec_from_dict(d)
     config = {"backend": "llm", "page_size": 16, "batch_size": 4, "kv_budget_mb": 0.25, "threads": 1}
     assert LlmRunner.check(spec, config, {"cpu_cores": 1}) is None
-    m = LlmRunner(spec, config, Device("cpu", (0,))).run_external()
+    m = LlmRunner(spec, config, Device("cpu", (0,))).run_workload()
     assert m["output_tokens_s"] > 0 and m["kv_cache_mb"] == m["kv_predicted_mb"]

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from helpers import make_spec_dict
 
+from autotuner.api import spec_from_dict
 from autotuner.result import TrialResult
 from autotuner.search.pick import Candidate, Rule, baseline_gain, decide
 from autotuner.search.race import run_race
 from autotuner.search.stats import mean_ci, paired_difference, t_quantile
-from autotuner.spec.loading import spec_from_dict
 
 MAX_TP = Rule.parse("max:throughput_items_s")
 TIE_BREAKS = [Rule.parse("min:peak_memory_mb"), Rule.parse("min:latency_p95_ms")]

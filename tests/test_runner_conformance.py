@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from helpers import make_spec_dict
 
+from autotuner.api import spec_from_dict
+from autotuner.conformance import check_declarations, check_one_trial, check_timed
 from autotuner.errors import UnsupportedConfig
-from autotuner.execution.accuracy import compare
-from autotuner.execution.harness import HarnessSettings, measure
 from autotuner.execution.worker import build
-from autotuner.models.artifacts import accuracy_inputs, reference_outputs
-from autotuner.models.builtins import model_inputs
-from autotuner.models.inputs import chunks, make_inputs
 from autotuner.runners.base import Device
 from autotuner.runners.registry import all_backends, runner_for, runners
-from autotuner.spec.loading import spec_from_dict
 
 CPU_CASES = [
     ("torch-eager", "fp32"),
@@ -36,29 +30,15 @@ CPU = Device("cpu", (0,))
 
 
 def _exercise(config: dict[str, Any], caps: dict[str, Any], device: Device) -> dict[str, float]:
-    runner = build(SPEC, config, device, caps)
-    runner.setup()
-    specs = model_inputs(SPEC)
-    step = runner.prepare(make_inputs(specs, config["batch_size"], SPEC.data_seed))
-    metrics, samples = measure(
-        step,
-        HarnessSettings(warmup_iters=1, min_iters=3, min_time_s=0.01, max_time_s=0.2),
-        config["batch_size"],
-        runner.synchronize,
-    )
-    assert metrics["n_iterations"] >= 3 and len(samples) == min(500, metrics["n_iterations"])
-    assert 0 < metrics["latency_p50_ms"] <= metrics["latency_p99_ms"]
-    outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(SPEC), specs, config["batch_size"])]
-    out = np.concatenate(outs)
-    assert out.dtype == np.float32
-    runner.teardown()
-    return compare(out, reference_outputs(SPEC))
+    problems, accuracy = check_timed(SPEC, config, caps, device)
+    assert problems == []
+    return accuracy
 
 
 def test_every_runner_declares_what_the_core_needs() -> None:
     assert set(runners()) >= {"torch", "onnxruntime"}
     for name, cls in runners().items():
-        assert cls.name == name and cls.backends and "fp32" in cls.precisions
+        assert cls.name == name and check_declarations(cls) == []
         for backend in cls.backends:
             assert all_backends()[backend] == name
 
@@ -183,16 +163,25 @@ def _one_trial_spec(runner: str, tmp: Path) -> tuple[dict[str, Any], dict[str, A
 
 @pytest.mark.parametrize("runner", sorted(runners()))
 def test_every_runner_runs_one_real_trial_through_the_worker(runner: str, caps: dict, tmp_path: Path) -> None:
-    """The worker's own path (check, setup, measure or run_external) gives finite metrics."""
-    import math
-
-    from autotuner.execution.worker import run_trial
-
+    """The worker's own path (check, setup, measure or run_workload) gives finite metrics."""
     spec_dict, config = _one_trial_spec(runner, tmp_path)
-    spec = spec_from_dict(spec_dict)
-    assert runner_for(config["backend"]).check(spec, config, caps) is None
-    result = run_trial(spec, config, Device("cpu", tuple(sorted(os.sched_getaffinity(0)))), caps)
-    assert result.ok, result.failure_message
-    objective = spec.objectives[0].metric
-    assert math.isfinite(result.metrics[objective]) and result.metrics[objective] > 0
-    assert all(isinstance(v, float) for v in result.metrics.values())
+    assert check_one_trial(spec_from_dict(spec_dict), config, caps) == []
+
+
+def test_the_suite_names_what_a_broken_runner_gets_wrong() -> None:
+    from autotuner.backends.torch_runner import TorchRunner
+
+    from autotuner.runners.base import WorkloadRunner
+
+    class Both(TorchRunner, WorkloadRunner):  # type: ignore[misc]
+        name = "both"
+        backends = ("torch-eager",)  # the torch runner's
+        precisions = ("fp16",)
+
+        def run_workload(self) -> dict[str, float]:
+            return {}
+
+    problems = check_declarations(Both)
+    assert any("fp32" in p for p in problems)
+    assert any("exactly one of TimedRunner and WorkloadRunner" in p for p in problems)
+    assert any("also claimed by runner 'torch'" in p for p in problems)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from autotuner.api import load_spec
 from autotuner.errors import SpecError, UsageError
 from autotuner.metrics import METRICS
 from autotuner.models.builtins import BUILTINS
 from autotuner.runners.registry import all_backends, all_knobs
-from autotuner.spec.loading import load_spec
 from autotuner.spec.schema import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,10 @@ METRIC_LIST = ", ".join(METRICS)
 KNOB_LIST = ", ".join(sorted(all_knobs()))
 BACKEND_LIST = ", ".join(sorted(all_backends()))
 BUILTIN_LIST = ", ".join(sorted(BUILTINS))
+# The core fields, then the sections the installed runners declare (command, workload).
 TOP_FIELDS = (
     "name, model, inputs, space, objectives, constraints, budget, sampler, seed, "
-    "measurement, accuracy, pick, workload, baseline, storage, study, command"
+    "measurement, accuracy, pick, baseline, storage, study, command, workload"
 )
 
 NOT_A_MAPPING = "must be a mapping of fields (name, model, space, ...), got"

@@ -42,6 +42,12 @@ class Executor(ABC):
     def close(self) -> None:
         """Release workers and devices."""
 
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 EXECUTORS = ("local", "ray")
 

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -19,16 +18,13 @@ _LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "optuna", "numpy", "
 
 def probe(timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the probe in a fresh interpreter so the driver never imports torch itself."""
+    from autotuner.processes import ChildFailed, run_module
+
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "autotuner.execution.capabilities"],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=True,
+        return json.loads(
+            run_module("autotuner.execution.capabilities", timeout_s=timeout_s).strip().splitlines()[-1]
         )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError) as e:
+    except (ChildFailed, subprocess.SubprocessError, json.JSONDecodeError, IndexError) as e:
         caps = _static()
         caps["probe_error"] = str(e).splitlines()[0][:300]
         return caps
@@ -90,16 +86,10 @@ def cpu_model() -> str:
 
 
 def _nvidia_driver() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    from autotuner.processes import nvidia_smi
+
+    rows = nvidia_smi("gpu", "driver_version")
+    return rows[0][0] if rows and rows[0] else None
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +22,11 @@ class HarnessSettings:
     max_time_s: float = 3.0
     cv_target: float = 0.10
     keep_samples: int = 500
+
+    @classmethod
+    def of(cls, measurement: Any) -> HarnessSettings:
+        """The harness's part of the spec's `measurement` section (the fields of the same name)."""
+        return cls(**{f.name: getattr(measurement, f.name) for f in dataclasses.fields(cls)})
 
 
 def measure(

@@ -10,6 +10,7 @@ from autotuner.execution.base import Executor, TrialRequest
 from autotuner.execution.process import run_worker
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
+from autotuner.runners.registry import needs_gpu
 from autotuner.spec.loading import spec_to_dict
 from autotuner.spec.schema import Spec
 
@@ -30,9 +31,7 @@ class LocalExecutor(Executor):
         self.spec_dict = spec_to_dict(spec)
 
     def device_for(self, config: dict[str, Any]) -> Device:
-        cuda = config.get("device") == "cuda" or str(config.get("backend", "")).endswith(
-            ("-cuda", "-tensorrt")
-        )
+        cuda = needs_gpu(config)
         return Device(kind="cuda" if cuda else "cpu", cores=self.cores, cuda_index=0 if cuda else None)
 
     def submit(self, request: TrialRequest) -> Future[TrialResult]:

@@ -14,14 +14,11 @@ from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
+from autotuner.runners.registry import needs_gpu
 from autotuner.spec.loading import spec_to_dict
 from autotuner.spec.schema import Spec
 
 GRACE_S = 60.0
-
-
-def needs_gpu(config: dict[str, Any]) -> bool:
-    return config.get("device") == "cuda" or str(config.get("backend", "")).endswith(("-cuda", "-tensorrt"))
 
 
 def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict[str, Any]:
@@ -139,4 +136,4 @@ def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-__all__ = ["RayExecutor", "max_threads", "needs_gpu"]
+__all__ = ["RayExecutor", "max_threads"]

@@ -16,8 +16,7 @@ from typing import Any
 
 from autotuner.execution.base import Executor, TrialRequest
 from autotuner.result import FAILURE_CLASSES, TrialResult
-from autotuner.search.estimates import config_key
-from autotuner.spec.schema import Spec
+from autotuner.spec.schema import Spec, config_key
 
 
 def load_landscape(path: str | Path) -> dict[str, list[dict[str, Any]]]:

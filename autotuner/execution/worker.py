@@ -7,6 +7,7 @@ It never touches the study database; it writes a plain result file that the exec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 from autotuner.errors import UnsupportedConfig
 from autotuner.execution.harness import HarnessSettings, measure
 from autotuner.result import TrialResult
-from autotuner.runners.base import Device, Runner, host_peak_rss_mb
+from autotuner.runners.base import Device, Runner, TimedRunner, WorkloadRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
 
 _OOM_MARKERS = (
@@ -46,16 +47,7 @@ def classify(exc: BaseException) -> TrialResult:
 
 
 def settings_of(spec: Spec) -> HarnessSettings:
-    m = spec.measurement
-    return HarnessSettings(
-        warmup_iters=m.warmup_iters,
-        min_iters=m.min_iters,
-        max_iters=m.max_iters,
-        min_time_s=m.min_time_s,
-        max_time_s=m.max_time_s,
-        cv_target=m.cv_target,
-        keep_samples=m.keep_samples,
-    )
+    return HarnessSettings.of(spec.measurement)
 
 
 def pin(device: Device, config: dict[str, Any]) -> None:
@@ -69,7 +61,7 @@ def pin(device: Device, config: dict[str, Any]) -> None:
 def build(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, Any]) -> Runner:
     from autotuner.runners.registry import runner_for
 
-    cls = runner_for(str(config.get("backend", "torch-eager")))
+    cls = runner_for(backend_of(config))
     reason = cls.check(spec, config, caps)
     if reason:
         raise UnsupportedConfig(reason)
@@ -79,10 +71,9 @@ def build(spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, An
 def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
     """One re-measurement block: a fixed measuring time, no CV stop, no samples kept."""
     base = settings_of(spec)
-    return HarnessSettings(
-        warmup_iters=base.warmup_iters,
+    return dataclasses.replace(
+        base,
         min_iters=min(base.min_iters, 5),
-        max_iters=base.max_iters,
         min_time_s=block_s,
         max_time_s=block_s,
         cv_target=0.0,
@@ -111,17 +102,18 @@ def run_trial(
     pin(device, config)
     try:
         runner = build(spec, config, device, caps)
-        if runner.external:
+        if isinstance(runner, WorkloadRunner):
             from autotuner.execution.load import LoadMeter
 
             meter = LoadMeter()
             meter.start()
             started = time.perf_counter()
-            metrics = runner.run_external()
+            metrics = runner.run_workload()
             metrics = {**metrics, "measure_s": time.perf_counter() - started}
             metrics["foreign_load"] = meter.stop()
             return TrialResult(ok=True, metrics=metrics)
-        batch_size = int(config.get("batch_size", 1))
+        assert isinstance(runner, TimedRunner), f"{type(runner).__name__} is neither timed nor a workload"
+        batch_size = runner.knob.batch_size
         specs = model_inputs(spec)
         started = time.perf_counter()
         runner.setup()
@@ -148,11 +140,11 @@ def run_trial(
 
 
 def main(argv: list[str]) -> int:
-    from autotuner.spec.loading import spec_from_dict
+    from autotuner.spec.loading import parse_spec
 
     request = json.loads(Path(argv[1]).read_text())
     out_path = Path(argv[2])
-    spec = spec_from_dict(request["spec"])
+    spec = parse_spec(request["spec"])
     device = Device.from_dict(request["device"])
     caps = request["caps"]
     payload = run_trial(spec, request["config"], device, caps, request.get("block_s")).to_dict()

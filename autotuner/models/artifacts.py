@@ -10,7 +10,6 @@ does not run, and so that a crash there is reported like any other trial error.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from autotuner.errors import AutotuneError
 from autotuner.files import atomic_write, cache_dir
-from autotuner.spec.loading import spec_from_dict, spec_to_dict
+from autotuner.spec.loading import parse_spec, spec_to_dict
 from autotuner.spec.schema import Spec
 
 OPSET = 17
@@ -56,17 +55,12 @@ def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
 
 
 def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
-    payload = json.dumps({"kind": kind, "spec": spec_to_dict(spec), **extra})
-    proc = subprocess.run(
-        [sys.executable, "-m", "autotuner.models.artifacts"],
-        input=payload,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise AutotuneError(f"preparing the {kind} failed (exit {proc.returncode}): {tail[0]}")
+    from autotuner.processes import ChildFailed, run_module
+
+    try:
+        run_module("autotuner.models.artifacts", {"kind": kind, "spec": spec_to_dict(spec), **extra})
+    except ChildFailed as e:
+        raise AutotuneError(f"preparing the {kind} failed (exit {e.code}): {e.last_line}") from None
 
 
 def _export(spec: Spec, precision: str, path: Path) -> None:
@@ -172,7 +166,7 @@ def first_tensor(res: Any) -> Any:
 
 def _main() -> None:
     req = json.loads(sys.stdin.read())
-    spec = spec_from_dict(req["spec"])
+    spec = parse_spec(req["spec"])
     if req["kind"] == "onnx":
         _export(spec, req["precision"], Path(req["path"]))
     else:

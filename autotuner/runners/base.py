@@ -1,4 +1,12 @@
-"""The runner interface: the one interface that grows. One module and one registration per runner."""
+"""The runner contracts: the one interface that grows. One module and one registration per runner.
+
+Two kinds of runner share a small base (`Runner`: its name, backends, knobs, precisions, the
+spec section it owns, and a fast `check`):
+
+- `TimedRunner`: runs in the worker, and the harness times the step it returns
+  (`setup` -> `prepare(batch)` -> step, `predict` for the accuracy check, `teardown`);
+- `WorkloadRunner`: measures a whole workload itself and returns its metrics (`run_workload`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
-from autotuner.spec.schema import Spec
+from autotuner.spec.schema import DEFAULT_BACKEND, Spec
+
+# Knobs every runner understands, with the value a config has when it leaves one out.
+SHARED_DEFAULTS: dict[str, Any] = {
+    "backend": DEFAULT_BACKEND,
+    "batch_size": 1,
+    "precision": "fp32",
+    "threads": None,  # None: every core the trial holds
+}
+SHARED_KNOBS = frozenset(SHARED_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -29,30 +47,95 @@ class Device:
         return cls(kind=d["kind"], cores=tuple(d["cores"]), cuda_index=d.get("cuda_index"))
 
 
-class Runner(ABC):
-    """Executes one model one way.
+@dataclass(frozen=True)
+class Knobs:
+    """A config's shared knobs, with their defaults filled in once."""
 
-    Life cycle in a worker: `check` (class level, milliseconds, no heavy imports beyond what
-    `caps` already tells) -> `setup` (load, export, quantize, compile) -> `prepare(batch)` gives
-    the step the harness times -> `predict` for accuracy -> `teardown`.
-    """
+    backend: str
+    batch_size: int
+    precision: str
+    threads: int | None
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Knobs:
+        c = {**SHARED_DEFAULTS, **{k: v for k, v in config.items() if k in SHARED_DEFAULTS}}
+        threads = c["threads"]
+        return cls(
+            backend=str(c["backend"]),
+            batch_size=int(c["batch_size"]),
+            precision=str(c["precision"]),
+            threads=int(threads) if threads else None,
+        )
+
+
+def backend_of(config: dict[str, Any]) -> str:
+    return str(config.get("backend", DEFAULT_BACKEND))
+
+
+class Runner(ABC):
+    """What every runner declares. Subclass `TimedRunner` or `WorkloadRunner`, not this."""
 
     name: ClassVar[str]
     backends: ClassVar[tuple[str, ...]]
+    # Parameters this runner reads beyond the shared ones (SHARED_KNOBS).
     knobs: ClassVar[frozenset[str]] = frozenset()
+    # Any parameter name is passed to the program (the command runner).
+    open_knobs: ClassVar[bool] = False
+    # Knobs that only this runner reads and that other runners refuse, so that a mixed space
+    # does not measure the same config once per value (the llm runner's page_size): knob -> why
+    # another runner refuses it ("{runner}" is that runner's name).
+    exclusive_knobs: ClassVar[dict[str, str]] = {}
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
-    # An external runner measures itself (run_external) instead of going through the harness.
-    external: ClassVar[bool] = False
+    # The top-level spec section this runner owns (e.g. `command`), its model, and whether it
+    # must be given (and only given) when the space searches one of the runner's backends.
+    settings_key: ClassVar[str | None] = None
+    Settings: ClassVar[type[BaseModel] | None] = None
+    settings_required: ClassVar[bool] = False
 
     def __init__(self, spec: Spec, config: dict[str, Any], device: Device) -> None:
         self.spec = spec
         self.config = config
         self.device = device
+        self.knob = Knobs.of(config)
+        self.settings: Any = self.settings_of(spec)
+
+    @classmethod
+    def settings_of(cls, spec: Spec) -> Any:
+        """This runner's section of the spec, validated (its defaults when the spec leaves it out)."""
+        if cls.Settings is None or cls.settings_key is None:
+            return None
+        return cls.Settings.model_validate(spec.sections.get(cls.settings_key) or {})
+
+    @classmethod
+    def bind(cls, spec: Spec, settings: Any) -> None:
+        """Checks of the spec that need this runner's settings; raise spec.FieldError (path from
+        the spec's root). Called once when the spec is loaded."""
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-        """Why this config cannot run here, or None. Must not load the model."""
+        """Why this config cannot run here, or None. Milliseconds; must not load the model."""
         return common_check(cls, config, caps)
+
+    @classmethod
+    def needs_gpu(cls, config: dict[str, Any]) -> bool:
+        """Whether this config holds a GPU (executors place it on one)."""
+        return config.get("device") == "cuda"
+
+    @classmethod
+    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """What production needs to reproduce this config (goes into the best-config YAML)."""
+        return {}
+
+    def teardown(self) -> None:
+        """Free what setup took."""
+
+
+class TimedRunner(Runner):
+    """Runs in the worker; the harness times the step `prepare` returns.
+
+    Life cycle: `check` -> `setup` (load, export, quantize, compile) -> `prepare(batch)` ->
+    step() timed -> `predict` for accuracy -> `teardown`.
+    """
 
     @abstractmethod
     def setup(self) -> None: ...
@@ -75,35 +158,53 @@ class Runner(ABC):
         """Peak device memory, or None on CPU (the worker's peak RSS is used then)."""
         return None
 
-    def teardown(self) -> None:
-        """Free what setup took."""
-
-    def run_external(self) -> dict[str, float]:
-        """The metrics of one run, for runners whose program does its own measuring."""
-        raise NotImplementedError
-
     @classmethod
-    def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """What production needs to reproduce this config (goes into the best-config YAML)."""
-        return {}
+    def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+        """The shared checks, then which model sources this runner reads."""
+        reason = common_check(cls, config, caps)
+        if reason:
+            return reason
+        m = spec.model
+        if m.external is not None:
+            return "an external model runs only on the command backend"
+        if m.hf is not None:
+            return "a model.hf directory runs on the llm backend"
+        return None
+
+
+class WorkloadRunner(Runner):
+    """Measures a whole workload itself (an LLM serving run, an external benchmark program)."""
+
+    @abstractmethod
+    def run_workload(self) -> dict[str, float]:
+        """The metrics of one run."""
 
 
 def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-    precision = config.get("precision", "fp32")
-    if precision not in cls.precisions:
+    """Checks every runner shares: the precision it offers, threads within the trial's cores, a
+    positive batch, and no knob that another runner holds for itself."""
+    k = Knobs.of(config)
+    if k.precision not in cls.precisions:
         return (
-            f"{cls.name} runner does not offer precision {precision!r} (offers {', '.join(cls.precisions)})"
+            f"{cls.name} runner does not offer precision {k.precision!r} (offers {', '.join(cls.precisions)})"
         )
-    threads = config.get("threads")
     cores = int(caps.get("cpu_cores", 1))
+    threads = config.get("threads")
     if threads is not None and int(threads) > cores:
         return f"threads={threads} exceeds the {cores} CPU cores a trial gets here"
     if threads is not None and int(threads) < 1:
         return "threads must be at least 1"
-    if int(config.get("batch_size", 1)) < 1:
+    if k.batch_size < 1:
         return "batch_size must be at least 1"
-    if "page_size" in config:
-        return f"page_size applies to LLM serving; the {cls.name} runner has no KV cache"
+    from autotuner.runners.registry import exclusive_owner
+
+    own = SHARED_KNOBS | cls.knobs | set(cls.exclusive_knobs)
+    for name in config:
+        if name in own:
+            continue  # the common case: no other runner needs to be imported to know
+        owner = exclusive_owner(name)
+        if owner is not None and owner is not cls:
+            return f"{name} {owner.exclusive_knobs[name].format(runner=cls.name)}"
     return None
 
 

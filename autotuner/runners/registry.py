@@ -10,7 +10,7 @@ import functools
 import importlib
 import os
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autotuner.errors import UsageError
 
@@ -25,27 +25,36 @@ _FALLBACK = {
     "command": "autotuner.backends.command_runner:CommandRunner",
     "llm": "autotuner.backends.llm_runner:LlmRunner",
 }
-SHARED_KNOBS = frozenset({"backend", "batch_size", "precision", "threads", "page_size"})
 
 
 @functools.cache
-def runners() -> dict[str, type[Runner]]:
-    targets = {ep.name: ep.value for ep in entry_points(group=GROUP)} or dict(_FALLBACK)
+def targets() -> dict[str, str]:
+    """Runner name -> "module:Class", from the entry points (and AUTOTUNE_RUNNERS). Imports nothing."""
+    found = {ep.name: ep.value for ep in entry_points(group=GROUP)} or dict(_FALLBACK)
     # AUTOTUNE_RUNNERS="name=module:Class,..." adds runners without packaging them (a team's
     # in-house runner, or the benchmarks' fixed-time runner). Workers inherit the variable.
     for item in filter(None, os.environ.get("AUTOTUNE_RUNNERS", "").split(",")):
         name, eq, target = item.partition("=")
         if not eq or ":" not in target:
             raise UsageError(f"AUTOTUNE_RUNNERS: {item!r} must look like name=module:Class")
-        targets[name.strip()] = target.strip()
-    out: dict[str, type[Runner]] = {}
-    for name, target in sorted(targets.items()):
-        module, _, attr = target.partition(":")
-        try:
-            out[name] = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"runner {name!r}: cannot load {target}: {e}") from None
-    return out
+        found[name.strip()] = target.strip()
+    return dict(sorted(found.items()))
+
+
+@functools.cache
+def load(name: str) -> type[Runner]:
+    """One runner class by its name, imported on first use."""
+    target = targets()[name]
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"runner {name!r}: cannot load {target}: {e}") from None
+
+
+def runners() -> dict[str, type[Runner]]:
+    """Every runner, by name (imports each runner module; they import their libraries lazily)."""
+    return {name: load(name) for name in targets()}
 
 
 def all_backends() -> dict[str, str]:
@@ -54,13 +63,37 @@ def all_backends() -> dict[str, str]:
 
 
 def all_knobs() -> frozenset[str]:
+    from autotuner.runners.base import SHARED_KNOBS
+
     knobs = set(SHARED_KNOBS)
     for cls in runners().values():
-        knobs |= cls.knobs
+        knobs |= cls.knobs | set(cls.exclusive_knobs)
     return frozenset(knobs)
 
 
+def exclusive_owner(knob: str) -> type[Runner] | None:
+    """The runner that holds this knob for itself, if one does."""
+    return next((cls for cls in runners().values() if knob in cls.exclusive_knobs), None)
+
+
+def needs_gpu(config: dict[str, Any]) -> bool:
+    """Whether a config holds a GPU, as its runner says (an unknown backend: no)."""
+    from autotuner.runners.base import backend_of
+
+    try:
+        return runner_for(backend_of(config)).needs_gpu(config)
+    except UsageError:
+        return False
+
+
 def runner_for(backend: str) -> type[Runner]:
+    """The runner of a backend. Tries the runner whose name starts the backend's first (torch for
+    torch-eager), so that a worker imports only the runner it runs."""
+    for name in targets():
+        if backend == name or backend.startswith(name + "-"):
+            cls = load(name)
+            if backend in cls.backends:
+                return cls
     table = all_backends()
     if backend not in table:
         raise UsageError(f"backend {backend!r} is not known; allowed: {', '.join(sorted(table))}")

@@ -50,8 +50,9 @@ _SpecLoader.add_implicit_resolver(
 )
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
-    """Read and validate SPEC.yaml. Raises SpecError (exit status 2) with one clear line."""
+def read_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read and validate SPEC.yaml against the schema. Raises SpecError (exit status 2) with one
+    clear line. What depends on the installed runners is checked by `runners.binding.bind`."""
     p = Path(path)
     shown = str(path)
     try:
@@ -79,24 +80,47 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     data = dict(data)
     data.update(overrides or {})
     data["base_dir"] = str(p.resolve().parent)
-    return spec_from_dict(data, shown)
+    return parse_spec(data, shown)
 
 
-def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> Spec:
+def parse_spec(data: dict[str, Any], source: str = "<spec>") -> Spec:
+    """Plain data (as YAML gives it) validated against the schema."""
+    return validate(Spec, data, source)
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, source: str, prefix: tuple[str | int, ...] = ()) -> M:
+    """data validated as `model`; the first problem as a SpecError naming the field path (under
+    `prefix`, for a section of the spec that a runner declares)."""
     try:
-        return Spec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         path = _path(err["loc"])
         error = err.get("ctx", {}).get("error")
         if isinstance(error, FieldError):  # a validator pointing below its own field
             path = _join(path, error.path)
-        raise SpecError(source, path, _problem(err)) from None
+        raise SpecError(source, _join(_join("", prefix), _split(path)), _problem(err, model)) from None
+
+
+def field_error(source: str, error: FieldError) -> SpecError:
+    """A FieldError raised outside pydantic (binding), its path from the spec's root."""
+    return SpecError(source, _join("", error.path), str(error))
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
     """A plain dict that crosses a process boundary and validates back to the same Spec."""
-    return {**spec.model_dump(mode="json"), "base_dir": spec.base_dir}
+    return {**spec.model_dump(mode="json"), **spec.sections, "base_dir": spec.base_dir}
+
+
+def _split(path: str) -> tuple[str | int, ...]:
+    """A rendered path back into parts ("a.b[2]" -> ("a", "b", 2))."""
+    parts: list[str | int] = []
+    for piece in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
+    return tuple(parts)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -115,11 +139,11 @@ def _join(path: str, parts: tuple[Any, ...]) -> str:
     return path
 
 
-def _problem(err: dict[str, Any]) -> str:
+def _problem(err: dict[str, Any], root: type[BaseModel] = Spec) -> str:
     kind = err["type"]
     msg = str(err["msg"])
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(err["loc"][:-1])
+        allowed = _allowed_fields(err["loc"][:-1], root)
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         return f"unknown field{hint}"
     if kind == "missing":
@@ -133,9 +157,9 @@ def _problem(err: dict[str, Any]) -> str:
     return msg
 
 
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> list[str]:
     """Field names of the model that sits at loc, for 'unknown field' messages."""
-    current: Any = Spec
+    current: Any = root
     for part in loc:
         current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):

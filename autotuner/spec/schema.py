@@ -63,6 +63,8 @@ FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
+# The backend a config runs on when the space has no `backend` parameter.
+DEFAULT_BACKEND = "torch-eager"
 
 
 def _a(word: str) -> str:
@@ -104,15 +106,6 @@ class ModelSpec(_Strict):
     def _onnx(cls, v: str | None) -> str | None:
         if v is not None and not v.endswith(".onnx"):
             raise ValueError(f"{v!r} must be a path to a .onnx file")
-        return v
-
-    @field_validator("builtin")
-    @classmethod
-    def _known_builtin(cls, v: str | None) -> str | None:
-        from autotuner.models.builtins import BUILTINS
-
-        if v is not None and v not in BUILTINS:
-            raise ValueError(f"unknown builtin {v!r}; allowed: {', '.join(sorted(BUILTINS))}")
         return v
 
 
@@ -250,7 +243,7 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        return _known_metric(v)
+        return known_metric(v)
 
 
 class Constraint(_Strict):
@@ -261,7 +254,7 @@ class Constraint(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        return _known_metric(v)
+        return known_metric(v)
 
     @property
     def text(self) -> str:
@@ -315,46 +308,6 @@ class Measurement(_Strict):
         return self
 
 
-class LengthDist(_Strict):
-    """Token lengths of a workload: fixed, uniform or lognormal (clipped to [low, high])."""
-
-    dist: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    value: int | None = Field(default=None, ge=1)
-    low: int | None = Field(default=None, ge=1)
-    high: int | None = Field(default=None, ge=1)
-    median: float | None = Field(default=None, gt=0)
-    sigma: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return (
-            {"dist": "fixed", "value": data} if isinstance(data, int) and not isinstance(data, bool) else data
-        )
-
-    @model_validator(mode="after")
-    def _check(self) -> LengthDist:
-        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma")}[self.dist]
-        for k in need:
-            if getattr(self, k) is None:
-                raise FieldError(k, f"required for a {self.dist} length")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise FieldError("low", f"low ({self.low}) exceeds high ({self.high})")
-        return self
-
-
-class WorkloadSpec(_Strict):
-    """LLM serving workload: N requests, offline (all queued at once) or arriving at a Poisson rate."""
-
-    requests: int = Field(default=16, ge=1, le=100_000)
-    prompt_len: LengthDist = Field(default_factory=lambda: LengthDist(dist="uniform", low=16, high=128))
-    output_len: LengthDist = Field(default_factory=lambda: LengthDist(value=32))
-    rate_rps: float | None = Field(default=None, gt=0)
-    trace: str | None = None
-    slo_ttft_ms: float | None = Field(default=None, gt=0)
-    slo_tpot_ms: float | None = Field(default=None, gt=0)
-
-
 class AccuracySpec(_Strict):
     samples: int = Field(default=16, ge=1, le=4096)
 
@@ -396,52 +349,6 @@ class PickSpec(_Strict):
         return self
 
 
-PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-COMMAND_EXTRAS = ("model", "trial_dir")
-
-
-def placeholders(template: str) -> list[str]:
-    """The {names} in a template; '{{' and '}}' are literal braces."""
-    return [m[1] for m in PLACEHOLDER_RE.finditer(template) if m[1] is not None]
-
-
-def render(template: str, values: dict[str, Any]) -> str:
-    """Fill {names} with values, as text: no shell, no format-spec mini-language."""
-
-    def one(m: re.Match[str]) -> str:
-        if m[0] in ("{{", "}}"):
-            return m[0][0]
-        return str(values[m[1]])
-
-    return PLACEHOLDER_RE.sub(one, template)
-
-
-class CommandSpec(_Strict):
-    """An external benchmark: argv template (a list, never a shell string) and metric mapping."""
-
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    timeout_s: float | None = Field(default=None, gt=0)
-    metrics_file: str | None = None
-    # Our metric name -> dotted path in the JSON (a file the command writes, else its stdout).
-    metrics: dict[str, str] = Field(min_length=1)
-
-    @field_validator("metrics")
-    @classmethod
-    def _metric_names(cls, v: dict[str, str]) -> dict[str, str]:
-        aggregates = ("min", "max", "count", "mean", "median", "p90", "p95", "p99")
-        for name, path in v.items():
-            _known_metric(name)
-            agg, sep, rest = path.partition(":")
-            if sep and agg not in aggregates:
-                raise FieldError(name, f"{agg!r} is not an aggregate; allowed: {', '.join(aggregates)}")
-            dotted = rest if sep else path
-            if not dotted or any(not part for part in dotted.split(".")):
-                raise FieldError(name, f"{path!r} is not a dotted path like 'results.throughput'")
-        return v
-
-
 class Spec(_Strict):
     name: str
     model: ModelSpec
@@ -457,13 +364,26 @@ class Spec(_Strict):
     measurement: Measurement = Field(default_factory=Measurement)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     pick: PickSpec = Field(default_factory=PickSpec)
-    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     baseline: dict[str, Scalar] | None = None
     storage: str | None = None
     study: str | None = None
-    command: CommandSpec | None = None
+    # Top-level sections that belong to runners (command, workload, ...): kept as given here and
+    # checked by the runner that declares them when the spec is bound (autotuner.runners.binding).
+    sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
     # Where the spec came from; relative model paths resolve against it. Not a YAML field.
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        core = set(cls.model_fields)
+        extra = {k: v for k, v in data.items() if k not in core}
+        if not extra:
+            return data
+        kept = {k: v for k, v in data.items() if k in core}
+        return {**kept, "sections": {**(kept.get("sections") or {}), **extra}}
 
     @field_validator("name", "study")
     @classmethod
@@ -508,7 +428,7 @@ class Spec(_Strict):
             if not m:
                 raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
             try:
-                metric = _known_metric(m[1])
+                metric = known_metric(m[1])
             except ValueError as e:
                 raise FieldError(i, str(e)) from None
             out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
@@ -517,16 +437,9 @@ class Spec(_Strict):
     @field_validator("space")
     @classmethod
     def _space(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
-        from autotuner.runners.registry import all_backends, all_knobs
-
         if not space:
             raise ValueError("must define at least one parameter")
-        knobs = all_knobs()
-        # The command runner passes any parameter to its program, so any name is a knob there.
-        open_names = "command" in (space["backend"].values() or []) if "backend" in space else False
         for name, p in space.items():
-            if name not in knobs and not open_names:
-                raise ValueError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(knobs))}")
             for dep, vals in (p.when or {}).items():
                 if dep == name:
                     raise FieldError(
@@ -545,16 +458,10 @@ class Spec(_Strict):
                         raise FieldError(
                             (name, "when", dep), f"{bad[0]!r} is never a value of {dep}; its values: {shown}"
                         )
-        backends = all_backends()
         if "backend" in space:
             b = space["backend"]
             if b.type not in ("categorical", "fixed"):
                 raise FieldError("backend", f"must be categorical or fixed, not {_a(b.type)} range")
-            bad = [v for v in b.values() or [] if v not in backends]
-            if bad:
-                raise FieldError(
-                    "backend", f"{bad[0]!r} is not a known backend; allowed: {', '.join(sorted(backends))}"
-                )
         _check_acyclic(space)
         return space
 
@@ -562,24 +469,6 @@ class Spec(_Strict):
     def _whole(self) -> Spec:
         if self.inputs is None and (self.model.factory or self.model.onnx):
             raise FieldError("inputs", "required when the model is a factory or an ONNX file")
-        backends = (self.space["backend"].values() or []) if "backend" in self.space else []
-        if "command" in backends:
-            if self.command is None:
-                raise FieldError("command", "required when space.backend includes command")
-            known = set(self.space) | set(COMMAND_EXTRAS)
-            texts = [("argv", i, a) for i, a in enumerate(self.command.argv)]
-            texts += [("env", k, v) for k, v in self.command.env.items()]
-            if self.command.metrics_file:
-                texts.append(("metrics_file", None, self.command.metrics_file))
-            for field, key, text in texts:
-                for name in placeholders(text):
-                    if name not in known:
-                        where = ("command", field) if key is None else ("command", field, key)
-                        raise FieldError(
-                            where, f"{{{name}}} is not a parameter; allowed: {', '.join(sorted(known))}"
-                        )
-        elif self.command is not None:
-            raise FieldError("command", "applies only when space.backend includes command")
         if self.sampler.type == "grid":
             for name, p in self.space.items():
                 if p.values() is None:
@@ -604,9 +493,16 @@ class Spec(_Strict):
     def study_name(self) -> str:
         return self.study or self.name
 
+    @property
+    def backends(self) -> list[str]:
+        """The backends the space searches (the default one when it names none)."""
+        if "backend" not in self.space:
+            return [DEFAULT_BACKEND]
+        return [str(v) for v in self.space["backend"].values() or []]
+
     def fingerprint(self) -> str:
         """A short hash of what the spec asks for, to notice a changed spec on resume."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        blob = json.dumps({**self.model_dump(mode="json"), **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolve(self, path: str) -> Path:
@@ -614,7 +510,13 @@ class Spec(_Strict):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-def _known_metric(v: str) -> str:
+def config_key(config: dict[str, Any]) -> str:
+    """A config's identity (a point of the space): its JSON with sorted keys."""
+    return json.dumps(config, sort_keys=True)
+
+
+def known_metric(v: str) -> str:
+    """The metric name, or ValueError naming the allowed ones."""
     if v not in METRICS:
         raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(METRICS)}")
     return v
@@ -625,7 +527,7 @@ def check_rule(v: str) -> str:
     direction, _, metric = v.partition(":")
     if direction not in ("min", "max") or not metric:
         raise ValueError(f"rule {v!r} must look like 'min:METRIC' or 'max:METRIC'")
-    _known_metric(metric)
+    known_metric(metric)
     return v
 
 

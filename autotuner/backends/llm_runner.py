@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from autotuner.backends.llm_workload import WorkloadSpec
 from autotuner.errors import UsageError
-from autotuner.runners.base import Runner, common_check, host_peak_rss_mb
+from autotuner.runners.base import WorkloadRunner, common_check, host_peak_rss_mb
 from autotuner.spec.schema import Spec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -90,16 +91,21 @@ def memory_model(spec: Spec, config: dict[str, Any]) -> dict[str, int]:
     }
 
 
-class LlmRunner(Runner):
+class LlmRunner(WorkloadRunner):
     name = "llm"
     backends = ("llm",)
     knobs = frozenset({"device", "page_size", "max_batch_tokens", "attn_implementation", "kv_budget_mb"})
+    exclusive_knobs: ClassVar[dict[str, str]] = {
+        "page_size": "applies to LLM serving; the {runner} runner has no KV cache"
+    }
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
-    external = True
+    settings_key = "workload"
+    Settings = WorkloadSpec
+    settings: WorkloadSpec
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-        reason = common_check(cls, {k: v for k, v in config.items() if k != "page_size"}, caps)
+        reason = common_check(cls, config, caps)
         if reason:
             return reason
         if spec.model.builtin != "tiny-llama" and spec.model.hf is None:
@@ -140,12 +146,6 @@ class LlmRunner(Runner):
         model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
         self.model = model
 
-    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
-        raise NotImplementedError("the llm runner measures a whole workload through run_external")
-
-    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError("the llm runner compares greedy tokens and logits instead")
-
     def _cb_config(self) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -166,7 +166,7 @@ class LlmRunner(Runner):
 
         return GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
 
-    def run_external(self) -> dict[str, float]:
+    def run_workload(self) -> dict[str, float]:
         import logging
 
         from autotuner.backends.llm_workload import requests
@@ -174,7 +174,7 @@ class LlmRunner(Runner):
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         started = time.perf_counter()
         self.setup()
-        reqs = requests(self.spec, llama_shape(self.spec)["vocab"])
+        reqs = requests(self.spec, self.settings, llama_shape(self.spec)["vocab"])
         cb = self._cb_config()
         manager = self.model.init_continuous_batching(
             generation_config=self._generation_config(max(r.output_len for r in reqs)),
@@ -215,7 +215,7 @@ class LlmRunner(Runner):
             [results[f"r{i}"] for i in range(len(reqs))],
             reqs,
             int(self.config.get("page_size", 16)),
-            self.spec,
+            self.settings,
         )
         mm = memory_model(self.spec, self.config)
         metrics.update(
@@ -293,7 +293,7 @@ def load_causal_lm(spec: Spec) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(spec.resolve(spec.model.hf)), dtype="float32").eval()
 
 
-def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, spec: Spec) -> dict[str, float]:
+def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, w: WorkloadSpec) -> dict[str, float]:
     """TTFT, TPOT, ITL, e2e, throughput, goodput, page waste and concurrency from token timestamps."""
     ttft, tpot, itl, e2e, spans = [], [], [], [], []
     allocated = used = generated = 0
@@ -315,7 +315,6 @@ def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, spec: Spec
     begin = min(o.created_time for o in outs)
     end = max((o.timestamps or [o.created_time])[-1] for o in outs)
     wall = max(end - begin, 1e-9)
-    w = spec.workload
     good = sum(
         1
         for i, t in enumerate(ttft)

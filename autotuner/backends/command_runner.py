@@ -11,51 +11,111 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autotuner.errors import AutotuneError
-from autotuner.runners.base import Runner
-from autotuner.spec.schema import Spec, render
+from autotuner.runners.base import WorkloadRunner
+from autotuner.spec.schema import FieldError, Spec, known_metric
 
 
 class CommandFailed(AutotuneError):
     pass
 
 
-class CommandRunner(Runner):
+PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+COMMAND_EXTRAS = ("model", "trial_dir")
+
+
+def placeholders(template: str) -> list[str]:
+    """The {names} in a template; '{{' and '}}' are literal braces."""
+    return [m[1] for m in PLACEHOLDER_RE.finditer(template) if m[1] is not None]
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Fill {names} with values, as text: no shell, no format-spec mini-language."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] in ("{{", "}}"):
+            return m[0][0]
+        return str(values[m[1]])
+
+    return PLACEHOLDER_RE.sub(one, template)
+
+
+class CommandSettings(BaseModel):
+    """The spec's `command` section: the argv template (a list, never a shell string), its
+    environment and folder, and where each metric is read from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    metrics_file: str | None = None
+    # Our metric name -> dotted path in the JSON (a file the command writes, else its stdout).
+    metrics: dict[str, str] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, v: dict[str, str]) -> dict[str, str]:
+        aggregates = ("min", "max", "count", "mean", "median", "p90", "p95", "p99")
+        for name, path in v.items():
+            known_metric(name)
+            agg, sep, rest = path.partition(":")
+            if sep and agg not in aggregates:
+                raise FieldError(name, f"{agg!r} is not an aggregate; allowed: {', '.join(aggregates)}")
+            dotted = rest if sep else path
+            if not dotted or any(not part for part in dotted.split(".")):
+                raise FieldError(name, f"{path!r} is not a dotted path like 'results.throughput'")
+        return v
+
+
+class CommandRunner(WorkloadRunner):
     name = "command"
     backends = ("command",)
-    external = True
+    open_knobs = True  # every parameter is passed to the program
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+    settings_key = "command"
+    Settings = CommandSettings
+    settings_required = True
+    settings: CommandSettings
+
+    @classmethod
+    def bind(cls, spec: Spec, settings: CommandSettings) -> None:
+        """Every {placeholder} names a parameter (or model, trial_dir)."""
+        known = set(spec.space) | set(COMMAND_EXTRAS)
+        texts: list[tuple[str, str | int | None, str]] = [("argv", i, a) for i, a in enumerate(settings.argv)]
+        texts += [("env", k, v) for k, v in settings.env.items()]
+        if settings.metrics_file:
+            texts.append(("metrics_file", None, settings.metrics_file))
+        for field, key, text in texts:
+            for name in placeholders(text):
+                if name not in known:
+                    where = ("command", field) if key is None else ("command", field, key)
+                    raise FieldError(
+                        where, f"{{{name}}} is not a parameter; allowed: {', '.join(sorted(known))}"
+                    )
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-        if spec.command is None:
+        if "command" not in spec.sections:
             return "backend command needs the spec's command section"
-        program = render(spec.command.argv[0], _values(spec, config, "."))
+        program = render(cls.settings_of(spec).argv[0], _values(spec, config, "."))
         if os.sep not in program and shutil.which(program) is None:
             return f"program {program!r} is not on PATH here"
         return None
 
-    def setup(self) -> None:
-        """Nothing to load: the program does its own setup."""
-
-    def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
-        raise NotImplementedError("the command runner measures through run_external")
-
-    def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError("the command runner has no in-process outputs")
-
-    def run_external(self) -> dict[str, float]:
-        cmd = self.spec.command
-        assert cmd is not None
+    def run_workload(self) -> dict[str, float]:
+        cmd = self.settings
         trial_dir = Path(tempfile.mkdtemp(prefix="autotune-command-"))
         try:
             values = _values(self.spec, self.config, str(trial_dir))

@@ -7,14 +7,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autotuner.runners.base import Runner, common_check
+from autotuner.runners.base import TimedRunner
 from autotuner.spec.schema import Spec
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-class TorchRunner(Runner):
+class TorchRunner(TimedRunner):
     name = "torch"
     backends = ("torch-eager", "torch-compile")
     knobs = frozenset({"device", "compile_mode"})
@@ -22,15 +22,11 @@ class TorchRunner(Runner):
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-        reason = common_check(cls, config, caps)
+        reason = super().check(spec, config, caps)
         if reason:
             return reason
         if spec.model.onnx is not None:
             return "an ONNX model file runs only on onnxruntime-* backends"
-        if spec.model.external is not None:
-            return "an external model runs only on the command backend"
-        if spec.model.hf is not None:
-            return "a model.hf directory runs on the llm backend"
         device = config.get("device", "cpu")
         precision = config.get("precision", "fp32")
         if device not in ("cpu", "cuda"):

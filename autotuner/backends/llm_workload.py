@@ -5,11 +5,58 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autotuner.errors import UsageError
-from autotuner.spec.schema import LengthDist, Spec
+from autotuner.spec.schema import FieldError, Spec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthDist(_Section):
+    """Token lengths of a workload: fixed, uniform or lognormal (clipped to [low, high])."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    value: int | None = Field(default=None, ge=1)
+    low: int | None = Field(default=None, ge=1)
+    high: int | None = Field(default=None, ge=1)
+    median: float | None = Field(default=None, gt=0)
+    sigma: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return (
+            {"dist": "fixed", "value": data} if isinstance(data, int) and not isinstance(data, bool) else data
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma")}[self.dist]
+        for k in need:
+            if getattr(self, k) is None:
+                raise FieldError(k, f"required for a {self.dist} length")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise FieldError("low", f"low ({self.low}) exceeds high ({self.high})")
+        return self
+
+
+class WorkloadSpec(_Section):
+    """The spec's `workload` section (the llm runner's): N requests, offline (all queued at once)
+    or arriving at a Poisson rate, or read from a trace file; optional SLOs for goodput."""
+
+    requests: int = Field(default=16, ge=1, le=100_000)
+    prompt_len: LengthDist = Field(default_factory=lambda: LengthDist(dist="uniform", low=16, high=128))
+    output_len: LengthDist = Field(default_factory=lambda: LengthDist(value=32))
+    rate_rps: float | None = Field(default=None, gt=0)
+    trace: str | None = None
+    slo_ttft_ms: float | None = Field(default=None, gt=0)
+    slo_tpot_ms: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -28,8 +75,7 @@ def draw(d: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(x), d.low or 1, d.high or 10**6).astype(int)
 
 
-def requests(spec: Spec, vocab: int) -> list[Request]:
-    w = spec.workload
+def requests(spec: Spec, w: WorkloadSpec, vocab: int) -> list[Request]:
     rng = np.random.default_rng([spec.data_seed, 7])
     if w.trace:
         rows = _trace(spec.resolve(w.trace))

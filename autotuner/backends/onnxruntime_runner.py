@@ -7,14 +7,13 @@ the probed provider list, and `setup` refuses a session whose first provider is 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from autotuner.errors import UnsupportedConfig
-from autotuner.runners.base import Runner, common_check
+from autotuner.runners.base import TimedRunner
 from autotuner.spec.schema import Spec
 
 PROVIDERS = {
@@ -31,7 +30,7 @@ OPT_LEVELS = {
 EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(TimedRunner):
     name = "onnxruntime"
     backends = tuple(PROVIDERS)
     knobs = frozenset({"graph_optimization_level", "inter_op_threads", "execution_mode", "io_binding"})
@@ -39,13 +38,9 @@ class OnnxRuntimeRunner(Runner):
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-        reason = common_check(cls, config, caps)
+        reason = super().check(spec, config, caps)
         if reason:
             return reason
-        if spec.model.external is not None:
-            return "an external model runs only on the command backend"
-        if spec.model.hf is not None:
-            return "a model.hf directory runs on the llm backend"
         backend = config["backend"]
         provider = PROVIDERS[backend]
         offered = caps.get("ort_providers") or []
@@ -69,6 +64,10 @@ class OnnxRuntimeRunner(Runner):
         if config.get("io_binding") and backend == "onnxruntime-cpu":
             return "io_binding applies to the CUDA and TensorRT providers"
         return None
+
+    @classmethod
+    def needs_gpu(cls, config: dict[str, Any]) -> bool:
+        return PROVIDERS.get(str(config.get("backend")), "CPUExecutionProvider") != "CPUExecutionProvider"
 
     def setup(self) -> None:
         import onnxruntime as ort
@@ -173,17 +172,9 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _nvidia_process_memory_mb(pid: int) -> float | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid):
-            return float(parts[1])
+    from autotuner.processes import nvidia_smi
+
+    for row in nvidia_smi("compute-apps", "pid,used_memory") or []:
+        if len(row) == 2 and row[0] == str(pid):
+            return float(row[1])
     return None
