@@ -15,6 +15,7 @@ from helpers import FAST_MEASUREMENT, PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
 from autotuner import api
+from autotuner.api import spec_from_dict
 from autotuner.execution.base import TrialRequest
 from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.execution.replay import ReplayExecutor, load_landscape
@@ -22,7 +23,6 @@ from autotuner.progress import Progress
 from autotuner.result import TrialResult
 from autotuner.search import driver
 from autotuner.search.estimates import config_key, pool, race_blocks
-from autotuner.spec.loading import spec_from_dict
 
 CAPS = probe()  # the real machine's facts: runner checks read them
 
@@ -54,9 +54,8 @@ def _spec(tmp: Path, **over: Any) -> Any:
 
 
 def _drive(spec: Any, executor: Any, budget: int) -> Any:
-    quiet = Progress(quiet=True)
-    study = driver.open_study(spec, spec.storage, CAPS, quiet)
-    driver.drive(driver.Session(spec, study, spec.storage, budget, CAPS, quiet), executor, None)
+    study = api.open_study(spec, caps=CAPS)
+    api.search(spec, study, executor, trials=budget, caps=CAPS)
     return study
 
 
@@ -212,7 +211,7 @@ def test_race_blocks_pool_into_the_estimate_the_export_reads(tmp_path: Path) -> 
     assert est.n == len(est.trials) + len(pick.chosen.rounds), "its trials and race rounds pool"
     assert pick.baseline and "x" in pick.baseline["text"], "the baseline ran in the same rounds"
     assert pick.baseline["significant"], "the winner is about 2x the baseline"
-    out = api._export(spec, study, pick, spec.storage, tmp_path / "best.yaml")
+    out = api.write_best_config(spec, study, pick, tmp_path / "best.yaml")
     import yaml
 
     best = yaml.safe_load(out.read_text())

@@ -12,13 +12,13 @@ import pytest
 from helpers import PLAIN_RANDOM, make_spec_dict
 from optuna.trial import TrialState
 
+from autotuner import api
+from autotuner.api import spec_from_dict
 from autotuner.execution.replay import ReplayExecutor, load_landscape
-from autotuner.progress import Progress
 from autotuner.search import driver
 from autotuner.search.estimates import config_key
 from autotuner.search.proposals import Arms
 from autotuner.search.space import all_configs, initial_design, neighbors
-from autotuner.spec.loading import spec_from_dict
 
 SPACE = {
     "backend": ["torch-eager", "onnxruntime-cpu"],
@@ -181,9 +181,8 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
             lines.append(json.dumps({"config": cfg, "round": 0, "metrics": m}))
     (tmp_path / "l.jsonl").write_text("\n".join(lines) + "\n")
     ex = ReplayExecutor(spec, caps, load_landscape(tmp_path / "l.jsonl"), seed=0)
-    quiet = Progress(quiet=True)
-    study = driver.open_study(spec, spec.storage, caps, quiet)
-    driver.drive(driver.Session(spec, study, spec.storage, 8, caps, quiet), ex, None)
+    study = api.open_study(spec, caps=caps)
+    api.search(spec, study, ex, trials=8, caps=caps)
     trials = study.get_trials(deepcopy=False)
     int8_measured = [
         t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["config"]["precision"] == "int8"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import secrets
 import socket
 import time
 import warnings
@@ -17,21 +16,19 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from autotuner._version import __version__
 from autotuner.errors import UsageError
 from autotuner.execution import Executor, TrialRequest
 from autotuner.execution.load import over_limit
 from autotuner.execution.process import kill_all
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
+from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
-from autotuner.search.estimates import NOT_LAUNCHED, counted, uses_budget
+from autotuner.search.estimates import NOT_LAUNCHED, budget_use, counted, uses_budget
 from autotuner.search.space import make_sampler, suggest
-from autotuner.spec.loading import spec_to_dict
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
 from autotuner.study.journal import DB_ERRORS, Journal, replay, retry_db
-from autotuner.study.storage import open_storage, redact
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -58,45 +55,25 @@ class Session:
     progress: Progress
 
 
-def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
-    storage = open_storage(storage_url, create=True)
-    directions = [o.direction for o in spec.objectives]
-    name = spec.study_name
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    try:
-        if name in existing:
-            raise optuna.exceptions.DuplicatedStudyError(name)
-        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
-    except optuna.exceptions.DuplicatedStudyError:
-        # Resuming, or another driver created the study a moment ago (drivers sharing a study).
-        study = optuna.load_study(study_name=name, storage=storage)
-        have = [d.name.lower() for d in study.directions]
-        if have != directions:
-            raise UsageError(
-                f"study {name!r} in {redact(storage_url)} optimizes {have}, the spec asks for "
-                f"{directions}; use another --study name"
-            ) from None
-        if rec.study_attr(study, rec.SPEC_FINGERPRINT) not in (None, spec.fingerprint()):
-            progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
-        return study
-    rec.init_study(
-        study,
-        **{
-            rec.SAMPLER_SEED: spec.seed if spec.seed is not None else secrets.randbelow(2**31),
-            rec.SPEC: spec_to_dict(spec),
-            rec.SPEC_FINGERPRINT: spec.fingerprint(),
-            rec.ENVIRONMENT: caps,
-            rec.VERSION: __version__,
-        },
-    )
-    return study
+def sized_budget(spec: Spec, trials: int) -> int:
+    """The trial budget: as asked, or the size of a grid that holds fewer configs."""
+    if spec.sampler.type == "grid":
+        from autotuner.search.space import grid_size
+
+        size = grid_size(spec)
+        if size is not None and size < trials:
+            return size
+    return trials
 
 
-def within_budget(study: optuna.Study, number: int, budget: int) -> bool:
+def within_budget(study: optuna.Study, number: int, budget: int, memo: dict[int, bool] | None = None) -> bool:
     """Whether a just-asked trial is among the first `budget` counted ones (by number), so that
     drivers sharing a study agree on which one is over the budget."""
-    counted_numbers = sorted(t.number for t in study.get_trials(deepcopy=False) if uses_budget(t))
-    return number in counted_numbers[:budget]
+    below = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.number < number and budget_use(t, memo):
+            below += 1
+    return below < budget
 
 
 def surplus(study: optuna.Study, trial: Trial) -> None:
@@ -139,7 +116,7 @@ def precheck(
     """A failure known without launching: the runner refuses it, or the same config (or the
     same one at a smaller batch) already failed in a way that does not change on a rerun."""
     try:
-        cls = runner_for(str(config.get("backend", "torch-eager")))
+        cls = runner_for(backend_of(config))
     except UsageError as e:
         return TrialResult.failure("unsupported", str(e))
     reason = cls.check(spec, config, caps)
@@ -236,8 +213,9 @@ def tell_pooled(spec: Spec, study: optuna.Study, trial: Trial, e: Any, values: l
     return f"repeat of #{e.first_trial}: told its pooled estimate over {e.n} block(s), {shown} (free)"
 
 
-def _waiting(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+def _waiting(trials: list[FrozenTrial]) -> int:
+    """Queued trials (ours, or another driver's) waiting for an ask, as of a read of the study."""
+    return sum(1 for t in trials if t.state == TrialState.WAITING)
 
 
 def tell_failed_before(study: optuna.Study, trial: Trial, failed: tuple[int, str, str]) -> str:
@@ -282,6 +260,8 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
     study.sampler = make_sampler(spec, seed=base_seed + len(trials))
     rng = random.Random(base_seed + len(trials) + 1)
     arms = Arms(spec, trials, REPEATS_FOR_CONTENDERS)
+    memo: dict[int, bool] = {}  # finished trial id -> uses the budget
+    last_beat = time.monotonic()  # a trial's start stands in for its first beat
     limit = spec.measurement.max_foreign_load
     measured_s = sum(rec.metric(t, "measure_s") or 0.0 for t in trials if uses_budget(t))
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -335,7 +315,10 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
             trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
             fresh = 0
             arms.update(trials)
-            room = total - counted(trials)
+            room = total - counted(trials, memo)
+            # Queued trials waiting as of that read; each ask takes one. Queueing another on top of
+            # one would only push it back.
+            waiting = _waiting(trials)
             while (
                 room > 0
                 and len(running) < executor.slots
@@ -348,26 +331,27 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     present = {config_key(rec.trial_config(t)) for t in trials}
                     while design and config_key(design[0]) in present:
                         design.pop(0)  # another driver sharing the study has it already
-                if design and not _waiting(study):
+                if design and not waiting:
                     queue(design.pop(0), **{rec.DRAWN: "initial design"})
-                elif room <= reserve and not _waiting(study):
+                elif room <= reserve and not waiting:
                     near = arms.surrogate_pick(runnable) or arms.next_neighbor(runnable)
                     if near is not None:
                         queue(near, **{rec.DRAWN: "refinement"})
                 trial = db(study.ask, "asking for a trial")
+                waiting = max(0, waiting - 1)
                 db(
                     lambda t=trial: rec.claim(study, t, owner),
                     "claiming the trial",
                 )
-                if not db(lambda t=trial: within_budget(study, t.number, total), "reading the study"):
+                if not db(lambda t=trial: within_budget(study, t.number, total, memo), "reading the study"):
                     # Another driver sharing the study took the last place between our count and ask.
                     db(lambda t=trial: surplus(study, t), "returning a surplus trial")
                     break
                 config = db(lambda t=trial: suggest(t, spec), "sampling a config")
-                db(lambda t=trial, c=config: rec.set_config(t, c), "storing the config")
+                db(lambda t=trial, c=config: rec.start(study, t, c), "storing the config")
                 # The trials read since the last look hold every one running then; the ones
                 # submitted since, and this one, come on top.
-                n = counted(trials) + fresh + 1
+                n = counted(trials, memo) + fresh + 1
                 known = precheck(spec, config, session.caps, trials)
                 if known is None and (why := arms.predicted_infeasible(config)):
                     known = TrialResult.failure("predicted-infeasible", why)
@@ -395,6 +379,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     )
                     free(trial)
                     trials = db(lambda: study.get_trials(deepcopy=False), "reading the study")
+                    waiting = _waiting(trials)
                     fresh = 0
                     continue
                 if proposal is not None and proposal.action == "remeasure" and proposal.estimate is not None:
@@ -448,10 +433,13 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 progress.trial_finished(
                     n, total, trial.number, summary, time.monotonic() - started, failure, best
                 )
-            try:
-                rec.heartbeat(study, [t for t, _, _, _ in running.values()], time.time())
-            except DB_ERRORS:
-                pass  # a missed heartbeat is harmless; the next one retries
+            # At most one heartbeat per HEARTBEAT_S (trials that end at once would write one each).
+            if running and time.monotonic() - last_beat >= HEARTBEAT_S:
+                try:
+                    rec.heartbeat(study, [t for t, _, _, _ in running.values()], time.time())
+                    last_beat = time.monotonic()
+                except DB_ERRORS:
+                    pass  # a missed heartbeat is harmless; the next one retries
     except KeyboardInterrupt:
         # Every trial this driver holds, including one asked but not yet submitted.
         mine = {rec.trial_id(t) for t, _, _, _ in running.values()}

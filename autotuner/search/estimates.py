@@ -13,7 +13,6 @@ What is stored (a trial's config, metrics and flags; the study's race blocks) is
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +21,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.metrics import is_number
 from autotuner.search.stats import mean_ci, t_quantile
+from autotuner.spec.schema import config_key
 from autotuner.study import records as rec
 from autotuner.study.records import race_blocks, trial_config
 
-__all__ = ["race_blocks", "trial_config"]
+__all__ = ["config_key", "race_blocks", "trial_config"]
 # Failures known without launching: stored PRUNED and infeasible, and free.
 NOT_LAUNCHED = ("unsupported", "predicted-oom", "predicted-infeasible")
 DEFAULT_REL_SD = 0.10  # the between-process spread assumed before a study has seen any repeat
-
-
-def config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)
 
 
 def is_measurement(t: FrozenTrial) -> bool:
@@ -240,5 +236,16 @@ def uses_budget(t: FrozenTrial) -> bool:
     return rec.pooled_from(t) is None and rec.failed_before(t) is None
 
 
-def counted(trials: list[FrozenTrial]) -> int:
-    return sum(1 for t in trials if uses_budget(t))
+def counted(trials: list[FrozenTrial], memo: dict[int, bool] | None = None) -> int:
+    """How many trials use the budget. With a memo, a finished trial is judged once (its verdict
+    does not change), so a driver that counts every trial each time stays cheap at 1000s."""
+    return sum(1 for t in trials if budget_use(t, memo))
+
+
+def budget_use(t: FrozenTrial, memo: dict[int, bool] | None = None) -> bool:
+    if memo is None or not t.state.is_finished():
+        return uses_budget(t)
+    v = memo.get(t._trial_id)
+    if v is None:
+        v = memo[t._trial_id] = uses_budget(t)
+    return v

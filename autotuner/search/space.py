@@ -272,3 +272,21 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
             seen_two[y] = seen_two.get(y, 0) + 1
         out.append(best)
     return out
+
+
+def bench_config(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """A full config for `bench`: the given values (type-checked; values outside the searched
+    range are fine, bench measures what it is told) over the baseline and the defaults."""
+    from autotuner.errors import UsageError
+
+    for k, v in config.items():
+        if k not in spec.space:
+            raise UsageError(
+                f"--set {k}: not a parameter of the spec's space; allowed: {', '.join(spec.space)}"
+            )
+        kind = spec.space[k].type
+        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise UsageError(f"--set {k}={v}: {k} is an int parameter; give a whole number")
+        if kind == "float" and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise UsageError(f"--set {k}={v}: {k} is a float parameter; give a number")
+    return {**defaults(spec), **(spec.baseline or {}), **config}

@@ -14,6 +14,7 @@ A finished trial is written in one transaction: its attributes, constraints, val
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -183,6 +184,25 @@ def claim(study: optuna.Study, trial: Trial, who: dict[str, Any]) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, OWNER, who)
 
 
+def start(study: optuna.Study, trial: Trial, config: dict[str, Any], **markers: Any) -> None:
+    """Store the config a trial will run (and why it runs), in one transaction."""
+    attrs = {CONFIG: config, **markers}
+    rdb = _rdb(study)
+    if rdb is None:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    tid = trial._trial_id
+    with _create_scoped_session(rdb.scoped_session) as session:
+        _upsert(rdb, session, models.TrialUserAttributeModel, tid, attrs)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(attrs)
+
+
 def heartbeat(study: optuna.Study, trials: Iterable[Trial], now: float) -> None:
     for t in trials:
         study._storage.set_trial_system_attr(t._trial_id, BEAT, now)
@@ -244,9 +264,9 @@ def finish(
     if state == TrialState.COMPLETE and (values is None or len(values) != len(study.directions)):
         raise ValueError(f"a COMPLETE trial needs {len(study.directions)} value(s), got {values}")
     tid = trial._trial_id
-    frozen = study._storage.get_trial(tid)
-    if frozen.state != TrialState.RUNNING:
-        raise optuna.exceptions.UpdateFinishedTrialError(f"trial #{frozen.number} is already finished")
+    # The trial as its Trial object holds it (no read); the transaction below checks the state.
+    # (It is this trial's own copy, and the trial ends here, so it is updated in place.)
+    frozen = getattr(trial, "_cached_frozen_trial", None) or study._storage.get_trial(tid)
     frozen.user_attrs.update(attrs)
     frozen.system_attrs.update(cons)
     # What study.tell does around the write: the sampler's hook first, then the stored state.
@@ -255,10 +275,8 @@ def finish(
     with _create_scoped_session(rdb.scoped_session) as session:
         row = models.TrialModel.find_or_raise_by_id(tid, session, for_update=True)
         rdb.check_trial_is_updatable(tid, row.state)
-        for k, v in attrs.items():
-            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, tid, k, v)
-        for k, v in cons.items():
-            rdb._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, tid, k, v)
+        _upsert(rdb, session, models.TrialUserAttributeModel, tid, attrs)
+        _upsert(rdb, session, models.TrialSystemAttributeModel, tid, cons)
         for i, v in enumerate(values or []):
             rdb._set_trial_value_without_commit(session, row, i, float(v))
         row.state = state
@@ -280,13 +298,35 @@ def interrupt(study: optuna.Study, t: Trial | FrozenTrial, message: str, retry: 
         queue(study, params, **{RETRY_OF: t.number})
 
 
+def _upsert(rdb: Any, session: Any, model: Any, tid: int, attrs: Mapping[str, Any]) -> None:
+    """Every attribute of one trial in one statement (SQLite, PostgreSQL: an upsert on the
+    (trial_id, key) unique constraint); other databases through Optuna's own per-key path."""
+    if not attrs:
+        return
+    dialect = rdb.engine.name
+    rows = [{"trial_id": tid, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(model).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key], set_={"value_json": stmt.excluded.value_json}
+        )
+        session.execute(stmt)
+        return
+    for k, v in attrs.items():
+        rdb._set_trial_attr_without_commit(session, model, tid, k, v)
+
+
 def _rdb(study: optuna.Study) -> Any:
     """The RDBStorage under Optuna's cache, or None for other storages."""
     from optuna.storages import RDBStorage
 
     storage = study._storage
     backend = getattr(storage, "_backend", storage)
-    needed = ("scoped_session", "_set_trial_attr_without_commit", "_set_trial_value_without_commit")
+    needed = ("scoped_session", "engine", "_set_trial_attr_without_commit", "_set_trial_value_without_commit")
     if isinstance(backend, RDBStorage) and all(hasattr(backend, n) for n in needed):
         return backend
     return None

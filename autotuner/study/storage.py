@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from autotuner._version import __version__
 from autotuner.errors import StudyNotFound, UsageError
+from autotuner.progress import Progress
+from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.schema import Spec
+from autotuner.study import records as rec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -49,10 +56,25 @@ def open_storage(url: str, create: bool) -> RDBStorage:
             raise StudyNotFound(f"no study database at {path} (give --storage URL if it lives elsewhere)")
     kwargs = {"pool_pre_ping": True} if u.get_backend_name() != "sqlite" else {}
     try:
-        return RDBStorage(url, engine_kwargs=kwargs)
+        storage = RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - drivers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(f"cannot open storage {redact(url)}: {msg.replace(url, redact(url))}") from None
+    if path is not None:
+        _write_ahead(storage)
+    return storage
+
+
+def _write_ahead(storage: RDBStorage) -> None:
+    """SQLite in write-ahead-log mode: a commit appends to the log (one sync) instead of
+    rewriting pages through a rollback journal, and readers (optuna-dashboard, a second driver)
+    never block the writer. The mode is stored in the file; a file another driver holds locked
+    right now keeps the mode it has."""
+    try:
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except Exception:  # noqa: BLE001 - locked by another driver right now: its mode stands
+        pass
 
 
 def load_study(name: str, url: str) -> optuna.Study:
@@ -63,3 +85,38 @@ def load_study(name: str, url: str) -> optuna.Study:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         have = f"; it holds: {', '.join(names)}" if names else "; it holds no study"
         raise StudyNotFound(f"no study named {name!r} in {redact(url)}{have}") from None
+
+
+def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
+    """The spec's study: created with its attributes (spec, machine, sampler seed), or resumed."""
+    storage = open_storage(storage_url, create=True)
+    directions = [o.direction for o in spec.objectives]
+    name = spec.study_name
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    try:
+        if name in existing:
+            raise optuna.exceptions.DuplicatedStudyError(name)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        # Resuming, or another driver created the study a moment ago (drivers sharing a study).
+        study = optuna.load_study(study_name=name, storage=storage)
+        have = [d.name.lower() for d in study.directions]
+        if have != directions:
+            raise UsageError(
+                f"study {name!r} in {redact(storage_url)} optimizes {have}, the spec asks for "
+                f"{directions}; use another --study name"
+            ) from None
+        if rec.study_attr(study, rec.SPEC_FINGERPRINT) not in (None, spec.fingerprint()):
+            progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
+        return study
+    rec.init_study(
+        study,
+        **{
+            rec.SAMPLER_SEED: spec.seed if spec.seed is not None else secrets.randbelow(2**31),
+            rec.SPEC: spec_to_dict(spec),
+            rec.SPEC_FINGERPRINT: spec.fingerprint(),
+            rec.ENVIRONMENT: caps,
+            rec.VERSION: __version__,
+        },
+    )
+    return study

@@ -1,0 +1,151 @@
+"""Choosing the winner: race the contenders in interleaved rounds (a fresh worker process per
+block), then pick from the pooled estimates with noise in mind (`pick.decide`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from autotuner.errors import UsageError
+from autotuner.execution.base import TrialRequest
+from autotuner.progress import Progress
+from autotuner.result import TrialResult
+from autotuner.search.estimates import config_key
+from autotuner.search.pick import Candidate, Pick, Rule, baseline_gain, decide
+from autotuner.spec.schema import Spec, check_rule
+from autotuner.study import records as rec
+
+
+def choose(
+    spec: Spec, study: optuna.Study, rule_text: str | None, executor: Any, progress: Progress
+) -> Pick | None:
+    """Pick the winner from the configs' pooled estimates. With an executor, race the contenders
+    first (interleaved rounds, a fresh process per block); without one, read the last race."""
+    from autotuner.search.estimates import pool
+    from autotuner.search.race import contenders, race_block_record, run_race
+
+    if rule_text is not None:
+        try:
+            check_rule(rule_text)
+        except ValueError as e:
+            raise UsageError(f"--pick: {e}") from None
+    o = spec.objectives[0]
+    rule = Rule.parse(rule_text or f"{'max' if o.direction == 'maximize' else 'min'}:{o.metric}")
+    trials = study.get_trials(deepcopy=False)
+    stored = rec.race_blocks(study)
+    estimates = pool(trials, stored)
+    cands = contenders(spec, estimates, rule)
+    if not cands:
+        progress.say("no feasible completed trial: nothing to pick (see failures above)")
+        return None
+    base_cfg = baseline_config(spec)
+    base: Candidate | None = None
+    if base_cfg is not None:
+        k = config_key(base_cfg)
+        base = next((c for c in cands if config_key(c.config) == k), None)
+        if base is None:
+            e = estimates.get(k)
+            base = Candidate(
+                trial=e.first_trial if e else -1,
+                config=base_cfg,
+                value=(e.mean(rule.metric) or float("nan")) if e else float("nan"),
+                blocks=e.n if e else 0,
+                baseline=True,
+            )
+    tie_breaks = [Rule.parse(t) for t in spec.pick.tie_break]
+    racers = cands + ([base] if base is not None and base.baseline else [])
+    if executor is not None and spec.pick.rounds >= 1 and (len(cands) > 1 or (base and base.baseline)):
+        if base is not None and base.baseline and _refused(spec, base_cfg or {}, executor, trials):
+            racers.remove(base)
+            base = None
+        race_id = 1 + max((int(b.get("race", 0)) for b in stored), default=0)
+        blocks = list(stored)
+        progress.say(
+            f"\nracing {len(cands)} contender(s)"
+            + (" and the baseline" if base is not None and base.baseline else "")
+            + f" on {rule}: {spec.pick.rounds}-{spec.pick.max_rounds} interleaved rounds of "
+            f"{spec.pick.round_time_s:g} s blocks, each in a fresh worker: "
+            + ", ".join(f"#{c.trial}" for c in cands)
+        )
+
+        def measure(config: dict[str, Any]) -> TrialResult:
+            req = TrialRequest(-1, config, meta={"block_s": block_seconds(spec, estimates, config)})
+            try:
+                return executor.submit(req).result()
+            except Exception as e:  # noqa: BLE001 - an executor fault drops the candidate only
+                return TrialResult.failure("error", f"executor: {type(e).__name__}: {e}")
+
+        def on_block(c: Candidate, r: int, res: TrialResult, loaded: bool) -> None:
+            blocks.append({**race_block_record(c, r, res, loaded), "race": race_id})
+            rec.save_race(study, blocks)
+
+        def breaks(c: Candidate) -> str | None:
+            from autotuner.search.estimates import Block, Estimate, feasible
+
+            e = estimates.get(config_key(c.config)) or Estimate(config_key(c.config), c.config)
+            mixed = Estimate(e.key, e.config, list(e.trials), list(e.blocks))
+            mixed.blocks += [Block(m) for m in c.round_metrics]
+            return feasible(mixed, spec.constraints)[1]
+
+        run_race(spec, rule, racers, measure, on_block, progress.say, breaks)
+    elif stored:
+        _replay_last_race(racers, stored, rule)
+    pick = decide(racers, rule, tie_breaks, spec.pick.confidence, spec.pick.tie_tolerance)
+    if base is not None:
+        if not base.baseline and base.trial == pick.winner:
+            pick.baseline = {
+                "config": base.config,
+                "text": "the baseline is the chosen config",
+                "significant": False,
+            }
+        elif base.round_metrics:
+            pick.baseline = baseline_gain(pick.chosen, base, rule, spec.pick.confidence)
+        else:
+            pick.baseline = {
+                "config": base.config,
+                "text": "the baseline was not measured beside the winner, so no gain over it is claimed",
+                "significant": False,
+            }
+    rec.save_pick(study, pick.to_dict())
+    return pick
+
+
+MIN_BATCHES_PER_BLOCK = 5
+
+
+def block_seconds(spec: Spec, estimates: dict[str, Any], config: dict[str, Any]) -> float:
+    """A race block lasts pick.round_time_s, or long enough for 5 batches of a slow config (its
+    mean batch latency from the search), so that a block is never one or two batches."""
+    e = estimates.get(config_key(config))
+    lat = e.mean("latency_mean_ms") if e is not None else None
+    if not lat:
+        return spec.pick.round_time_s
+    return max(spec.pick.round_time_s, MIN_BATCHES_PER_BLOCK * float(lat) / 1000.0)
+
+
+def baseline_config(spec: Spec) -> dict[str, Any] | None:
+    """The spec's baseline as a full config (unset parameters at their first value)."""
+    if not spec.baseline:
+        return None
+    from autotuner.search.space import complete
+
+    return complete(spec, dict(spec.baseline))
+
+
+def _refused(spec: Spec, config: dict[str, Any], executor: Any, trials: list[Any]) -> bool:
+    from autotuner.search.driver import precheck
+
+    return precheck(spec, config, getattr(executor, "caps", {}), trials) is not None
+
+
+def _replay_last_race(racers: list[Candidate], stored: list[dict[str, Any]], rule: Rule) -> None:
+    """Without an executor (export), the last race's rounds stand in for a new race."""
+    last = max(int(b.get("race", 0)) for b in stored)
+    mine = [b for b in stored if int(b.get("race", 0)) == last and not b.get("under_load")]
+    for c in racers:
+        k = config_key(c.config)
+        for b in sorted((b for b in mine if b["key"] == k), key=lambda b: b["round"]):
+            c.round_metrics.append(dict(b["metrics"]))
+            v = b["metrics"].get(rule.metric)
+            c.rounds.append(float(v) if v is not None else float("nan"))
