@@ -1,24 +1,26 @@
 """The driver's own cost per trial, without running any model.
 
-Runs the real `autotuner.search.driver.drive` loop (ask, suggest, precheck, record/tell, best_line,
-storage reads and writes) over the quickstart spec's space with the TPE sampler from `make_sampler`, but
-with an executor that answers at once with a made-up TrialResult: every metric name of
-autotuner/metrics.py with plausible values for the config, and 200 latency samples, as a real
-trial writes them. Time spent per trial is therefore all driver + Optuna + storage.
+Runs the real search stage (`autotuner.api.search`: ask, suggest, precheck, record, best_line,
+storage reads and writes) over the quickstart spec's space with its TPE sampler, through the
+public API only, with an executor that answers at once with a made-up TrialResult: every metric
+name of autotuner/metrics.py with plausible values for the config, and 200 latency samples, as a
+real trial writes them. Time spent per trial is therefore all driver + Optuna + storage.
 
     python benchmarks/driver_overhead.py                 # SQLite, 1000 trials
     python benchmarks/driver_overhead.py --pg-trials 100 # and PostgreSQL, 100 trials
 
-The parts are timed by wrapping, in this process only, study.ask and the module-level names the
-driver calls (suggest, precheck, record, best_line); "other" is the rest of a trial's wall time
-(get_trials + counted at the loop top and after ask, the owner system attr, the executor round
-trip). Trial i's wall time runs from the end of trial i-1 to the end of trial i.
+Trial i's wall time runs from the end of trial i-1 to the end of trial i (the Progress hook the
+driver calls for every trial). Storage transactions are counted with SQLAlchemy's commit event.
+Where the time goes is read from cProfile over a separate, shorter run (profiling slows it down,
+so only its shares are quoted); nothing in autotune is patched.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
+import pstats
 import sys
 import tempfile
 import time
@@ -34,21 +36,18 @@ from sqlalchemy.engine import Engine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import load_average, machine_lines  # noqa: E402
 
-import autotuner.search.driver as driver  # noqa: E402
+from autotuner import api  # noqa: E402
+from autotuner.api import load_spec, probe  # noqa: E402
 from autotuner.execution import Executor, TrialRequest  # noqa: E402
-from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.execution.harness import keep, summarize  # noqa: E402
 from autotuner.metrics import HARNESS_METRICS  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
 from autotuner.result import TrialResult  # noqa: E402
-from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
 DOC = ROOT / "docs" / "benchmarks" / "driver_overhead.md"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # SQLAlchemy 2.1 picks psycopg 3
-PARTS = ("ask", "suggest", "precheck", "record", "best_line")
-COUNTS = ("commits", "record_commits")
 N_SAMPLES = 200
 
 # Rough per-item cost (ms) and accuracy of each backend/precision, so that the fake results
@@ -114,104 +113,69 @@ class Clock(Progress):
         super().trial_finished(n, total, number, summary, seconds, failure, best)
 
 
-class Parts:
-    """Seconds spent in each timed part, per trial number."""
+class Commits:
+    """SQLAlchemy 'commit' events: one per storage transaction."""
 
     def __init__(self) -> None:
-        self.by_trial: dict[int, dict[str, float]] = {}
-        self.current = -1
-        self.in_record = False
+        self.n = 0
 
-    def add(self, part: str, seconds: float) -> None:
-        d = self.by_trial.setdefault(self.current, dict.fromkeys(PARTS + COUNTS, 0.0))
-        d[part] += seconds
-
-    def commit(self, *_: Any) -> None:
-        """SQLAlchemy 'commit' event: one storage transaction."""
-        self.add("commits", 1)
-        if self.in_record:
-            self.add("record_commits", 1)
+    def __call__(self, *_: Any) -> None:
+        self.n += 1
 
 
-def instrument(parts: Parts) -> dict[str, Any]:
-    """Wrap the names drive() looks up in autotuner.search.driver; returns the originals to restore."""
-    saved = {name: getattr(driver, name) for name in ("suggest", "precheck", "record", "best_line")}
+class CountingClock(Clock):
+    """Also notes the transactions committed up to each trial's end."""
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                parts.add(name, time.perf_counter() - t0)
+    def __init__(self, commits: Commits) -> None:
+        super().__init__()
+        self.commits = commits
+        self.commit_marks: list[int] = []
 
-        return wrapper
-
-    def suggest(trial: Any, spec: Any) -> Any:
-        parts.current = trial.number
-        return timed("suggest", saved["suggest"])(trial, spec)
-
-    driver.suggest = suggest
-    for name in ("precheck", "best_line"):
-        setattr(driver, name, timed(name, saved[name]))
-    timed_record = timed("record", saved["record"])
-
-    def record(*args: Any, **kwargs: Any) -> Any:
-        parts.in_record = True
-        try:
-            return timed_record(*args, **kwargs)
-        finally:
-            parts.in_record = False
-
-    driver.record = record
-    return saved
+    def trial_finished(self, n, total, number, summary, seconds, failure, best) -> None:  # noqa: ANN001
+        self.commit_marks.append(self.commits.n)
+        super().trial_finished(n, total, number, summary, seconds, failure, best)
 
 
-def run_study(
-    spec_path: Path, url: str, trials: int, study_name: str, caps: dict[str, Any]
-) -> dict[str, Any]:
+def bench_spec(spec_path: Path, trials: int, study_name: str) -> Any:
     base = load_spec(spec_path)
     # A batch range wide enough that the space outlasts the study: the driver ends a search once
     # every config is tried, and this benchmark is about the cost per trial at 1000 trials.
     space = {k: v.model_dump(exclude_none=True, exclude_defaults=True) for k, v in base.space.items()}
     space = {k: (v.get("choices") if set(v) == {"choices"} else v) for k, v in space.items()}
     space["batch_size"] = {"low": 1, "high": 512}
-    spec = load_spec(spec_path, overrides={"study": study_name, "budget": {"trials": trials}, "space": space})
-    progress = Clock()
-    parts = Parts()
+    return load_spec(spec_path, overrides={"study": study_name, "budget": {"trials": trials}, "space": space})
+
+
+def run_study(
+    spec_path: Path, url: str, trials: int, study_name: str, caps: dict[str, Any], profile: bool = False
+) -> dict[str, Any]:
+    spec = bench_spec(spec_path, trials, study_name)
+    commits = Commits()
+    progress = CountingClock(commits)
     t_open = time.perf_counter()
-    study = driver.open_study(spec, url, caps, progress)
+    study = api.open_study(spec, storage=url, caps=caps)
     open_s = time.perf_counter() - t_open
-    ask = study.ask
-
-    def timed_ask(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        trial = ask(*args, **kwargs)
-        dt = time.perf_counter() - t0
-        parts.current = trial.number
-        parts.add("ask", dt)
-        return trial
-
-    study.ask = timed_ask  # type: ignore[method-assign]
-    saved = instrument(parts)
-    event.listen(Engine, "commit", parts.commit)
     executor = InstantExecutor(spec, caps, seed=spec.data_seed)
-    session = driver.Session(spec, study, url, trials, caps, progress)
+    event.listen(Engine, "commit", commits)
+    prof = cProfile.Profile() if profile else None
     started = time.perf_counter()
+    start_commits = commits.n
     try:
-        driver.drive(session, executor, None)
+        if prof is not None:
+            prof.enable()
+        api.search(spec, study, executor, trials=trials, caps=caps, progress=progress, storage=url)
     finally:
-        event.remove(Engine, "commit", parts.commit)
-        for name, fn in saved.items():
-            setattr(driver, name, fn)
+        if prof is not None:
+            prof.disable()
+        event.remove(Engine, "commit", commits)
     total_s = time.perf_counter() - started
     rows = []
-    prev = started
-    for number, end, failure in progress.ends:
-        p = parts.by_trial.get(number, dict.fromkeys(PARTS + COUNTS, 0.0))
-        wall = end - prev
-        prev = end
-        rows.append({"number": number, "wall": wall, "failure": failure, **p})
+    prev, prev_commits = started, start_commits
+    for (number, end, failure), mark in zip(progress.ends, progress.commit_marks, strict=True):
+        rows.append(
+            {"number": number, "wall": end - prev, "failure": failure, "commits": mark - prev_commits}
+        )
+        prev, prev_commits = end, mark
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -221,9 +185,37 @@ def run_study(
         "open_s": open_s,
         "states": states,
         "launched": executor.launched,
-        "study": study,
-        "storage": study._storage,
+        "profile": prof,
+        "study_name": study.study_name,
     }
+
+
+# Where a trial's time goes: (label, function name, file fragment) read from the profile, as
+# cumulative seconds (a part includes what it calls).
+PROFILED = (
+    ("ask (Optuna: the sampler's relative search space, trial creation)", "ask", "optuna/study/study.py"),
+    ("suggest (Optuna: the sampler's draws)", "suggest", "autotuner/search/space.py"),
+    ("precheck (runner checks, failed-before)", "precheck", "autotuner/search/driver.py"),
+    ("record (one transaction per trial)", "record", "autotuner/search/driver.py"),
+    ("reading the study (get_trials)", "get_trials", "optuna/study/study.py"),
+    ("best_line (the console's best so far)", "best_line", "autotuner/search/driver.py"),
+    ("proposals (arms: update, propose, refinement)", "propose", "autotuner/search/proposals.py"),
+    ("refinement picks (surrogate, neighbours)", "surrogate_pick", "autotuner/search/proposals.py"),
+)
+
+
+def profile_shares(prof: cProfile.Profile, trials: int) -> list[tuple[str, float]]:
+    stats = pstats.Stats(prof)
+    total = 0.0
+    found: dict[str, float] = {}
+    for (file, _, func), (_, _, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if func == "search" and file.endswith("autotuner/api.py"):
+            total = cum
+        for label, name, frag in PROFILED:
+            if func == name and file.endswith(frag):
+                found[label] = found.get(label, 0.0) + cum
+    out = [(label, found.get(label, 0.0) / trials * 1e3) for label, _, _ in PROFILED]
+    return [("whole search (profiled)", total / trials * 1e3), *out]
 
 
 def describe(spec_path: Path) -> str:
@@ -256,51 +248,21 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def summarize_window(rows: list[dict[str, Any]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key in ("wall", *PARTS):
-        xs = [r[key] for r in rows]
-        out[f"{key}_p50"] = pct(xs, 50)
-        out[f"{key}_p95"] = pct(xs, 95)
-    ask_side = [r["ask"] + r["suggest"] + r["precheck"] for r in rows]
-    tell_side = [r["record"] for r in rows]
-    other = [r["wall"] - sum(r[p] for p in PARTS) for r in rows]
-    for name, xs in (("ask_side", ask_side), ("tell_side", tell_side), ("other", other)):
-        out[f"{name}_p50"] = pct(xs, 50)
-        out[f"{name}_p95"] = pct(xs, 95)
-    for key in COUNTS:
-        out[key] = float(np.median([r[key] for r in rows]))
-    out["n"] = len(rows)
-    return out
+    walls = [r["wall"] for r in rows]
+    return {
+        "wall_p50": pct(walls, 50),
+        "wall_p95": pct(walls, 95),
+        "commits": float(np.median([r["commits"] for r in rows])),
+        "n": len(rows),
+    }
 
 
 def table(results: list[tuple[str, str, dict[str, float]]]) -> list[str]:
-    head = (
-        "| storage | trials | per trial p50 | p95 | ask+suggest+precheck p50 / p95 | "
-        "record (set attrs + tell) p50 / p95 | best_line p50 / p95 | other p50 / p95 |"
-    )
-    lines = [head, "|" + "---|" * 8]
+    lines = ["| storage | trials | per trial p50 (ms) | p95 (ms) | transactions per trial (median) |"]
+    lines.append("|---|---|---|---|---|")
     for storage, label, s in results:
         lines.append(
-            f"| {storage} | {label} | {s['wall_p50']:.1f} | {s['wall_p95']:.1f} | "
-            f"{s['ask_side_p50']:.1f} / {s['ask_side_p95']:.1f} | "
-            f"{s['tell_side_p50']:.1f} / {s['tell_side_p95']:.1f} | "
-            f"{s['best_line_p50']:.1f} / {s['best_line_p95']:.1f} | "
-            f"{s['other_p50']:.1f} / {s['other_p95']:.1f} |"
-        )
-    return lines
-
-
-def detail(results: list[tuple[str, str, dict[str, float]]]) -> list[str]:
-    lines = [
-        "| storage | trials | ask p50 | suggest p50 | precheck p50 | record p50 | best_line p50 "
-        "| transactions per trial | of them in record |"
-    ]
-    lines.append("|" + "---|" * 9)
-    for storage, label, s in results:
-        lines.append(
-            f"| {storage} | {label} | {s['ask_p50']:.2f} | {s['suggest_p50']:.2f} | "
-            f"{s['precheck_p50']:.2f} | {s['record_p50']:.2f} | {s['best_line_p50']:.2f} | "
-            f"{s['commits']:.0f} | {s['record_commits']:.0f} |"
+            f"| {storage} | {label} | {s['wall_p50']:.1f} | {s['wall_p95']:.1f} | {s['commits']:.0f} |"
         )
     return lines
 
@@ -312,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--spec", type=Path, default=SPEC, help="spec whose space is searched")
     ap.add_argument("--out", type=Path, default=DOC)
+    ap.add_argument("--profile-trials", type=int, default=300, help="size of the profiled run; 0 skips it")
     args = ap.parse_args(argv)
     load0 = load_average()
 
@@ -321,15 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[str] = []
 
     n = args.trials
-    windows = [(1, min(100, n))]
-    if n >= 500:
-        windows.append((n // 2 - 99, n // 2))
-    if n > 100:
-        windows.append((n - 99, n))
     with tempfile.TemporaryDirectory(prefix="autotune-bench-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         r = run_study(args.spec, url, n, "driver-overhead", caps)
         db_mb = Path(tmp, "bench.db").stat().st_size / 2**20
+        shares: list[tuple[str, float]] = []
+        if args.profile_trials > 0:
+            purl = f"sqlite:///{tmp}/profiled.db"
+            pr = run_study(
+                args.spec, purl, args.profile_trials, "driver-overhead-profiled", caps, profile=True
+            )
+            shares = profile_shares(pr["profile"], len(pr["rows"]))
     rows = r["rows"]
     print(
         f"sqlite: {len(rows)} trials in {r['total_s']:.1f}s "
@@ -340,6 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         f"trial states {r['states']}, {r['launched']} sent to the executor, "
         f"database {db_mb:.1f} MiB at the end; open_study {r['open_s'] * 1e3:.0f} ms"
     )
+    # The budget counts measurements; repeats told their pooled value are free trials on top, so
+    # the study holds more trials than the budget. Windows are over the study's trials: the
+    # first 100, the 100 that bring it to `--trials`, and the last 100.
+    total = len(rows)
+    windows = [(1, min(100, total))]
+    if total > n >= 200:
+        windows.append((n - 99, n))
+    if total > 100:
+        windows.append((total - 99, total))
     for a, b in windows:
         s = summarize_window(window(rows, a, b))
         results.append(("SQLite", f"{a}-{b}", s))
@@ -354,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"postgresql: skipped ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             runs.append(f"- PostgreSQL: not measured ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         else:
-            optuna.delete_study(study_name=name, storage=r["storage"])
+            optuna.delete_study(study_name=name, storage=args.pg_url)
             rows = r["rows"]
             print(
                 f"postgresql: {len(rows)} trials in {r['total_s']:.1f}s "
@@ -369,16 +343,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for line in table(results):
         print(line)
-    for line in detail(results):
+    prof_lines = [f"| {label} | {ms:.1f} |" for label, ms in shares]
+    for line in prof_lines:
         print(line)
 
     doc = [
         "# Driver overhead per trial",
         "",
-        "What the driver itself costs per trial, with no model run: the real `driver.drive` loop",
-        "(`study.ask`, `suggest`, `precheck`, `record` = set every user attr + `study.tell`,",
-        "`best_line`, the `get_trials`/`counted` reads, the owner system attr) over a spec's space",
-        "with the sampler from `make_sampler` (TPE: multivariate, group, constant liar). The",
+        "What the driver itself costs per trial, with no model run: the real search stage",
+        "(`autotuner.api.search`, called as any user would) over a spec's space with its sampler",
+        "(TPE: multivariate, group, constant liar). The",
         "executor answers at once with a fake `TrialResult(ok=True)` holding",
         f"every metric of `autotuner/metrics.py` and {N_SAMPLES} latency samples. Configs the runners",
         "refuse (bf16 on onnxruntime-cpu) are recorded as PRUNED by `precheck` without reaching",
@@ -398,15 +372,21 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Milliseconds per trial",
         "",
-        'Trial i\'s time runs from the end of trial i-1 to the end of trial i. "other" is that time',
-        "minus the timed parts: mostly the `study.get_trials()` + `counted()` reads at the loop top",
-        "and after `ask`, the owner system attr, and the executor round trip (making the fake result).",
+        "Trial i's time runs from the end of trial i-1 to the end of trial i, over every trial of",
+        "the study: the budget counts measurements, and repeats the sampler proposes are answered",
+        "with the config's pooled estimate as free trials on top, so a budget of 1000 makes a study",
+        "of about twice that. A transaction is one SQLAlchemy commit, reads included (asking a",
+        "trial, claiming it, its parameters, its config, its result, the reads of the study).",
         "",
         *table(results),
         "",
-        "Medians of the single parts (ms):",
+        f"Where the time goes, from cProfile over a separate {args.profile_trials}-trial SQLite run",
+        "(cumulative ms per trial; profiling slows everything, so read the parts against the",
+        "profiled whole, not against the table above; parts overlap where one calls another):",
         "",
-        *detail(results),
+        "| part | ms per trial |",
+        "|---|---|",
+        *prof_lines,
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import Clock, InstantExecutor, fake_result  # noqa: E402
 
-from autotuner.execution.capabilities import probe  # noqa: E402
-from autotuner.search.driver import Session, drive, open_study  # noqa: E402
-from autotuner.spec.loading import load_spec  # noqa: E402
+from autotuner import api  # noqa: E402
+from autotuner.api import load_spec, probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = os.environ.get("AUTOTUNE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -76,11 +75,19 @@ def one(url: str, size: int, probe_n: int, caps: dict) -> dict:
     name = f"scale-{uuid.uuid4().hex[:8]}"
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", {"name": name})
     clock = Clock()
-    study = open_study(spec, url, caps, clock)
+    study = api.open_study(spec, storage=url, caps=caps)
     try:
         fill_s = fill(study, spec, size, np.random.default_rng(0))
         t0 = time.perf_counter()
-        drive(Session(spec, study, url, size + probe_n, caps, clock), InstantExecutor(spec, caps), None)
+        api.search(
+            spec,
+            study,
+            InstantExecutor(spec, caps),
+            trials=size + probe_n,
+            caps=caps,
+            progress=clock,
+            storage=url,
+        )
         ends = [t0] + [e[1] for e in clock.ends]
         per = [b - a for a, b in zip(ends, ends[1:], strict=False)]
         t = time.perf_counter()

@@ -24,10 +24,9 @@ sys.path.insert(0, str(HERE))
 
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
 
-from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner import api  # noqa: E402
+from autotuner.api import probe, spec_from_dict  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
-from autotuner.search.driver import Session, drive, open_study  # noqa: E402
-from autotuner.spec.loading import spec_from_dict  # noqa: E402
 
 
 def spec(name: str, trials: int):  # noqa: ANN201
@@ -71,11 +70,9 @@ def measure(executor_name: str, slots: int, trials: int, caps: dict) -> dict:
     s = spec(f"{executor_name}{slots}", trials)
     url = f"sqlite:///{s.name}.db"
     stamps = Stamps()
-    study = open_study(s, url, caps, stamps)
+    study = api.open_study(s, storage=url, caps=caps)
     if executor_name == "local":
-        from autotuner.execution.local import LocalExecutor
-
-        ex = LocalExecutor(s, caps)
+        ex = api.make_executor("local", s, caps)
     else:
         import ray
 
@@ -86,13 +83,11 @@ def measure(executor_name: str, slots: int, trials: int, caps: dict) -> dict:
             logging_level="ERROR",
             configure_logging=False,
         )
-        from autotuner.execution.ray_executor import RayExecutor
-
-        ex = RayExecutor(s, caps)
+        ex = api.make_executor("ray", s, caps)
         assert ex.slots == slots, ex.slots
     start = time.monotonic()
     try:
-        drive(Session(s, study, url, trials, caps, stamps), ex, None)
+        api.search(s, study, ex, trials=trials, caps=caps, progress=stamps, storage=url)
     finally:
         ex.close()
         if executor_name == "ray":

@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import load_average, machine_lines  # noqa: E402
 
+from autotuner.api import load_spec  # noqa: E402
 from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.execution.harness import HarnessSettings, measure  # noqa: E402
 from autotuner.execution.worker import build, settings_of  # noqa: E402
 from autotuner.models.builtins import model_inputs  # noqa: E402
 from autotuner.models.inputs import make_inputs  # noqa: E402
 from autotuner.runners.base import Device  # noqa: E402
-from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "tiny.yaml"

@@ -31,9 +31,9 @@ LANDSCAPE = ROOT / "benchmarks" / "landscapes" / "quickstart.jsonl"
 def main(n: int) -> None:
     from record_landscape import landscape_spec
 
+    from autotuner.api import load_spec
     from autotuner.execution.replay import load_landscape
     from autotuner.search.estimates import config_key
-    from autotuner.spec.loading import load_spec
 
     spec = landscape_spec(load_spec(SPEC))
     t = truth(spec, load_landscape(LANDSCAPE))

@@ -36,7 +36,8 @@ from autotuner.spec.schema import Spec  # noqa: E402
 
 def landscape_spec(spec: Spec) -> Spec:
     """The spec with every range made a finite list: log int ranges at powers of two."""
-    from autotuner.spec.loading import spec_from_dict, spec_to_dict
+    from autotuner.api import spec_from_dict
+    from autotuner.spec.loading import spec_to_dict
 
     d = spec_to_dict(spec)
     for name, p in spec.space.items():
@@ -74,14 +75,11 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="skip (config, round) pairs already in the file")
     args = ap.parse_args()
 
+    from autotuner.api import load_spec, make_executor, precheck, probe
     from autotuner.execution.base import TrialRequest
-    from autotuner.execution.capabilities import probe
     from autotuner.execution.load import over_limit
-    from autotuner.execution.local import LocalExecutor
-    from autotuner.search.driver import precheck
     from autotuner.search.estimates import config_key
     from autotuner.search.space import all_configs
-    from autotuner.spec.loading import load_spec
 
     spec = landscape_spec(load_spec(args.spec))
     configs = all_configs(spec)
@@ -97,7 +95,7 @@ def main() -> None:
     caps = probe()
     # The machine's facts travel with the landscape: a replay refuses what this machine refused.
     out.with_suffix(".caps.json").write_text(json.dumps(caps, indent=1) + "\n")
-    ex = LocalExecutor(spec, caps)
+    ex = make_executor("local", spec, caps)
     rng = random.Random(args.seed)
     print(f"{len(configs)} configs x {args.rounds} rounds; load average {load_average()}", flush=True)
     started = time.monotonic()
@@ -109,7 +107,7 @@ def main() -> None:
                 for i, config in enumerate(order):
                     if (config_key(config), r) in done:
                         continue
-                    known = precheck(spec, config, caps, [])
+                    known = precheck(spec, config, caps)
                     res = known if known is not None else ex.submit(TrialRequest(i, config)).result()
                     tries = 0
                     limit = spec.measurement.max_foreign_load

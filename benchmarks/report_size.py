@@ -21,11 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
 from driver_overhead import InstantExecutor  # noqa: E402
 
-from autotuner.api import choose, report  # noqa: E402
-from autotuner.execution.capabilities import probe  # noqa: E402
+from autotuner.api import choose, load_spec, open_study, probe, report, search  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
-from autotuner.search.driver import Session, drive, open_study  # noqa: E402
-from autotuner.spec.loading import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +31,8 @@ def make_study(n: int, caps: dict) -> None:
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", {"name": f"r{n}"})
     url = f"sqlite:///studies/r{n}.db"
     quiet = Progress(quiet=True)
-    study = open_study(spec, url, caps, quiet)
-    drive(Session(spec, study, url, n, caps, quiet), InstantExecutor(spec, caps), None)
+    study = open_study(spec, storage=url, caps=caps)
+    search(spec, study, InstantExecutor(spec, caps), trials=n, caps=caps, progress=quiet, storage=url)
     choose(spec, study, None, None, quiet)
 
 

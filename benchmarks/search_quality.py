@@ -4,7 +4,7 @@
 
 The landscape (benchmarks/record_landscape.py) holds every config of the space measured in several
 rounds in fresh processes; a config's true value is its mean over those rounds. Each run drives
-the real driver (autotuner.search.driver.drive) and the real pick (autotuner.api.choose) with a replay
+the real search and pick stages (autotuner.api.search, autotuner.api.choose) with a replay
 executor that answers a config with one of its recorded rounds drawn at random, so the noise is
 the machine's own. Per strategy it prints:
 
@@ -97,7 +97,8 @@ def welch_tie(a: list[float], b: list[float]) -> bool:
 def strategy_spec(spec_path: str, strategy: str) -> Any:
     from record_landscape import landscape_spec
 
-    from autotuner.spec.loading import load_spec, spec_from_dict, spec_to_dict
+    from autotuner.api import load_spec, spec_from_dict
+    from autotuner.spec.loading import spec_to_dict
 
     spec = landscape_spec(load_spec(spec_path))
     d = spec_to_dict(spec)
@@ -115,10 +116,10 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
     import optuna
 
     from autotuner import api
+    from autotuner.api import spec_from_dict
     from autotuner.execution.replay import ReplayExecutor, load_landscape
     from autotuner.progress import Progress
-    from autotuner.search import driver
-    from autotuner.spec.loading import spec_from_dict, spec_to_dict
+    from autotuner.spec.loading import spec_to_dict
 
     spec_path, landscape_path, strategy, seed = args
     spec = strategy_spec(spec_path, strategy)
@@ -133,13 +134,7 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
         study_name=name, storage=storage, directions=[o.direction for o in spec.objectives]
     )
     study.set_user_attr("sampler_seed", seed)
-    budget = spec.budget.trials
-    if spec.sampler.type == "grid":
-        from autotuner.search.space import grid_size
-
-        budget = min(budget, grid_size(spec) or budget)
-    session = driver.Session(spec, study, "sqlite:///:memory:", budget, caps, quiet)
-    driver.drive(session, ex, None)
+    api.search(spec, study, ex, caps=caps, progress=quiet, storage="sqlite:///:memory:")
     search_s = ex.measure_s
     pick = api.choose(spec, study, None, ex, quiet)
     return {

@@ -67,8 +67,8 @@ print(json.dumps({"items_s": 8 * n / (time.perf_counter() - t0)}))
 
 def export_model(work: Path) -> Path:
     """The tiny encoder as ONNX (autotune's cached export), its batch dimension fixed at 8."""
+    from autotuner.api import spec_from_dict
     from autotuner.models.artifacts import onnx_path
-    from autotuner.spec.loading import spec_from_dict
 
     spec = spec_from_dict(
         {

@@ -11,7 +11,9 @@ import optuna
 import yaml
 
 from autotuner._version import __version__
+from autotuner.errors import UsageError
 from autotuner.files import atomic_write_text
+from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
 from autotuner.search.pick import Pick
 from autotuner.spec.schema import Spec
@@ -73,7 +75,7 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
                     "satisfied": c.violation(v) <= 0,
                 }
             )
-    runner = runner_for(str(config.get("backend", "torch-eager")))
+    runner = runner_for(backend_of(config))
     spec_path = rec.study_attr(study, rec.SPEC_PATH, f"{spec.name}.yaml")
     argv = ["autotune", "bench", spec_path] + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
     return {
@@ -140,3 +142,21 @@ def _r(v: Any) -> Any:
     if isinstance(v, float):
         return float(f"{v:.6g}")
     return v
+
+
+def vllm_serve(spec: Spec, config: dict[str, Any]) -> str:
+    """`vllm serve MODEL --block-size 16 ...` from a vLLM study's chosen parameters."""
+    import shlex
+
+    if spec.model.external is None:
+        raise UsageError("--format vllm needs a study whose model is external (the vLLM model name)")
+    argv = ["vllm", "serve", spec.model.external]
+    for k, v in config.items():
+        if k in ("backend", "threads"):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif v is not False:
+            argv += [flag, str(v)]
+    return shlex.join(argv)

@@ -10,6 +10,7 @@ import json
 import math
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -401,3 +402,27 @@ def _definitions(page: Page) -> None:
         "separates them beyond the noise; else the best mean on the rule stands. The gain over the "
         "baseline comes from the baseline raced in the same rounds.</p>"
     )
+
+
+def write_report(studies: list[str], storage: str | None, output: str | Path | None, fmt: str) -> Path:
+    """Write the HTML report (several studies: fronts overlaid), or one study's table as CSV/JSON."""
+    from autotuner.errors import UsageError
+    from autotuner.files import atomic_write_text
+    from autotuner.report import data as report_data
+    from autotuner.study.storage import default_url, load_study, redact
+
+    if fmt not in ("html", "csv", "json"):
+        raise UsageError(f"--format {fmt!r}: allowed: html, csv, json")
+    if not studies:
+        raise UsageError("name at least one study")
+    if fmt != "html" and len(studies) > 1:
+        raise UsageError(f"--format {fmt} writes one study's table; name one study")
+    loaded = []
+    for name in studies:
+        url = storage or default_url(name)
+        st = load_study(name, url)
+        loaded.append((st, report_data.load(st, redact(url))))
+    path = Path(output or f"reports/{'-vs-'.join(studies)}.{fmt}")
+    if fmt != "html":
+        return report_data.write_table(loaded[0][1], path, fmt)
+    return atomic_write_text(path, build(loaded))

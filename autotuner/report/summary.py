@@ -1,0 +1,89 @@
+"""The console summary at the end of a run: the front of pooled estimates, the race, the choice."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import optuna
+
+from autotuner.progress import Progress, fmt_config
+from autotuner.search.estimates import config_key
+from autotuner.search.pick import Pick, race_status
+from autotuner.spec.schema import Spec
+from autotuner.study import records as rec
+
+
+def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progress) -> None:
+    """The front of the configs' pooled estimates, the race side by side, and the choice."""
+    from autotuner.search.estimates import feasible, front, pool, relative_spread
+
+    estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
+    ok = [e for e in estimates.values() if feasible(e, spec.constraints)[0]]
+    pareto = front(ok, spec.objectives)
+    shown = list(pareto)
+    chosen_key = config_key(pick.config) if pick else None
+    if chosen_key and chosen_key in estimates and estimates[chosen_key] not in shown:
+        shown.append(estimates[chosen_key])
+    params = list(spec.space)
+    metrics = [o.metric for o in spec.objectives]
+    o = spec.objectives[0]
+    shown.sort(key=lambda e: e.mean(o.metric) or 0.0, reverse=o.direction == "maximize")
+    conf = spec.pick.confidence
+    if shown:
+        on_front = {id(e) for e in pareto}
+        spread = {m: relative_spread(estimates, m) for m in metrics}
+        progress.say(
+            f"\nPareto-optimal feasible configs by their pooled estimates ({len(on_front)}), "
+            f"mean +- half the {int(conf * 100)}% interval:"
+        )
+        rows = []
+        for e in shown:
+            mark = "*" if e.key == chosen_key else ""
+            cells = []
+            for m in metrics:
+                iv = e.interval(m, conf, spread[m])
+                cells.append(f"{iv[0]:.4g} +-{(iv[2] - iv[1]) / 2:.2g}" if iv else "-")
+            flags = [] if id(e) in on_front else ["chosen, off the front"]
+            if e.under_load:
+                flags.append(f"{e.under_load} block(s) under load left out")
+            rows.append(
+                [
+                    f"{mark}#{e.first_trial}",
+                    *[e.config.get(p, "-") for p in params],
+                    e.n,
+                    *cells,
+                    "; ".join(flags),
+                ]
+            )
+        progress.table(["trial", *params, "blocks", *metrics, "note"], rows)
+    if pick is None:
+        return
+    if pick.remeasured:
+        progress.say(f"\nthe race on {pick.rule} ({pick.rounds} rounds, blocks in fresh workers):")
+        rows = []
+        for c in pick.candidates:
+            status = race_status(asdict(c), pick.winner, pick.tied_with)
+            ci = f"{c.ci[0]:.4g}..{c.ci[1]:.4g}" if c.ci else "-"
+            mean = f"{c.mean:.4g}" if c.mean is not None else "-"
+            rows.append(
+                [
+                    f"#{c.trial}" if c.trial >= 0 else "-",
+                    fmt_config(c.config),
+                    f"{c.value:.4g}" if c.value == c.value else "-",
+                    len(c.rounds),
+                    mean,
+                    ci,
+                    status,
+                ]
+            )
+        progress.table(["trial", "config", "before race", "rounds", "race mean", "interval", "status"], rows)
+    chosen = pick.chosen
+    ci = (
+        f" (mean {chosen.mean:.4g}, {int(pick.confidence * 100)}% CI {chosen.ci[0]:.4g}..{chosen.ci[1]:.4g})"
+        if chosen.ci and chosen.mean is not None
+        else f" (pooled estimate {chosen.value:.4g} over {chosen.blocks} block(s))"
+    )
+    progress.say(f"\nchosen: trial #{pick.winner} {fmt_config(pick.config)} by {pick.rule}{ci}")
+    progress.say(f"  {pick.reason}")
+    if pick.baseline:
+        progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
