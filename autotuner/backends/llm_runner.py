@@ -64,17 +64,17 @@ def memory_model(spec: Spec, config: dict[str, Any]) -> dict[str, int]:
     holds page_size tokens of every layer; the budget holds floor(budget / page bytes) pages.
     """
     s = llama_shape(spec)
-    elem = DTYPE_BYTES[config.get("precision", "fp32")]
+    elem = DTYPE_BYTES[LlmRunner.value(config, "precision")]
     head_dim = s["hidden"] // s["heads"]
     kv_per_token = 2 * s["layers"] * s["kv_heads"] * head_dim * elem
-    page_size = int(config.get("page_size", 16))
+    page_size = int(LlmRunner.value(config, "page_size"))
     page_bytes = page_size * kv_per_token
-    budget = int(float(config.get("kv_budget_mb", 16)) * 2**20)
+    budget = int(float(LlmRunner.value(config, "kv_budget_mb")) * 2**20)
     pages = max(1, budget // page_bytes)
     h, kv_dim = s["hidden"], s["kv_heads"] * head_dim
     per_layer = h * (h + 2 * kv_dim) + h * h + 3 * h * s["intermediate"] + 2 * h
     params = 2 * s["vocab"] * h + s["layers"] * per_layer + h
-    tokens = int(config.get("max_batch_tokens", 256))
+    tokens = int(LlmRunner.value(config, "max_batch_tokens"))
     working = (
         tokens * (4 * h + s["intermediate"]) * elem + tokens * s["vocab"] * 4
     )  # activations + fp32 logits
@@ -94,7 +94,14 @@ def memory_model(spec: Spec, config: dict[str, Any]) -> dict[str, int]:
 class LlmRunner(WorkloadRunner):
     name = "llm"
     backends = ("llm",)
-    knobs = frozenset({"device", "page_size", "max_batch_tokens", "attn_implementation", "kv_budget_mb"})
+    knobs: ClassVar[dict[str, Any]] = {
+        "device": "cpu",
+        "page_size": 16,
+        "max_batch_tokens": 256,
+        "attn_implementation": "sdpa",
+        "kv_budget_mb": 16,
+        "batch_size": 8,  # concurrent requests
+    }
     exclusive_knobs: ClassVar[dict[str, str]] = {
         "page_size": "applies to LLM serving; the {runner} runner has no KV cache"
     }
@@ -110,17 +117,17 @@ class LlmRunner(WorkloadRunner):
             return reason
         if spec.model.builtin != "tiny-llama" and spec.model.hf is None:
             return "the llm backend serves model.builtin tiny-llama or a local directory in model.hf"
-        device = config.get("device", "cpu")
-        attn = config.get("attn_implementation", "sdpa")
+        device = cls.value(config, "device")
+        attn = cls.value(config, "attn_implementation")
         if attn not in ATTENTION:
             return f"attn_implementation {attn!r} is not one of {', '.join(ATTENTION)}"
         if device == "cuda" and not caps.get("cuda_devices"):
             return "device=cuda but torch sees no CUDA device on this machine"
         if attn == "flash_attention_2" and device != "cuda":
             return "flash_attention_2 reads the paged cache on CUDA only"
-        if config.get("precision") == "fp16" and device != "cuda":
+        if cls.value(config, "precision") == "fp16" and device != "cuda":
             return "fp16 generation on CPU is not offered; use bf16 or fp32"
-        if int(config.get("page_size", 16)) < 4:
+        if int(cls.value(config, "page_size")) < 4:
             return "page_size must be at least 4 tokens"
         return None
 
@@ -135,15 +142,17 @@ class LlmRunner(WorkloadRunner):
     def setup(self) -> None:
         import torch
 
-        if self.config.get("threads"):
+        if self.value(self.config, "threads"):
             torch.set_num_threads(int(self.config["threads"]))
         self.torch = torch
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.config.get("precision", "fp32")
+            self.value(self.config, "precision")
         ]
-        self.dev = torch.device("cuda", 0) if self.config.get("device") == "cuda" else torch.device("cpu")
+        self.dev = (
+            torch.device("cuda", 0) if self.value(self.config, "device") == "cuda" else torch.device("cpu")
+        )
         model = load_causal_lm(self.spec).to(self.dtype).to(self.dev)
-        model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
+        model.config._attn_implementation = self.value(self.config, "attn_implementation")
         self.model = model
 
     def _cb_config(self) -> Any:
@@ -151,10 +160,10 @@ class LlmRunner(WorkloadRunner):
 
         mm = memory_model(self.spec, self.config)
         return ContinuousBatchingConfig(
-            page_size=int(self.config.get("page_size", 16)),
+            page_size=int(self.value(self.config, "page_size")),
             num_blocks=mm["pages"],
-            max_batch_tokens=int(self.config.get("max_batch_tokens", 256)),
-            max_requests_per_batch=int(self.config.get("batch_size", 8)),
+            max_batch_tokens=int(self.value(self.config, "max_batch_tokens")),
+            max_requests_per_batch=int(self.value(self.config, "batch_size")),
             allow_block_sharing=False,
             use_cuda_graph=False,
             use_async_batching=False,
@@ -214,7 +223,7 @@ class LlmRunner(WorkloadRunner):
         metrics = serving_metrics(
             [results[f"r{i}"] for i in range(len(reqs))],
             reqs,
-            int(self.config.get("page_size", 16)),
+            int(self.value(self.config, "page_size")),
             self.settings,
         )
         mm = memory_model(self.spec, self.config)
@@ -238,7 +247,7 @@ class LlmRunner(WorkloadRunner):
 
     def _accuracy(self, reqs: list[Any]) -> dict[str, float]:
         """Greedy tokens and next-token logits against the fp32 model on the same prompts."""
-        if self.config.get("precision", "fp32") == "fp32":
+        if self.value(self.config, "precision") == "fp32":
             return {"accuracy_token_agreement": 1.0, "accuracy_max_logit_diff": 0.0}
 
         torch = self.torch
@@ -253,7 +262,7 @@ class LlmRunner(WorkloadRunner):
                 diff = max(diff, float((a - b).abs().max()))
         agree = total = 0
         for model in (ref, self.model):
-            model.config._attn_implementation = self.config.get("attn_implementation", "sdpa")
+            model.config._attn_implementation = self.value(self.config, "attn_implementation")
         outs = [
             m.generate_batch(
                 prompts,
@@ -277,7 +286,7 @@ class LlmRunner(WorkloadRunner):
         keys = ("page_size", "batch_size", "max_batch_tokens", "attn_implementation", "kv_budget_mb")
         return {
             "continuous_batching": {k: config[k] for k in keys if k in config},
-            "dtype": config.get("precision", "fp32"),
+            "dtype": cls.value(config, "precision"),
         }
 
 
@@ -393,7 +402,7 @@ def _count_offloads() -> Callable[[], int]:
 
 
 def _device_bytes(config: dict[str, Any], caps: dict[str, Any]) -> int | None:
-    if config.get("device") == "cuda":
+    if LlmRunner.value(config, "device") == "cuda":
         mb = caps.get("gpu_memory_mb")
         return int(mb * 2**20) if mb else None
     try:

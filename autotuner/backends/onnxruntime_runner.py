@@ -33,7 +33,12 @@ EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
 class OnnxRuntimeRunner(TimedRunner):
     name = "onnxruntime"
     backends = tuple(PROVIDERS)
-    knobs = frozenset({"graph_optimization_level", "inter_op_threads", "execution_mode", "io_binding"})
+    knobs: ClassVar[dict[str, Any]] = {
+        "graph_optimization_level": "all",
+        "inter_op_threads": 1,
+        "execution_mode": "sequential",
+        "io_binding": False,
+    }
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
 
     @classmethod
@@ -52,22 +57,24 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"{provider} is not available in onnxruntime {version} here "
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
-        precision = config.get("precision", "fp32")
+        precision = cls.value(config, "precision")
         if precision == "int8" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs it needs calibration"
-        level = config.get("graph_optimization_level", "all")
+        level = cls.value(config, "graph_optimization_level")
         if level not in OPT_LEVELS:
             return f"graph_optimization_level {level!r} is not one of {', '.join(OPT_LEVELS)}"
-        mode = config.get("execution_mode", "sequential")
+        mode = cls.value(config, "execution_mode")
         if mode not in EXEC_MODES:
             return f"execution_mode {mode!r} is not one of {', '.join(EXEC_MODES)}"
-        if config.get("io_binding") and backend == "onnxruntime-cpu":
+        if cls.value(config, "io_binding") and backend == "onnxruntime-cpu":
             return "io_binding applies to the CUDA and TensorRT providers"
         return None
 
     @classmethod
     def needs_gpu(cls, config: dict[str, Any]) -> bool:
-        return PROVIDERS.get(str(config.get("backend")), "CPUExecutionProvider") != "CPUExecutionProvider"
+        return (
+            PROVIDERS.get(str(cls.value(config, "backend")), "CPUExecutionProvider") != "CPUExecutionProvider"
+        )
 
     def setup(self) -> None:
         import onnxruntime as ort
@@ -76,22 +83,20 @@ class OnnxRuntimeRunner(TimedRunner):
         from autotuner.models.artifacts import onnx_path
 
         backend = self.config["backend"]
-        precision = self.config.get("precision", "fp32")
+        precision = self.value(self.config, "precision")
         # TensorRT builds its own fp16 engine from the fp32 graph.
         source = "fp32" if backend == "onnxruntime-tensorrt" else precision
         path = onnx_path(self.spec, source)
         self.provider = PROVIDERS[backend]
         so = ort.SessionOptions()
-        threads = self.config.get("threads")
+        threads = self.value(self.config, "threads")
         if threads:
             so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = int(self.config.get("inter_op_threads", 1))
+        so.inter_op_num_threads = int(self.value(self.config, "inter_op_threads"))
         so.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, OPT_LEVELS[self.config.get("graph_optimization_level", "all")]
+            ort.GraphOptimizationLevel, OPT_LEVELS[self.value(self.config, "graph_optimization_level")]
         )
-        so.execution_mode = getattr(
-            ort.ExecutionMode, EXEC_MODES[self.config.get("execution_mode", "sequential")]
-        )
+        so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
         so.log_severity_level = 3
         opts: dict[str, Any] = {}
         if self.provider != "CPUExecutionProvider":
@@ -116,7 +121,7 @@ class OnnxRuntimeRunner(TimedRunner):
 
     def prepare(self, batch: dict[str, np.ndarray]) -> Callable[[], object]:
         sess = self.session
-        if self.config.get("io_binding") and self._on_gpu:
+        if self.value(self.config, "io_binding") and self._on_gpu:
             idx = int(self.device.cuda_index or 0)
             binding = sess.io_binding()
             for name, arr in batch.items():
@@ -146,16 +151,16 @@ class OnnxRuntimeRunner(TimedRunner):
     @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
         backend = config["backend"]
-        precision = config.get("precision", "fp32")
+        precision = cls.value(config, "precision")
         settings: dict[str, Any] = {
             "providers": [PROVIDERS[backend]],
             "session_options": {
-                "intra_op_num_threads": int(config.get("threads") or 0),
-                "inter_op_num_threads": int(config.get("inter_op_threads", 1)),
-                "graph_optimization_level": OPT_LEVELS[config.get("graph_optimization_level", "all")],
-                "execution_mode": EXEC_MODES[config.get("execution_mode", "sequential")],
+                "intra_op_num_threads": int(cls.value(config, "threads") or 0),
+                "inter_op_num_threads": int(cls.value(config, "inter_op_threads")),
+                "graph_optimization_level": OPT_LEVELS[cls.value(config, "graph_optimization_level")],
+                "execution_mode": EXEC_MODES[cls.value(config, "execution_mode")],
             },
-            "io_binding": bool(config.get("io_binding", False)),
+            "io_binding": bool(cls.value(config, "io_binding")),
         }
         if precision == "int8":
             settings["quantization"] = (

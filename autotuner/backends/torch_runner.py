@@ -17,7 +17,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class TorchRunner(TimedRunner):
     name = "torch"
     backends = ("torch-eager", "torch-compile")
-    knobs = frozenset({"device", "compile_mode"})
+    knobs: ClassVar[dict[str, Any]] = {"device": "cpu", "compile_mode": "default"}
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
 
     @classmethod
@@ -27,8 +27,8 @@ class TorchRunner(TimedRunner):
             return reason
         if spec.model.onnx is not None:
             return "an ONNX model file runs only on onnxruntime-* backends"
-        device = config.get("device", "cpu")
-        precision = config.get("precision", "fp32")
+        device = cls.value(config, "device")
+        precision = cls.value(config, "precision")
         if device not in ("cpu", "cuda"):
             return f"device {device!r} is not known to the torch runner (cpu, cuda)"
         if device == "cuda":
@@ -38,9 +38,9 @@ class TorchRunner(TimedRunner):
                 return "dynamic int8 quantization in torch runs on CPU only"
             if precision == "bf16" and not caps.get("cuda_bf16"):
                 return "this GPU does not support bf16"
-        mode = config.get("compile_mode")
+        mode = config.get("compile_mode")  # given at all: only torch-compile reads it
         if mode is not None:
-            if config.get("backend") != "torch-compile":
+            if cls.value(config, "backend") != "torch-compile":
                 return "compile_mode applies to backend torch-compile only"
             if mode not in COMPILE_MODES:
                 return f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}"
@@ -51,7 +51,7 @@ class TorchRunner(TimedRunner):
 
         from autotuner.models.builtins import build_torch_model
 
-        threads = self.config.get("threads")
+        threads = self.value(self.config, "threads")
         if threads:
             torch.set_num_threads(int(threads))
         self.torch = torch
@@ -59,7 +59,7 @@ class TorchRunner(TimedRunner):
         if self.dev is not None:
             torch.cuda.reset_peak_memory_stats(self.dev)
         model = build_torch_model(self.spec)
-        precision = self.config.get("precision", "fp32")
+        precision = self.value(self.config, "precision")
         self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
         if precision == "int8":
             import warnings
@@ -71,14 +71,14 @@ class TorchRunner(TimedRunner):
             model = model.to(self.dtype)
         if self.dev is not None:
             model = model.to(self.dev)
-        if self.config.get("backend") == "torch-compile":
-            mode = self.config.get("compile_mode", "default")
+        if self.value(self.config, "backend") == "torch-compile":
+            mode = self.value(self.config, "compile_mode")
             model = torch.compile(model, mode=None if mode == "default" else mode)
         self.model = model
 
     @property
     def _cuda(self) -> bool:
-        return self.config.get("device", "cpu") == "cuda"
+        return self.value(self.config, "device") == "cuda"
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> list[Any]:
         """The batch as positional tensors, in the spec's input order (what forward() takes)."""
@@ -115,7 +115,7 @@ class TorchRunner(TimedRunner):
             self.torch.cuda.synchronize(self.dev)
 
     def activate(self) -> None:
-        threads = self.config.get("threads")
+        threads = self.value(self.config, "threads")
         if threads:
             self.torch.set_num_threads(int(threads))
 
@@ -129,9 +129,9 @@ class TorchRunner(TimedRunner):
 
     @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
-        precision = config.get("precision", "fp32")
+        precision = cls.value(config, "precision")
         settings: dict[str, Any] = {
-            "device": config.get("device", "cpu"),
+            "device": cls.value(config, "device"),
             "dtype": {"fp32": "float32", "int8": "float32", **_DTYPES}[precision],
             "inference_mode": True,
         }
@@ -139,8 +139,8 @@ class TorchRunner(TimedRunner):
             settings["quantization"] = (
                 "torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
             )
-        if config.get("backend") == "torch-compile":
-            settings["compile"] = {"mode": config.get("compile_mode", "default")}
-        if config.get("threads"):
+        if cls.value(config, "backend") == "torch-compile":
+            settings["compile"] = {"mode": cls.value(config, "compile_mode")}
+        if cls.value(config, "threads"):
             settings["num_threads"] = int(config["threads"])
         return {"torch": settings}

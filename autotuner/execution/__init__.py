@@ -4,5 +4,6 @@ machine's capabilities probe. Nothing here writes the study.
 """
 
 from autotuner.execution.base import EXECUTORS, Executor, TrialRequest, make_executor
+from autotuner.execution.process import kill_all as stop_workers
 
-__all__ = ["EXECUTORS", "Executor", "TrialRequest", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "TrialRequest", "make_executor", "stop_workers"]

@@ -77,8 +77,9 @@ class Runner(ABC):
 
     name: ClassVar[str]
     backends: ClassVar[tuple[str, ...]]
-    # Parameters this runner reads beyond the shared ones (SHARED_KNOBS).
-    knobs: ClassVar[frozenset[str]] = frozenset()
+    # Parameters this runner reads beyond the shared ones (SHARED_KNOBS), with the value a config
+    # that leaves one out has; a shared knob listed here takes this runner's default instead.
+    knobs: ClassVar[dict[str, Any]] = {}
     # Any parameter name is passed to the program (the command runner).
     open_knobs: ClassVar[bool] = False
     # Knobs that only this runner reads and that other runners refuse, so that a mixed space
@@ -98,6 +99,13 @@ class Runner(ABC):
         self.device = device
         self.knob = Knobs.of(config)
         self.settings: Any = self.settings_of(spec)
+
+    @classmethod
+    def value(cls, config: dict[str, Any], name: str) -> Any:
+        """A knob's value in a config, or its default (the runner's, else the shared one)."""
+        if name in config:
+            return config[name]
+        return cls.knobs[name] if name in cls.knobs else SHARED_DEFAULTS.get(name)
 
     @classmethod
     def settings_of(cls, spec: Spec) -> Any:
@@ -198,7 +206,7 @@ def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]
         return "batch_size must be at least 1"
     from autotuner.runners.registry import exclusive_owner
 
-    own = SHARED_KNOBS | cls.knobs | set(cls.exclusive_knobs)
+    own = SHARED_KNOBS | set(cls.knobs) | set(cls.exclusive_knobs)
     for name in config:
         if name in own:
             continue  # the common case: no other runner needs to be imported to know

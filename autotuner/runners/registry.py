@@ -67,7 +67,7 @@ def all_knobs() -> frozenset[str]:
 
     knobs = set(SHARED_KNOBS)
     for cls in runners().values():
-        knobs |= cls.knobs | set(cls.exclusive_knobs)
+        knobs |= set(cls.knobs) | set(cls.exclusive_knobs)
     return frozenset(knobs)
 
 

@@ -30,8 +30,7 @@ def choose(
             check_rule(rule_text)
         except ValueError as e:
             raise UsageError(f"--pick: {e}") from None
-    o = spec.objectives[0]
-    rule = Rule.parse(rule_text or f"{'max' if o.direction == 'maximize' else 'min'}:{o.metric}")
+    rule = Rule.parse(rule_text) if rule_text else Rule.first_objective(spec)
     trials = study.get_trials(deepcopy=False)
     stored = rec.race_blocks(study)
     estimates = pool(trials, stored)

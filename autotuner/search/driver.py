@@ -17,9 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotuner.errors import UsageError
-from autotuner.execution import Executor, TrialRequest
+from autotuner.execution import Executor, TrialRequest, stop_workers
 from autotuner.execution.load import over_limit
-from autotuner.execution.process import kill_all
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.runners.base import backend_of
@@ -180,19 +179,11 @@ def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -
 
 def best_line(spec: Spec, arms: Any) -> str | None:
     """The best feasible config so far by its pooled estimate, with its trial and block count."""
-    from autotuner.search.estimates import feasible
-
-    o = spec.objectives[0]
-    scored = [
-        (e, e.mean(o.metric))
-        for e in arms.estimates.values()
-        if feasible(e, spec.constraints)[0] and e.mean(o.metric) is not None
-    ]
-    if not scored:
+    best = arms.leaders(1)
+    if not best:
         return None
-    pick = max if o.direction == "maximize" else min
-    e, v = pick(scored, key=lambda x: x[1])
-    return f"#{e.first_trial} {o.metric}={v:.4g}" + (f" ({e.n} blocks)" if e.n > 1 else "")
+    e, metric = best[0], spec.objectives[0].metric
+    return f"#{e.first_trial} {metric}={e.mean(metric):.4g}" + (f" ({e.n} blocks)" if e.n > 1 else "")
 
 
 def tell_pooled(spec: Spec, study: optuna.Study, trial: Trial, e: Any, values: list[float]) -> str:
@@ -260,7 +251,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
     study.sampler = make_sampler(spec, seed=base_seed + len(trials))
     rng = random.Random(base_seed + len(trials) + 1)
     arms = Arms(spec, trials, REPEATS_FOR_CONTENDERS)
-    memo: dict[int, bool] = {}  # finished trial id -> uses the budget
+    memo: dict[int, bool] = {}  # finished trial number -> uses the budget
     last_beat = time.monotonic()  # a trial's start stands in for its first beat
     limit = spec.measurement.max_foreign_load
     measured_s = sum(rec.metric(t, "measure_s") or 0.0 for t in trials if uses_budget(t))
@@ -448,7 +439,7 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                 rec.interrupt(study, t, "stopped by the user (Ctrl-C)")
         raise
     finally:
-        kill_all()
+        stop_workers()
     if spec.budget.measure_s is not None and measured_s >= spec.budget.measure_s:
         say(f"the measurement budget ({spec.budget.measure_s:g} s) is spent")
     journal.compact()

@@ -245,7 +245,7 @@ def counted(trials: list[FrozenTrial], memo: dict[int, bool] | None = None) -> i
 def budget_use(t: FrozenTrial, memo: dict[int, bool] | None = None) -> bool:
     if memo is None or not t.state.is_finished():
         return uses_budget(t)
-    v = memo.get(t._trial_id)
+    v = memo.get(t.number)
     if v is None:
-        v = memo[t._trial_id] = uses_budget(t)
+        v = memo[t.number] = uses_budget(t)
     return v

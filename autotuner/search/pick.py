@@ -27,6 +27,12 @@ class Rule:
         d, _, m = text.partition(":")
         return cls(d, m)
 
+    @classmethod
+    def first_objective(cls, spec: Any) -> Rule:
+        """The default rule: the spec's first objective, in its direction."""
+        o = spec.objectives[0]
+        return cls("max" if o.direction == "maximize" else "min", o.metric)
+
     def __str__(self) -> str:
         return f"{self.direction}:{self.metric}"
 

@@ -20,6 +20,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotuner.search.estimates import Block, Estimate, config_key, feasible, reaches, relative_spread
+from autotuner.search.pick import Rule
 from autotuner.search.space import all_configs, random_config
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
@@ -54,9 +55,9 @@ class Arms:
         self._same_accuracy: dict[str, list[Estimate]] = {}
         self.failed: dict[str, tuple[int, str, str]] = {}
         self.seen: set[int] = set()
-        o = spec.objectives[0]
-        self.metric = o.metric
-        self.maximize = o.direction == "maximize"
+        rule = Rule.first_objective(spec)
+        self.metric = rule.metric
+        self.maximize = rule.direction == "max"
         self.update(trials)
 
     def update(self, trials: list[FrozenTrial]) -> None:
