@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         "refuse (bf16 on onnxruntime-cpu) are recorded as PRUNED by `precheck` without reaching",
         "the executor, as in a real run.",
         "",
-        f"- {describe(args.spec)}",
+        f"- {describe(args.spec)}; batch_size widened to the int range 1..512 so that the space "
+        "outlasts the study",
         "",
         "Produced by `python benchmarks/driver_overhead.py`.",
         "",
