@@ -11,8 +11,18 @@ from autotuner._version import __version__
 from autotuner.errors import AutotuneError, UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line and exit status 2 (argparse prints its usage block first)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        command = self.prog.removeprefix("autotune").strip()
+        where = f"{command}: " if command else ""
+        print(f"autotune: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="autotune", description=("Find the best deployment configuration of a model by measuring it.")
     )
     p.add_argument("--version", action="version", version=f"autotune {__version__}")

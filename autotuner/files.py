@@ -8,6 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
+
+
 def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
     """Call write(tmp) on a fresh temporary file beside `path`, then rename it into place.
 
@@ -20,6 +29,9 @@ def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes 0600; an output is as readable as any file the user creates (0644 under
+        # umask 022), so that a team can serve reports and artifacts from a shared folder.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

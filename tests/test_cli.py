@@ -83,6 +83,9 @@ def test_bench_measures_one_config(done_study: Path) -> None:
         (["export", "t", "--pick", "fastest"], "--pick: rule 'fastest' must look like"),
         (["run", "spec.yaml", "--executor", "k8s"], "--executor 'k8s' is not available"),
         (["run", "spec.yaml", "--trials", "0"], "--trials must be at least 1"),
+        (["run", "spec.yaml", "--trials", "abc"], "run: argument --trials: invalid int value: 'abc'"),
+        (["bogus"], "argument command: invalid choice: 'bogus'"),
+        (["run"], "run: the following arguments are required: spec"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(done_study: Path, args: list[str], needle: str) -> None:
@@ -98,3 +101,26 @@ def test_a_password_never_appears(done_study: Path) -> None:
     )
     assert out.returncode == 2
     assert "s3cret-pw" not in out.stderr + out.stdout and "***" in out.stderr
+
+
+def test_outputs_are_as_readable_as_the_study_database(done_study: Path) -> None:
+    """Reports, the best-config YAML and tables get the user's umask (0644 under 022), not
+    mkstemp's 0600, so that a team can serve them from a shared folder."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert cli("report", "t", "--format", "csv", cwd=done_study).returncode == 0
+    expected = 0o666 & ~mask
+    for rel in ("reports/t.html", "reports/t.best.yaml", "reports/t.csv"):
+        mode = stat.S_IMODE((done_study / rel).stat().st_mode)
+        assert mode == expected, f"{rel}: {oct(mode)}, want {oct(expected)}"
+
+
+def test_objectives_are_named_for_the_dashboard(done_study: Path) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{done_study / 'studies' / 't.db'}")
+    assert study.metric_names == ["throughput_items_s", "latency_p95_ms"]
+

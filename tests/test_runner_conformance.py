@@ -170,7 +170,6 @@ def test_every_runner_runs_one_real_trial_through_the_worker(runner: str, caps: 
 
 def test_the_suite_names_what_a_broken_runner_gets_wrong() -> None:
     from autotuner.backends.torch_runner import TorchRunner
-
     from autotuner.runners.base import WorkloadRunner
 
     class Both(TorchRunner, WorkloadRunner):  # type: ignore[misc]

@@ -109,6 +109,8 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
         if rec.study_attr(study, rec.SPEC_FINGERPRINT) not in (None, spec.fingerprint()):
             progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
         return study
+    # optuna-dashboard and Optuna's plots label the objectives by these names.
+    study.set_metric_names([o.metric for o in spec.objectives])
     rec.init_study(
         study,
         **{
