@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,11 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
         if rec.study_attr(study, rec.SPEC_FINGERPRINT) not in (None, spec.fingerprint()):
             progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
         return study
-    # optuna-dashboard and Optuna's plots label the objectives by these names.
-    study.set_metric_names([o.metric for o in spec.objectives])
+    # optuna-dashboard and Optuna's plots label the objectives by these names. (Optuna calls the
+    # method experimental; it has been stable since 3.2 and the names are only labels.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.objectives])
     rec.init_study(
         study,
         **{
