@@ -84,7 +84,7 @@ def open_study(
     """The spec's study in its storage (the spec's, or SQLite under studies/): created or resumed."""
     from autotuner.study.storage import open_study as _open
 
-    url = storage or spec.storage or default_url(spec.study_name)
+    url = _url(spec, storage)
     return _open(spec, url, caps if caps is not None else {}, progress or Progress(quiet=True))
 
 
@@ -102,7 +102,7 @@ def search(
     from autotuner.search.driver import Session, drive, sized_budget
 
     progress = progress or Progress(quiet=True)
-    url = storage or spec.storage or default_url(spec.study_name)
+    url = _url(spec, storage)
     budget = sized_budget(spec, trials or spec.budget.trials)
     caps = caps if caps is not None else getattr(executor, "caps", {})
     drive(Session(spec, study, url, budget, caps, progress), executor, spec.budget.wall_time_s)
@@ -136,7 +136,7 @@ def write_best_config(
     """The best-config YAML of a pick: parameters, deploy settings, evidence and provenance."""
     from autotuner.report.export import best_config, write_yaml
 
-    url = storage or spec.storage or default_url(spec.study_name)
+    url = _url(spec, storage)
     return write_yaml(Path(path), best_config(spec, study, pick, url))
 
 
@@ -167,7 +167,7 @@ def run(
     if address is not None and executor != "ray":
         raise UsageError("--address applies to --executor ray")
     progress = progress or Progress()
-    url = s.storage or default_url(s.study_name)
+    url = _url(s, None)
     caps = probe()
     ex = make_executor(executor, s, caps, address)
     try:
@@ -256,6 +256,11 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
         return full, ex.submit(TrialRequest(0, full)).result()
     finally:
         ex.close()
+
+
+def _url(spec: Spec, storage: str | None) -> str:
+    """Where the spec's study lives: as given, else the spec's storage, else SQLite under studies/."""
+    return storage or spec.storage or default_url(spec.study_name)
 
 
 def _spec(spec: Spec | str | Path, study: str | None, storage: str | None) -> Spec:

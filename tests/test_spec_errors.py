@@ -179,6 +179,14 @@ CASES = [
     ),
     case("unknown-top-level-field", mod({"trails": 5}), "trails", f"unknown field; allowed: {TOP_FIELDS}"),
     case("seed-negative", mod({"seed": -1}), "seed", "Input should be greater than or equal to 0"),
+    # A runner's section is checked wherever it is given, even when no backend of the space reads it.
+    case("workload-without-llm", mod({"workload": {"requests": 0}}), "workload.requests", AT_LEAST_1),
+    case(
+        "workload-unknown-field",
+        mod({"workload": {"request": 4}}),
+        "workload.request",
+        "unknown field; allowed: requests, prompt_len, output_len, rate_rps, trace, slo_ttft_ms, slo_tpot_ms",
+    ),
     # --- model -----------------------------------------------------------------------------------
     case(
         "model-two-sources",

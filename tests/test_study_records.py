@@ -55,7 +55,8 @@ def test_a_trials_result_is_stored_in_one_transaction(tmp_path: Path) -> None:
     study = api.open_study(spec, caps=CAPS)
     commits: list[int] = []
     trial = study.ask()
-    records.set_config(trial, {"backend": "torch-eager", "precision": "fp32", "batch_size": 2, "threads": 1})
+    config = {"backend": "torch-eager", "precision": "fp32", "batch_size": 2, "threads": 1}
+    records.start(study, trial, config)
 
     def count(*_: Any) -> None:
         commits.append(1)

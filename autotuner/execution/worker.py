@@ -113,7 +113,7 @@ def run_trial(
             metrics["foreign_load"] = meter.stop()
             return TrialResult(ok=True, metrics=metrics)
         assert isinstance(runner, TimedRunner), f"{type(runner).__name__} is neither timed nor a workload"
-        batch_size = runner.knob.batch_size
+        batch_size = int(runner.value(runner.config, "batch_size"))
         specs = model_inputs(spec)
         started = time.perf_counter()
         runner.setup()

@@ -47,27 +47,6 @@ class Device:
         return cls(kind=d["kind"], cores=tuple(d["cores"]), cuda_index=d.get("cuda_index"))
 
 
-@dataclass(frozen=True)
-class Knobs:
-    """A config's shared knobs, with their defaults filled in once."""
-
-    backend: str
-    batch_size: int
-    precision: str
-    threads: int | None
-
-    @classmethod
-    def of(cls, config: dict[str, Any]) -> Knobs:
-        c = {**SHARED_DEFAULTS, **{k: v for k, v in config.items() if k in SHARED_DEFAULTS}}
-        threads = c["threads"]
-        return cls(
-            backend=str(c["backend"]),
-            batch_size=int(c["batch_size"]),
-            precision=str(c["precision"]),
-            threads=int(threads) if threads else None,
-        )
-
-
 def backend_of(config: dict[str, Any]) -> str:
     return str(config.get("backend", DEFAULT_BACKEND))
 
@@ -97,7 +76,6 @@ class Runner(ABC):
         self.spec = spec
         self.config = config
         self.device = device
-        self.knob = Knobs.of(config)
         self.settings: Any = self.settings_of(spec)
 
     @classmethod
@@ -191,18 +169,17 @@ class WorkloadRunner(Runner):
 def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]) -> str | None:
     """Checks every runner shares: the precision it offers, threads within the trial's cores, a
     positive batch, and no knob that another runner holds for itself."""
-    k = Knobs.of(config)
-    if k.precision not in cls.precisions:
-        return (
-            f"{cls.name} runner does not offer precision {k.precision!r} (offers {', '.join(cls.precisions)})"
-        )
+    precision = cls.value(config, "precision")
+    if precision not in cls.precisions:
+        offers = ", ".join(cls.precisions)
+        return f"{cls.name} runner does not offer precision {precision!r} (offers {offers})"
     cores = int(caps.get("cpu_cores", 1))
     threads = config.get("threads")
     if threads is not None and int(threads) > cores:
         return f"threads={threads} exceeds the {cores} CPU cores a trial gets here"
     if threads is not None and int(threads) < 1:
         return "threads must be at least 1"
-    if k.batch_size < 1:
+    if int(cls.value(config, "batch_size")) < 1:
         return "batch_size must be at least 1"
     from autotuner.runners.registry import exclusive_owner
 

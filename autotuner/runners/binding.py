@@ -48,9 +48,11 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
                 raise FieldError(key, f"required when space.backend includes {backends}")
             if cls.settings_required and given and not used:
                 raise FieldError(key, f"applies only when space.backend includes {' or '.join(cls.backends)}")
-            if used and cls.Settings is not None:
+            if (used or given) and cls.Settings is not None:
+                # A section given is checked even where no backend reads it (as the schema did).
                 settings = validate(cls.Settings, spec.sections.get(key) or {}, source, (key,))
-                cls.bind(spec, settings)
+                if used:
+                    cls.bind(spec, settings)
     except FieldError as e:
         raise field_error(source, e) from None
     return spec

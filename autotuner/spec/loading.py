@@ -98,11 +98,11 @@ def validate(model: type[M], data: Any, source: str, prefix: tuple[str | int, ..
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        path = _path(err["loc"])
+        path = _path((*prefix, *err["loc"]))
         error = err.get("ctx", {}).get("error")
         if isinstance(error, FieldError):  # a validator pointing below its own field
             path = _join(path, error.path)
-        raise SpecError(source, _join(_join("", prefix), _split(path)), _problem(err, model)) from None
+        raise SpecError(source, path, _problem(err, model)) from None
 
 
 def field_error(source: str, error: FieldError) -> SpecError:
@@ -114,13 +114,6 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
     """A plain dict that crosses a process boundary and validates back to the same Spec."""
     return {**spec.model_dump(mode="json"), **spec.sections, "base_dir": spec.base_dir}
 
-
-def _split(path: str) -> tuple[str | int, ...]:
-    """A rendered path back into parts ("a.b[2]" -> ("a", "b", 2))."""
-    parts: list[str | int] = []
-    for piece in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
-    return tuple(parts)
 
 
 def _path(loc: tuple[Any, ...]) -> str:

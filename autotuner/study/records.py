@@ -121,10 +121,6 @@ def last_beat(t: FrozenTrial) -> float:
 # ---- reading the study ---------------------------------------------------------------------------
 
 
-def study_attrs(study: optuna.Study) -> dict[str, Any]:
-    return dict(study.user_attrs)
-
-
 def stored_spec(study: optuna.Study) -> dict[str, Any]:
     return dict(study.user_attrs.get(SPEC) or {})
 
@@ -164,10 +160,6 @@ def save_pick(study: optuna.Study, pick: dict[str, Any]) -> None:
 
 def set_spec_path(study: optuna.Study, path: str) -> None:
     study.set_user_attr(SPEC_PATH, path)
-
-
-def set_config(trial: Trial, config: dict[str, Any]) -> None:
-    trial.set_user_attr(CONFIG, config)
 
 
 def set_marker(trial: Trial, key: str, value: Any) -> None:
