@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 METRICS: dict[str, str] = {
     "latency_p50_ms": "median wall time of one batch, after warm-up, device synchronized",
@@ -86,5 +88,50 @@ def is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def direction_of(metric: str) -> str:
-    return DEFAULT_DIRECTION.get(metric, "minimize")
+# Trial attributes that are not metrics (autotuner.study.records keeps the same names apart): a
+# spec may not declare a metric by one of these names, which would overwrite the attribute.
+RESERVED_NAMES = frozenset(
+    {"config", "failure_class", "failure_message", "under_load", "latency_samples_ms", "info"}
+    | {"pooled_from", "failed_before", "repeat_of", "load_retry", "retry_of", "drawn"}
+)
+
+# A spec's declared metrics (its `metrics:` section) as plain data: name -> {unit, direction,
+# description}, each optional. The functions below take it where a declared metric may be named.
+Declared = Mapping[str, Mapping[str, Any]]
+
+
+def direction_of(metric: str, declared: Declared | None = None) -> str:
+    """The metric's better direction: its declared hint, else the built-in default."""
+    hint = (declared or {}).get(metric, {}).get("direction")
+    return str(hint) if hint else DEFAULT_DIRECTION.get(metric, "minimize")
+
+
+def names(declared: Iterable[str] = ()) -> list[str]:
+    """Every metric a spec may name: the built-in ones, then its declared ones."""
+    return [*METRICS, *(m for m in declared if m not in METRICS)]
+
+
+def unit_of(metric: str, declared: Declared | None = None) -> str | None:
+    """A declared metric's unit (a built-in one says its unit in its name)."""
+    unit = (declared or {}).get(metric, {}).get("unit")
+    return str(unit) if unit else None
+
+
+def label(metric: str, declared: Declared | None = None) -> str:
+    """The metric's name with its declared unit, for table headers and axes: 'mfu (%)'."""
+    unit = unit_of(metric, declared)
+    return f"{metric} ({unit})" if unit else metric
+
+
+def definitions(declared: Declared | None = None) -> dict[str, str]:
+    """What each metric means: the built-in definitions, then the declared ones with their unit
+    and direction hint in words."""
+    out = dict(METRICS)
+    for name, d in (declared or {}).items():
+        words = [str(d["description"])] if d.get("description") else ["declared by the spec"]
+        if d.get("unit"):
+            words.append(f"unit: {d['unit']}")
+        if d.get("direction"):
+            words.append(f"better: {'higher' if d['direction'] == 'maximize' else 'lower'}")
+        out[name] = "; ".join(words)
+    return out

@@ -3,7 +3,8 @@
 The spec's `command.argv` is a list; `{param}` placeholders are filled with the trial's values as
 plain text and the list is executed directly, never through a shell, so a value holding shell
 metacharacters reaches the program literally. Metrics are read from a JSON file the command
-writes (`metrics_file`) or from the last JSON object on its stdout, by dotted paths.
+writes (`metrics_file`) or from the last JSON object on its stdout, by dotted paths. A metric may be
+a built-in one or one the spec declares under `metrics:` (the program's own figure, e.g. `mfu`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class CommandSettings(BaseModel):
     cwd: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     metrics_file: str | None = None
-    # Our metric name -> dotted path in the JSON (a file the command writes, else its stdout).
+    # Our metric name (built-in or declared in the spec's `metrics:`) -> dotted path in the JSON
+    # (a file the command writes, else its stdout). The names are checked by `bind`.
     metrics: dict[str, str] = Field(min_length=1)
 
     @field_validator("metrics")
@@ -69,7 +71,6 @@ class CommandSettings(BaseModel):
     def _metric_names(cls, v: dict[str, str]) -> dict[str, str]:
         aggregates = ("min", "max", "count", "mean", "median", "p90", "p95", "p99")
         for name, path in v.items():
-            known_metric(name)
             agg, sep, rest = path.partition(":")
             if sep and agg not in aggregates:
                 raise FieldError(name, f"{agg!r} is not an aggregate; allowed: {', '.join(aggregates)}")
@@ -91,7 +92,19 @@ class CommandRunner(WorkloadRunner):
 
     @classmethod
     def bind(cls, spec: Spec, settings: CommandSettings) -> None:
-        """Every {placeholder} names a parameter (or model, trial_dir)."""
+        """Every {placeholder} names a parameter (or model, trial_dir); every metric read is a
+        built-in or declared one, and every declared one is read."""
+        for name in settings.metrics:
+            try:
+                known_metric(name, spec.metrics)
+            except ValueError as e:
+                raise FieldError(("command", "metrics", name), str(e)) from None
+        for name in spec.metrics:
+            if name not in settings.metrics:
+                raise FieldError(
+                    ("metrics", name),
+                    "declared, but command.metrics does not read it; give its JSON path there",
+                )
         known = set(spec.space) | set(COMMAND_EXTRAS)
         texts: list[tuple[str, str | int | None, str]] = [("argv", i, a) for i, a in enumerate(settings.argv)]
         texts += [("env", k, v) for k, v in settings.env.items()]

@@ -17,7 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.files import atomic_write, atomic_write_text
-from autotuner.metrics import METRICS
+from autotuner.metrics import definitions, label
+from autotuner.metrics import names as metric_names
 from autotuner.search.estimates import Estimate, is_measurement, pool, trial_front
 from autotuner.search.estimates import trial_feasible as feasible
 from autotuner.study import records as rec
@@ -71,6 +72,23 @@ class StudyData:
     def config(self, t: FrozenTrial) -> dict[str, Any]:
         return rec.trial_config(t)
 
+    @property
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """The metrics the study's spec declares (its `metrics:` section)."""
+        return dict(self.spec.get("metrics") or {})
+
+    @cached_property
+    def metric_names(self) -> list[str]:
+        """Every metric a trial of this study may hold: the built-in ones, then the declared ones."""
+        return metric_names(self.declared)
+
+    def label(self, metric: str) -> str:
+        """The metric as a header or axis title: with its unit where the spec declares one."""
+        return label(metric, self.declared)
+
+    def definitions(self) -> dict[str, str]:
+        return definitions(self.declared)
+
 
 def load(study: optuna.Study, storage: str) -> StudyData:
     spec = rec.stored_spec(study)
@@ -108,7 +126,7 @@ def rows(data: StudyData) -> list[dict[str, Any]]:
         }
         for p in data.params:
             row[f"param:{p}"] = config.get(p)
-        for m in METRICS:
+        for m in data.metric_names:
             v = rec.metric(t, m)
             row[m] = v if isinstance(v, int | float) and math.isfinite(v) else None
         out.append(row)

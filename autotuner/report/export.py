@@ -62,6 +62,9 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
             entry = {"mean": _r(v), "blocks": 1}
         else:
             continue
+        # A declared metric says its unit and meaning (a built-in one's name says its unit).
+        declared = spec.declared_metrics.get(m, {})
+        entry.update({k: declared[k] for k in ("unit", "description") if k in declared})
         metrics[m] = entry
     constraints = []
     for c in spec.constraints:

@@ -129,7 +129,7 @@ def pareto(datas: list[StudyData], x: str, y: str) -> Figure:
                         hoverinfo="text",
                     )
                 )
-    return _fig(traces, _layout(f"{y} against {x}", x, y))
+    return _fig(traces, _layout(f"{y} against {x}", datas[0].label(x), datas[0].label(y)))
 
 
 def _group_key(cfg: dict[str, Any]) -> str:

@@ -18,7 +18,6 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from autotuner._version import __version__
-from autotuner.metrics import METRICS
 from autotuner.report import figures as figs
 from autotuner.report.data import StudyData
 from autotuner.report.figures import esc
@@ -146,7 +145,7 @@ def build(studies: list[tuple[optuna.Study, StudyData]]) -> str:
         page.add("</div>")
     for study, d in studies:
         _study_sections(page, study, d, prefix=f"{d.name}: " if len(datas) > 1 else "")
-    _definitions(page)
+    _definitions(page, datas)
     return page.render(f"autotune report: {names}")
 
 
@@ -270,16 +269,14 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
 
     constraints = [Constraint(**c) for c in d.constraints]
     conf = float((d.pick or {}).get("confidence", 0.95))
-    metrics = [m for m in d.objectives if m in METRICS]
+    metrics = [m for m in d.objectives if m in d.metric_names]
     o = metrics[0] if metrics else None
     ests = [e for e in d.estimates.values() if o and e.mean(o) is not None]
     ests.sort(key=lambda e: e.mean(o) or 0.0, reverse=bool(d.directions) and d.directions[0] == "maximize")
     rel = {m: relative_spread(d.estimates, m) for m in metrics}
     chosen = json.dumps((d.pick or {}).get("config") or {}, sort_keys=True)
-    head = "".join(
-        f"<th>{esc(h)}</th>"
-        for h in ["first trial", *d.params, "feasible", "blocks", "under load", *metrics, "measure s"]
-    )
+    headers = ["first trial", *d.params, "feasible", "blocks", "under load", *map(d.label, metrics)]
+    head = "".join(f"<th>{esc(h)}</th>" for h in [*headers, "measure s"])
     body = []
     for e in ests[:50]:
         ok, why = feasible_estimate(e, constraints)
@@ -360,9 +357,10 @@ def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
             ]
         )
     )
-    metrics = [m for m in metrics if m in METRICS]
+    metrics = [m for m in metrics if m in d.metric_names]
     head = "".join(
-        f"<th>{esc(h)}</th>" for h in ["trial", "state", "feasible", "failure", *d.params, *metrics]
+        f"<th>{esc(h)}</th>"
+        for h in ["trial", "state", "feasible", "failure", *d.params, *map(d.label, metrics)]
     )
     body = []
     for t in d.trials:
@@ -388,10 +386,13 @@ def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
     )
 
 
-def _definitions(page: Page) -> None:
+def _definitions(page: Page, datas: list[StudyData]) -> None:
+    metrics: dict[str, str] = {}
+    for d in datas:  # the built-in metrics, then those the studies' specs declare
+        metrics.update(d.definitions())
     page.add(
         "<h2>Definitions</h2>"
-        + _kv(list(METRICS.items()))
+        + _kv(list(metrics.items()))
         + "<h3>Failure classes</h3>"
         + _kv(list(FAILURE_CLASSES.items()))
         + "<p>The chosen config: every measurement block of a config (search trials, repeats, race "

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import optuna
 
+from autotuner.metrics import label
 from autotuner.progress import Progress, fmt_config
 from autotuner.search.estimates import config_key
 from autotuner.search.pick import Pick, race_status
@@ -55,7 +56,8 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
                     "; ".join(flags),
                 ]
             )
-        progress.table(["trial", *params, "blocks", *metrics, "note"], rows)
+        headers = [label(m, spec.declared_metrics) for m in metrics]
+        progress.table(["trial", *params, "blocks", *headers, "note"], rows)
     if pick is None:
         return
     if pick.remeasured:

@@ -27,7 +27,7 @@ def choose(
 
     if rule_text is not None:
         try:
-            check_rule(rule_text)
+            check_rule(rule_text, spec.metrics)
         except ValueError as e:
             raise UsageError(f"--pick: {e}") from None
     rule = Rule.parse(rule_text) if rule_text else Rule.first_objective(spec)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from autotuner.metrics import METRICS
+from autotuner.metrics import METRICS, RESERVED_NAMES
+from autotuner.metrics import names as metric_names
 
 
 class FieldError(ValueError):
@@ -60,8 +70,9 @@ Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
 Number = Annotated[float, BeforeValidator(_number)]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 # The backend a config runs on when the space has no `backend` parameter.
 DEFAULT_BACKEND = "torch-eager"
@@ -236,25 +247,31 @@ class ParamSpec(_Strict):
         return None
 
 
+class MetricSpec(_Strict):
+    """A metric the spec declares beyond the built-in ones: a figure an external program reports
+    (the command runner reads it by `command.metrics`), usable as an objective or constraint."""
+
+    unit: str | None = None
+    # The better direction: what an objective on this metric that gives no direction takes.
+    direction: Literal["minimize", "maximize"] | None = None
+    description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, data: Any) -> Any:
+        return {} if data is None else data  # `mfu:` with nothing after it declares the name only
+
+
+# An objective's and a constraint's metric is checked by Spec (built-in or declared there).
 class Objective(_Strict):
     metric: str
     direction: Literal["minimize", "maximize"]
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known_metric(v)
 
 
 class Constraint(_Strict):
     metric: str
     op: Literal["<=", ">=", "<", ">"]
     bound: Number
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known_metric(v)
 
     @property
     def text(self) -> str:
@@ -330,14 +347,15 @@ class PickSpec(_Strict):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         # One rule may be given as a string; its error then names the field itself.
-        return [check_rule(v)] if isinstance(v, str) else v
+        return [check_rule(v, check_metric=False)] if isinstance(v, str) else v
 
     @field_validator("tie_break")
     @classmethod
     def _rules(cls, v: list[str]) -> list[str]:
+        # The form here; the metric by Spec, which knows the declared ones.
         for i, rule in enumerate(v):
             try:
-                check_rule(rule)
+                check_rule(rule, check_metric=False)
             except ValueError as e:
                 raise FieldError(i, str(e)) from None
         return v
@@ -354,6 +372,9 @@ class Spec(_Strict):
     model: ModelSpec
     inputs: list[InputSpec] | None = None
     space: dict[str, ParamSpec]
+    # Metrics beyond the built-in ones (an external program's own figures); before the objectives,
+    # whose validators read them.
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
     objectives: list[Objective]
     constraints: list[Constraint] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
@@ -401,9 +422,45 @@ class Spec(_Strict):
                 raise FieldError((i, "name"), f"{name!r} is listed twice")
         return v
 
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, v: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
+        for name in v:
+            if not METRIC_NAME_RE.match(name):
+                raise FieldError(
+                    name,
+                    "is not a usable metric name; start with a letter or '_', then letters, digits, "
+                    "'_' (up to 64)",
+                )
+            if name in METRICS:
+                raise FieldError(name, "is a built-in metric; a declared metric needs a name of its own")
+            if name in RESERVED_NAMES:
+                raise FieldError(name, "is a name autotune stores apart from the metrics; choose another")
+        return v
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _direction_hints(cls, v: Any, info: ValidationInfo) -> Any:
+        """An objective on a declared metric that gives no direction takes the declared one."""
+        declared = info.data.get("metrics") or {}
+        if not isinstance(v, list):
+            return v
+        out = []
+        for o in v:
+            given = isinstance(o, dict) and "direction" not in o and isinstance(o.get("metric"), str)
+            hint = declared.get(o["metric"]) if given else None
+            out.append({**o, "direction": hint.direction} if hint and hint.direction else o)
+        return out
+
     @field_validator("objectives")
     @classmethod
-    def _objectives(cls, v: list[Objective]) -> list[Objective]:
+    def _objectives(cls, v: list[Objective], info: ValidationInfo) -> list[Objective]:
+        declared = info.data.get("metrics") or {}
+        for i, o in enumerate(v):
+            try:
+                known_metric(o.metric, declared)
+            except ValueError as e:
+                raise FieldError((i, "metric"), str(e)) from None
         if not v:
             raise ValueError("list at least one objective (at most 4)")
         if len(v) > 4:
@@ -416,7 +473,7 @@ class Spec(_Strict):
 
     @field_validator("constraints", mode="before")
     @classmethod
-    def _parse_constraints(cls, v: Any) -> Any:
+    def _parse_constraints(cls, v: Any, info: ValidationInfo) -> Any:
         if not isinstance(v, list):
             return v
         out = []
@@ -428,11 +485,41 @@ class Spec(_Strict):
             if not m:
                 raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
             try:
-                metric = known_metric(m[1])
+                metric = known_metric(m[1], info.data.get("metrics") or {})
             except ValueError as e:
                 raise FieldError(i, str(e)) from None
             out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
         return out
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraint_metrics(cls, v: list[Constraint], info: ValidationInfo) -> list[Constraint]:
+        for i, c in enumerate(v):
+            try:
+                known_metric(c.metric, info.data.get("metrics") or {})
+            except ValueError as e:
+                raise FieldError((i, "metric"), str(e)) from None
+        return v
+
+    @field_validator("pick", mode="before")
+    @classmethod
+    def _pick_metrics(cls, v: Any, info: ValidationInfo) -> Any:
+        """The tie-break rules name built-in or declared metrics (PickSpec checks their form)."""
+        rules = v.get("tie_break") if isinstance(v, dict) else None
+        declared = info.data.get("metrics") or {}
+        if isinstance(rules, str):
+            try:
+                check_rule(rules, declared)
+            except ValueError as e:
+                raise FieldError("tie_break", str(e)) from None
+        elif isinstance(rules, list):
+            for i, rule in enumerate(rules):
+                if isinstance(rule, str):
+                    try:
+                        check_rule(rule, declared)
+                    except ValueError as e:
+                        raise FieldError(("tie_break", i), str(e)) from None
+        return v
 
     @field_validator("space")
     @classmethod
@@ -500,9 +587,17 @@ class Spec(_Strict):
             return [DEFAULT_BACKEND]
         return [str(v) for v in self.space["backend"].values() or []]
 
+    @property
+    def declared_metrics(self) -> dict[str, dict[str, Any]]:
+        """The `metrics:` section as plain data (autotuner.metrics' helpers take it)."""
+        return {k: m.model_dump(exclude_none=True) for k, m in self.metrics.items()}
+
     def fingerprint(self) -> str:
         """A short hash of what the spec asks for, to notice a changed spec on resume."""
-        blob = json.dumps({**self.model_dump(mode="json"), **self.sections}, sort_keys=True)
+        data = self.model_dump(mode="json")
+        if not data["metrics"]:
+            del data["metrics"]  # as before the field existed: older studies resume unchanged
+        blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolve(self, path: str) -> Path:
@@ -515,19 +610,23 @@ def config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def known_metric(v: str) -> str:
-    """The metric name, or ValueError naming the allowed ones."""
-    if v not in METRICS:
-        raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(METRICS)}")
+def known_metric(v: str, declared: Iterable[str] = ()) -> str:
+    """The metric name, built-in or among `declared` (the spec's `metrics:`), or ValueError naming
+    the allowed ones."""
+    allowed = metric_names(declared)
+    if v not in allowed:
+        raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(allowed)}")
     return v
 
 
-def check_rule(v: str) -> str:
-    """A pick rule 'min:METRIC' or 'max:METRIC'."""
+def check_rule(v: str, declared: Iterable[str] = (), *, check_metric: bool = True) -> str:
+    """A pick rule 'min:METRIC' or 'max:METRIC' on a built-in or declared metric (its form only,
+    without check_metric)."""
     direction, _, metric = v.partition(":")
     if direction not in ("min", "max") or not metric:
         raise ValueError(f"rule {v!r} must look like 'min:METRIC' or 'max:METRIC'")
-    known_metric(metric)
+    if check_metric:
+        known_metric(metric, declared)
     return v
 
 
