@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +16,23 @@ def _umask() -> int:
 
 
 _UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
+# In temporary names: a shared folder (NFS) may hold another host's writer, whose pid means nothing here.
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
 
 
 def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
     """Call write(tmp) on a fresh temporary file beside `path`, then rename it into place.
 
     Each call gets its own temporary name, so two processes writing the same path (two drivers
-    sharing a study) cannot rename each other's half-written file.
+    sharing a study) cannot rename each other's half-written file. The name carries this host
+    and process (`.NAME.HOST-PID.XXXXXXXX.tmp`), so that the next write of the same path removes
+    what a killed writer on this host left behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    sweep_stale_temporaries(path)
+    prefix = f".{path.name}.{_HOST}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -37,6 +44,61 @@ def atomic_write(path: Path, write: Callable[[str], object], suffix: str = ".tmp
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def sweep_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` whose writer, a process on this host, is gone."""
+    removed = []
+    start = f".{path.name}.{_HOST}-"
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for f in siblings:
+        if not f.name.startswith(start):
+            continue
+        pid = f.name[len(start) :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass  # another sweeper got it first
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a reused pid counts as alive: what
+    it guards is then kept, never removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """UsageError (exit 2) now, when outputs could not be written into `folder` later. Leaves no
+    trace: folders it had to create to find out are removed again."""
+    from autotuner.errors import UsageError
+
+    folder = Path(folder)
+    missing = [d for d in (folder, *folder.parents) if not d.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".autotune-probe-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UsageError(f"{what}: cannot write into {folder}: {reason}") from None
+    finally:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -6,26 +6,59 @@ Arguments are lists, never a shell string.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
+
+from autotuner.watchdog import ENV
 
 
 def run_module(module: str, payload: dict[str, Any] | None = None, timeout_s: float | None = None) -> str:
     """Run `python -m MODULE` with the payload as JSON on stdin; its stdout. Raises ChildFailed
-    with the last line it printed when it exits non-zero (subprocess.TimeoutExpired on timeout)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", module],
-        input=json.dumps(payload) if payload is not None else "",
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ChildFailed(proc.returncode, tail[0])
-    return proc.stdout
+    with the last line it printed when it exits non-zero (subprocess.TimeoutExpired on timeout).
+
+    The child gets a session of its own, killed whole when it ends: a process that the model
+    started there (and that would hold its output pipe open) does not outlive it. Its output
+    goes to files, so that the wait is for the child, not for the last holder of a pipe. The
+    module calls `watchdog.arm_from_env()` first, so that it ends when this process dies.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as inp:
+        inp.write(json.dumps(payload).encode() if payload is not None else b"")
+        inp.seek(0)
+        watch_r, watch_w = os.pipe()  # the child's watcher: it ends when this process dies
+        env = {**os.environ, ENV: f"{watch_r}:{timeout_s:g}" if timeout_s else str(watch_r)}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module],
+                stdin=inp,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+                pass_fds=(watch_r,),
+            )
+        finally:
+            os.close(watch_r)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        finally:
+            os.close(watch_w)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if code != 0:
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ChildFailed(code, tail[0])
+    return stdout
 
 
 class ChildFailed(RuntimeError):

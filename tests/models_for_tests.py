@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import torch
 from torch import nn
 
+_GRANDCHILD: subprocess.Popen | None = None
+
 
 class Misbehaving(nn.Module):
     """Behaves by batch size: 1 fine, 2 SIGSEGV, 3 raise, 4 hang, 5 NaN, 6 allocate 1 PiB,
-    7 report its pids and wait (for kill drills)."""
+    7 report its pids and wait (for kill drills). With AUTOTUNE_TEST_GRANDCHILD=N set, its first
+    forward starts `sleep N` in a child of its own first (for the drills of leftover processes)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -21,6 +25,9 @@ class Misbehaving(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        global _GRANDCHILD
+        if os.environ.get("AUTOTUNE_TEST_GRANDCHILD") and _GRANDCHILD is None:
+            _GRANDCHILD = subprocess.Popen(["sleep", os.environ["AUTOTUNE_TEST_GRANDCHILD"]])
         if b == 2:
             os.kill(os.getpid(), signal.SIGSEGV)
         if b == 3:

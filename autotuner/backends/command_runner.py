@@ -129,7 +129,10 @@ class CommandRunner(WorkloadRunner):
 
     def run_workload(self) -> dict[str, float]:
         cmd = self.settings
-        trial_dir = Path(tempfile.mkdtemp(prefix="autotune-command-"))
+        # Inside the worker's trial folder when there is one: a killed trial leaves nothing
+        # behind that the next run does not sweep (autotuner.execution.process).
+        scratch = os.environ.get("AUTOTUNE_TRIAL_DIR") or None
+        trial_dir = Path(tempfile.mkdtemp(prefix="autotune-command-", dir=scratch))
         try:
             values = _values(self.spec, self.config, str(trial_dir))
             argv = [render(a, values) for a in cmd.argv]

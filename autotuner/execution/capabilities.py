@@ -93,4 +93,7 @@ def _nvidia_driver() -> str | None:
 
 
 if __name__ == "__main__":
+    from autotuner.watchdog import arm_from_env
+
+    arm_from_env()  # end with the process that asked, whoever kills it
     print(json.dumps(_live()))

@@ -37,15 +37,19 @@ class LocalExecutor(Executor):
     def submit(self, request: TrialRequest) -> Future[TrialResult]:
         return self.pool.submit(self._run, request)
 
-    def _run(self, request: TrialRequest) -> TrialResult:
-        payload = {
+    def payload_for(self, config: dict[str, Any], block_s: float | None = None) -> dict[str, Any]:
+        """The worker's request for one block of a config."""
+        return {
             "mode": "trial",
             "spec": self.spec_dict,
-            "config": request.config,
-            "device": self.device_for(request.config).to_dict(),
+            "config": config,
+            "device": self.device_for(config).to_dict(),
             "caps": self.caps,
-            "block_s": request.block_s,
+            "block_s": block_s,
         }
+
+    def _run(self, request: TrialRequest) -> TrialResult:
+        payload = self.payload_for(request.config, request.block_s)
         out = run_worker(payload, self.spec.measurement.trial_timeout_s, request.config.get("threads"))
         return out if isinstance(out, TrialResult) else TrialResult.from_dict(out)
 

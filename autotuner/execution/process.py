@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from autotuner.files import pid_alive
 from autotuner.result import TrialResult
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
@@ -27,47 +29,89 @@ def run_worker(
 ) -> dict[str, Any] | TrialResult:
     """Run `python -m autotuner.execution.worker` on a request; the raw result dict, or a failure.
 
-    The worker gets a session of its own so that a timeout kills it with all its children.
-    Arguments are passed as a list, never through a shell.
+    The worker gets a session of its own, and nothing of that session outlives the trial: its
+    group is killed when the worker ends (by a normal exit too: a grandchild that the model
+    started is not left running), on timeout, and by the worker's own watcher when this process
+    dies (see watchdog). Arguments are passed as a list, never through a shell.
     """
+    sweep_stale_trial_dirs()
     env = worker_env(threads)
-    with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp:
-        req_path = Path(tmp) / "request.json"
-        res_path = Path(tmp) / "result.json"
-        log_path = Path(tmp) / "worker.log"
-        req_path.write_text(json.dumps(request))
+    tmp = tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-")
+    try:
+        env["AUTOTUNE_TRIAL_DIR"] = tmp  # the command runner's scratch folders go in here
+        return _run_in(Path(tmp), request, timeout_s, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_in(
+    tmp: Path, request: dict[str, Any], timeout_s: float, env: dict[str, str]
+) -> dict[str, Any] | TrialResult:
+    req_path, res_path, log_path = tmp / "request.json", tmp / "result.json", tmp / "worker.log"
+    req_path.write_text(json.dumps(request))
+    watch_r, watch_w = os.pipe()  # the worker's watcher reads end of file when this process dies
+    try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "autotuner.execution.worker", str(req_path), str(res_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "autotuner.execution.worker",
+                    str(req_path),
+                    str(res_path),
+                    "--watch",
+                    str(watch_r),
+                    f"{timeout_s:g}",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                pass_fds=(watch_r,),
             )
+            os.close(watch_r)
+            watch_r = -1
             _LIVE.add(proc)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
                 return TrialResult.failure(
                     "timeout", f"the trial ran past its {timeout_s:g} s deadline and was killed"
                 )
-            except BaseException:
-                _kill_group(proc)
-                raise
             finally:
+                _kill_group(proc)
                 _LIVE.discard(proc)
-        if res_path.exists() and code == 0:
-            return json.loads(res_path.read_text())
-        tail = _tail(log_path)
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-            hint = " (the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-            return TrialResult.failure("crash", f"worker died on {name}{hint}. {tail}".strip())
-        if "MemoryError" in tail or "out of memory" in tail.lower():
-            return TrialResult.failure("oom", f"worker exited {code}: {tail}")
-        return TrialResult.failure("error", f"worker exited {code}: {tail}")
+    finally:
+        for fd in (watch_r, watch_w):
+            if fd >= 0:
+                os.close(fd)
+    if res_path.exists() and code == 0:
+        return json.loads(res_path.read_text())
+    tail = _tail(log_path)
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return TrialResult.failure("crash", f"worker died on {name}{hint}. {tail}".strip())
+    if "MemoryError" in tail or "out of memory" in tail.lower():
+        return TrialResult.failure("oom", f"worker exited {code}: {tail}")
+    return TrialResult.failure("error", f"worker exited {code}: {tail}")
+
+
+TRIAL_DIR_PREFIX = "autotune-trial-"
+
+
+def sweep_stale_trial_dirs() -> list[Path]:
+    """Remove the trial folders that a killed executor left in the temporary folder (before each
+    trial: one listing of the folder). A folder is named for the process that made it; it is
+    stale when that process is gone. Returns the folders removed."""
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*-*"):
+        pid = d.name.removeprefix(TRIAL_DIR_PREFIX).split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def worker_env(threads: int | None) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """The worker: measures one block of one config (a search trial or a re-measurement) in its own process.
 
-    python -m autotuner.execution.worker REQUEST.json RESULT.json
+    python -m autotuner.execution.worker REQUEST.json RESULT.json [--watch FD DEADLINE_S]
 
-It never touches the study database; it writes a plain result file that the executor reads.
+With --watch it first arms its watcher (see watchdog): it ends, with everything it started, at
+its deadline or when the process that started it dies. It never touches the study database; it
+writes a plain result file that the executor reads.
 """
 
 from __future__ import annotations
@@ -140,6 +142,10 @@ def run_trial(
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) >= 6 and argv[3] == "--watch":
+        from autotuner.watchdog import arm
+
+        arm(int(argv[4]), float(argv[5]))  # first: before a model can hang or start anything
     from autotuner.spec.loading import parse_spec
 
     request = json.loads(Path(argv[1]).read_text())

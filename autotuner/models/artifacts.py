@@ -174,4 +174,7 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
+    from autotuner.watchdog import arm_from_env
+
+    arm_from_env()  # end with the process that asked, whoever kills it
     _main()
