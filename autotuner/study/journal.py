@@ -51,12 +51,48 @@ def retry_db(fn: Callable[[], T], what: str, say: Callable[[str], None], url: st
             delay = min(delay * 2, 15.0)
 
 
+# What a driver error says, in words: Optuna wraps a lost connection in a StorageInternalError
+# about "invalid data in the commit, e.g. exceeding max length", which misleads.
+_WORDS = (
+    ("connection refused", "connection refused: no server is listening"),
+    ("timeout expired", "the connection timed out"),
+    ("timed out", "the connection timed out"),
+    ("server closed the connection", "the server closed the connection"),
+    ("terminating connection", "the server ended the connection (it is shutting down or restarting)"),
+    ("the database system is shutting down", "the server is shutting down"),
+    ("the database system is starting up", "the server is starting up"),
+    ("database is locked", "the database file is locked by another process"),
+    ("could not translate host name", "the host name does not resolve"),
+    ("no route to host", "no route to the host"),
+    ("network is unreachable", "the network is unreachable"),
+    ("connection reset", "the connection was reset"),
+    ("consuming input failed", "the server closed the connection"),
+)
+
+
 def _reason(e: BaseException, url: str) -> str:
-    text = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+    """Why the database is unreachable, in words, from the driver's own error below Optuna's."""
+    root: BaseException = e
+    seen: list[BaseException] = []
+    while root is not None and root not in seen:
+        seen.append(root)
+        if getattr(root, "orig", None) is not None:
+            root = root.orig  # type: ignore[attr-defined]
+            break
+        nxt = root.__cause__ or root.__context__
+        if nxt is None:
+            break
+        root = nxt
+    text = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    low = text.lower()
+    words = next((w for marker, w in _WORDS if marker in low), None)
+    if words is None and isinstance(root, optuna.exceptions.StorageInternalError):
+        words = "the database did not take the write"
     from sqlalchemy.engine import make_url
 
     password = make_url(url).password
-    return text.replace(str(password), "***")[:200] if password else text[:200]
+    text = text.replace(str(password), "***") if password else text
+    return (f"{words} ({text[:160]})" if words and words not in low else words or text)[:240]
 
 
 def database_identity(url: str) -> str:
