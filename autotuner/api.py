@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotuner.errors import UsageError
+from autotuner.files import check_writable
 from autotuner.progress import Progress
 from autotuner.result import TrialResult
 from autotuner.spec.schema import Spec
@@ -58,6 +59,19 @@ def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> Spec:
     from autotuner.spec.loading import parse_spec
 
     return bind(parse_spec(data, source), source)
+
+
+def check_model(spec: Spec, source: str = "<spec>") -> None:
+    """SpecError (exit 2) when the model's source cannot be loaded (a factory that is not there,
+    an ONNX file that is missing or not ONNX): before a study is created, not once per trial."""
+    from autotuner.models.sources import check_source
+    from autotuner.spec.loading import field_error
+    from autotuner.spec.schema import FieldError
+
+    try:
+        check_source(spec)
+    except FieldError as e:
+        raise field_error(source, e) from None
 
 
 def probe() -> dict[str, Any]:
@@ -166,6 +180,9 @@ def run(
         raise UsageError(f"--executor {executor!r} is not available; allowed: {', '.join(EXECUTORS)}")
     if address is not None and executor != "ray":
         raise UsageError("--address applies to --executor ray")
+    # Everything that would fail every trial, or the end of the run, is refused before a study exists.
+    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    check_writable(Path(reports_dir), "reports")
     progress = progress or Progress()
     url = _url(s, None)
     caps = probe()
@@ -217,6 +234,9 @@ def export(
 
     if fmt not in ("yaml", "vllm"):
         raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm")
+    target = Path(output or f"reports/{study_name}.best.yaml")
+    if fmt == "yaml":
+        check_writable(target.parent, "-o" if output else "the best config")
     progress = progress or Progress()
     url = storage or default_url(study_name)
     st = load_study(study_name, url)
@@ -226,7 +246,7 @@ def export(
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
     if fmt == "vllm":
         return vllm_serve(spec, pick.config)
-    return write_best_config(spec, st, pick, Path(output or f"reports/{study_name}.best.yaml"), url)
+    return write_best_config(spec, st, pick, target, url)
 
 
 def report(
@@ -244,6 +264,7 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
     from autotuner.search.space import bench_config
 
     s = _spec(spec, None, None)
+    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
     full = bench_config(s, config)
     caps = probe()
     known = precheck(s, full, caps, [])
@@ -276,6 +297,7 @@ def _spec(spec: Spec | str | Path, study: str | None, storage: str | None) -> Sp
 __all__ = [
     "RunOutcome",
     "bench",
+    "check_model",
     "choose",
     "export",
     "load_spec",

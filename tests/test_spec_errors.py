@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from autotuner.api import load_spec
+from autotuner.api import load_spec, run
 from autotuner.errors import SpecError, UsageError
 from autotuner.metrics import METRICS
 from autotuner.models.builtins import BUILTINS
+from autotuner.progress import Progress
 from autotuner.runners.registry import all_backends, all_knobs
 from autotuner.spec.schema import Spec
 
@@ -69,6 +70,7 @@ NOT_A_MAPPING_LIST = "must be a mapping, got a list"
 NOT_A_DIMENSION = "is not a dimension; use a positive integer or 'batch' (the only word allowed)"
 NOT_A_SCALAR = "must be a single value (number, string or boolean)"
 SPACE_PARAMS = "backend, precision, batch_size, threads"
+PRECISIONS = "bf16, fp16, fp32, int8"  # what the torch and onnxruntime runners offer together
 GRID_NEEDS_FINITE = (
     "grid needs finite parameters, but space.batch_size is a continuous or log range; give choices or a step"
 )
@@ -686,6 +688,190 @@ CASES = [
         "baseline.threads",
         f"{NOT_A_SCALAR}, got nothing",
     ),
+    # --- values that are well-typed YAML but that no runner of the space can ever run ----------------
+    case(
+        "precision-no-runner-offers",
+        mod({"space.precision": ["fp32", "fp8"]}),
+        "space.precision",
+        f"'fp8' is offered by no runner of the space (onnxruntime and torch); allowed: {PRECISIONS}",
+    ),
+    case(
+        "precision-fixed-unknown",
+        mod({"space.precision": "fp4"}),
+        "space.precision",
+        f"'fp4' is offered by no runner of the space (onnxruntime and torch); allowed: {PRECISIONS}",
+    ),
+    case(
+        "precision-a-number",
+        mod({"space.precision": 8}),
+        "space.precision",
+        f"8 is not a name; allowed: {PRECISIONS}",
+    ),
+    case(
+        "precision-a-range",
+        mod({"space.precision": {"low": 8, "high": 16}}),
+        "space.precision",
+        f"must list values, not a range; allowed: {PRECISIONS}",
+    ),
+    case(
+        "precision-the-llm-runner-lacks",
+        mod(
+            {
+                "space.backend": ["llm"],
+                "space.precision": ["fp32", "int8"],
+                "model": {"builtin": "tiny-llama"},
+            }
+        ),
+        "space.precision",
+        "'int8' is offered by no runner of the space (llm); allowed: bf16, fp16, fp32",
+    ),
+    case(
+        "threads-zero",
+        mod({"space.threads": [0, 1]}),
+        "space.threads",
+        "0 is not a valid threads; use whole numbers of at least 1",
+    ),
+    case(
+        "threads-negative",
+        mod({"space.threads": -2}),
+        "space.threads",
+        "-2 is not a valid threads; use whole numbers of at least 1",
+    ),
+    case(
+        "threads-range-from-zero",
+        mod({"space.threads": {"low": 0, "high": 2}}),
+        "space.threads.low",
+        "0 is below 1; threads is at least 1",
+    ),
+    case(
+        "threads-float-range",
+        mod({"space.threads": {"low": 1.5, "high": 4}}),
+        "space.threads",
+        "must be whole numbers: give an int range (integer low and high)",
+    ),
+    case(
+        "threads-a-word",
+        mod({"space.threads": ["two"]}),
+        "space.threads",
+        "'two' is not a valid threads; use whole numbers of at least 1",
+    ),
+    case(
+        "threads-a-boolean",
+        mod({"space.threads": [True]}),
+        "space.threads",
+        "True is not a valid threads; use whole numbers of at least 1",
+    ),
+    case(
+        "batch-negative-range",
+        mod({"space.batch_size": {"low": -4, "high": 8}}),
+        "space.batch_size.low",
+        "-4 is below 1; batch_size is at least 1",
+    ),
+    case(
+        "batch-zero",
+        mod({"space.batch_size": 0}),
+        "space.batch_size",
+        "0 is not a valid batch_size; use whole numbers of at least 1",
+    ),
+    case(
+        "batch-fractional-choice",
+        mod({"space.batch_size": [1, 2.5]}),
+        "space.batch_size",
+        "2.5 is not a valid batch_size; use whole numbers of at least 1",
+    ),
+    case(
+        "device-unknown",
+        mod({"space.device": ["tpu"]}),
+        "space.device",
+        "'tpu' is offered by no runner of the space (torch); allowed: cpu, cuda",
+    ),
+    case(
+        "compile-mode-unknown",
+        mod({"space.backend": ["torch-compile"], "space.compile_mode": ["fastest"]}),
+        "space.compile_mode",
+        "'fastest' is offered by no runner of the space (torch); allowed: default, max-autotune, "
+        "max-autotune-no-cudagraphs, reduce-overhead",
+    ),
+    case(
+        "graph-optimization-level-unknown",
+        mod({"space.graph_optimization_level": ["all", "max"]}),
+        "space.graph_optimization_level",
+        "'max' is offered by no runner of the space (onnxruntime); allowed: all, basic, disable, extended",
+    ),
+    case(
+        "execution-mode-unknown",
+        mod({"space.execution_mode": ["async"]}),
+        "space.execution_mode",
+        "'async' is offered by no runner of the space (onnxruntime); allowed: parallel, sequential",
+    ),
+    case(
+        "attention-unknown",
+        mod(
+            {
+                "space.backend": ["llm"],
+                "space.precision": ["fp32"],
+                "space.attn_implementation": ["flash3"],
+                "model": {"builtin": "tiny-llama"},
+            }
+        ),
+        "space.attn_implementation",
+        "'flash3' is offered by no runner of the space (llm); allowed: eager, flash_attention_2, sdpa",
+    ),
+    case(
+        "baseline-backend-outside-space",
+        mod({"baseline": {"backend": "tensorflow"}}),
+        "baseline.backend",
+        "'tensorflow' is not a value of space.backend; its values: torch-eager, onnxruntime-cpu",
+    ),
+    case(
+        "baseline-threads-outside-space",
+        mod({"baseline": {"threads": 4}}),
+        "baseline.threads",
+        "4 is not a value of space.threads; its values: 1, 2",
+    ),
+    case(
+        "baseline-threads-boolean",
+        mod({"baseline": {"threads": True}}),
+        "baseline.threads",
+        "True is not a value of space.threads; its values: 1, 2",
+    ),
+    case(
+        "baseline-batch-outside-log-range",
+        mod({"baseline": {"batch_size": 64}}),
+        "baseline.batch_size",
+        "64 is outside space.batch_size (1 to 32)",
+    ),
+    case(
+        "baseline-batch-a-word",
+        mod({"baseline": {"batch_size": "eight"}}),
+        "baseline.batch_size",
+        "'eight' is outside space.batch_size (1 to 32)",
+    ),
+    case(
+        "baseline-precision-outside-space",
+        mod({"baseline": {"precision": "fp16"}}),
+        "baseline.precision",
+        "'fp16' is not a value of space.precision; its values: fp32, bf16, int8",
+    ),
+    # --- files no parser should be asked to read --------------------------------------------------
+    case(
+        "yaml-20000-deep-lists",
+        "name: q\nspace: " + "[" * 20000 + "]" * 20000 + "\n",
+        "",
+        "nests lists and mappings too deeply to be a spec",
+    ),
+    case(
+        "yaml-20000-deep-mappings",
+        "name: q\nspace: " + "{a: " * 20000 + "1" + "}" * 20000 + "\n",
+        "",
+        "nests lists and mappings too deeply to be a spec",
+    ),
+    case(
+        "oversized-file",
+        "name: q\n" + "# padding\n" * 200_000,
+        "",
+        "is 1.9 MiB; a spec file is at most 1 MiB",
+    ),
 ]
 
 
@@ -704,7 +890,7 @@ def _write(tmp_path: Path, content: Any) -> None:
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 130
     ids = [p.id for p in CASES]
     assert len(set(ids)) == len(ids)
 
@@ -744,6 +930,12 @@ def test_malformed_spec(
     assert "\n" not in str(err)
     assert isinstance(err, UsageError)
     assert err.exit_code == 2
+    # `run` refuses it the same way, before a study or a report exists.
+    with pytest.raises(SpecError) as again:
+        run(FILE, progress=Progress(quiet=True))
+    assert str(again.value) == expected
+    assert not (tmp_path / "studies").exists()
+    assert not (tmp_path / "reports").exists()
 
 
 def test_yaml_merge_key_may_be_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

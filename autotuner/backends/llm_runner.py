@@ -106,6 +106,10 @@ class LlmRunner(WorkloadRunner):
         "page_size": "applies to LLM serving; the {runner} runner has no KV cache"
     }
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "device": ("cpu", "cuda"),
+        "attn_implementation": ATTENTION,
+    }
     settings_key = "workload"
     Settings = WorkloadSpec
     settings: WorkloadSpec

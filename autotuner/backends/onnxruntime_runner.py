@@ -40,6 +40,10 @@ class OnnxRuntimeRunner(TimedRunner):
         "io_binding": False,
     }
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "graph_optimization_level": tuple(OPT_LEVELS),
+        "execution_mode": tuple(EXEC_MODES),
+    }
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:

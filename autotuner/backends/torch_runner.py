@@ -18,6 +18,7 @@ class TorchRunner(TimedRunner):
     name = "torch"
     backends = ("torch-eager", "torch-compile")
     knobs: ClassVar[dict[str, Any]] = {"device": "cpu", "compile_mode": "default"}
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {"device": ("cpu", "cuda"), "compile_mode": COMPILE_MODES}
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
 
     @classmethod

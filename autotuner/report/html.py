@@ -408,7 +408,7 @@ def _definitions(page: Page, datas: list[StudyData]) -> None:
 def write_report(studies: list[str], storage: str | None, output: str | Path | None, fmt: str) -> Path:
     """Write the HTML report (several studies: fronts overlaid), or one study's table as CSV/JSON."""
     from autotuner.errors import UsageError
-    from autotuner.files import atomic_write_text
+    from autotuner.files import atomic_write_text, check_writable
     from autotuner.report import data as report_data
     from autotuner.study.storage import default_url, load_study, redact
 
@@ -418,12 +418,13 @@ def write_report(studies: list[str], storage: str | None, output: str | Path | N
         raise UsageError("name at least one study")
     if fmt != "html" and len(studies) > 1:
         raise UsageError(f"--format {fmt} writes one study's table; name one study")
+    path = Path(output or f"reports/{'-vs-'.join(studies)}.{fmt}")
+    check_writable(path.parent, "-o" if output else "the report")
     loaded = []
     for name in studies:
         url = storage or default_url(name)
         st = load_study(name, url)
         loaded.append((st, report_data.load(st, redact(url))))
-    path = Path(output or f"reports/{'-vs-'.join(studies)}.{fmt}")
     if fmt != "html":
         return report_data.write_table(loaded[0][1], path, fmt)
     return atomic_write_text(path, build(loaded))

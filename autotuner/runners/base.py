@@ -59,6 +59,9 @@ class Runner(ABC):
     # Parameters this runner reads beyond the shared ones (SHARED_KNOBS), with the value a config
     # that leaves one out has; a shared knob listed here takes this runner's default instead.
     knobs: ClassVar[dict[str, Any]] = {}
+    # Knobs that take one of a closed set of values: a value outside every reader's set is a spec
+    # error when the spec is loaded, not a refused trial (precision is checked via `precisions`).
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
     # Any parameter name is passed to the program (the command runner).
     open_knobs: ClassVar[bool] = False
     # Knobs that only this runner reads and that other runners refuse, so that a mixed space

@@ -3,6 +3,11 @@
 - every parameter of the space is a knob of some runner (or the space searches the command
   runner, which passes any parameter to its program);
 - every backend of the space belongs to an installed runner;
+- every value of a knob is one that some runner of the space accepts (a precision one of them
+  offers, a positive whole batch size and thread count, a value of a runner's closed set): a
+  value no runner can ever run is a spec error, while a combination that one runner refuses
+  stays a trial that is refused (PRUNED) when the search proposes it;
+- the baseline is a point of the space;
 - a built-in model name is one the package ships;
 - every top-level section that is not a core field belongs to a runner (`Runner.settings_key`),
   validates against that runner's `Settings`, and passes the runner's own `bind` checks.
@@ -12,8 +17,14 @@ Errors are SpecErrors with the field path from the spec's root, like the schema'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from autotuner.runners.base import SHARED_KNOBS
 from autotuner.spec.loading import field_error, validate
-from autotuner.spec.schema import FieldError, Spec
+from autotuner.spec.schema import FieldError, ParamSpec, Spec
+
+if TYPE_CHECKING:
+    from autotuner.runners.base import Runner
 
 
 def bind(spec: Spec, source: str = "<spec>") -> Spec:
@@ -35,6 +46,10 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
                 ("space", "backend"),
                 f"{bad[0]!r} is not a known backend; allowed: {', '.join(sorted(table))}",
             )
+        classes = [load(name) for name in sorted(searched)]
+        for name, param in spec.space.items():
+            _domain(name, param, classes)
+        _baseline(spec)
         owners = {cls.settings_key: cls for cls in runners().values() if cls.settings_key}
         for key in spec.sections:
             if key not in owners:
@@ -56,6 +71,61 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
     except FieldError as e:
         raise field_error(source, e) from None
     return spec
+
+
+# Knobs every runner reads as a whole number of at least one.
+_COUNTS = ("batch_size", "threads")
+
+
+def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
+    """Refuse values of a knob that no runner of the space accepts."""
+    readers = [c for c in classes if name in SHARED_KNOBS or name in c.knobs or name in c.exclusive_knobs]
+    if not readers:
+        return  # a parameter only the command runner's program reads: its values are its own
+    where: tuple[str, ...] = ("space", name)
+    if name in _COUNTS:
+        if param.type == "float":
+            raise FieldError(where, "must be whole numbers: give an int range (integer low and high)")
+        if param.type == "int":
+            if param.low is not None and param.low < 1:
+                raise FieldError((*where, "low"), f"{param.low:g} is below 1; {name} is at least 1")
+            return
+        for v in param.values() or []:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise FieldError(where, f"{v!r} is not a valid {name}; use whole numbers of at least 1")
+        return
+    if name == "precision":
+        allowed = sorted({p for c in readers for p in c.precisions})
+    elif all(name in c.choices for c in readers):
+        allowed = sorted({str(v) for c in readers for v in c.choices[name]})
+    else:
+        return  # some runner takes any value of it
+    if param.type in ("int", "float"):
+        raise FieldError(where, f"must list values, not a range; allowed: {', '.join(allowed)}")
+    for v in param.values() or []:
+        if not isinstance(v, str):
+            raise FieldError(where, f"{v!r} is not a name; allowed: {', '.join(allowed)}")
+        if v not in allowed:
+            runners = " and ".join(sorted({c.name for c in readers}))
+            raise FieldError(
+                where,
+                f"{v!r} is offered by no runner of the space ({runners}); allowed: {', '.join(allowed)}",
+            )
+
+
+def _baseline(spec: Spec) -> None:
+    """Every baseline value is one the space can take (its key being a parameter is the schema's check)."""
+    for name, v in (spec.baseline or {}).items():
+        p = spec.space[name]
+        values = p.values()
+        if values is not None:
+            if not any(v == x and isinstance(v, bool) == isinstance(x, bool) for x in values):
+                shown = ", ".join(map(str, values))
+                raise FieldError(
+                    ("baseline", name), f"{v!r} is not a value of space.{name}; its values: {shown}"
+                )
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not (p.low <= v <= p.high):  # type: ignore[operator]
+            raise FieldError(("baseline", name), f"{v!r} is outside space.{name} ({p.low:g} to {p.high:g})")
 
 
 def _model(spec: Spec) -> None:

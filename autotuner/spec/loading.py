@@ -15,6 +15,9 @@ from autotuner.errors import SpecError
 from autotuner.spec.schema import FieldError, Spec, value_kind
 
 _UNION_TAGS = {"int", "float", "str", "bool", "list", "dict", "none"}
+# A spec is a few kilobytes; a file a thousand times that is a mistake (a model or a data file
+# named by accident), refused before it is read rather than after half a minute of parsing.
+MAX_SPEC_BYTES = 1 << 20
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -56,6 +59,11 @@ def read_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     p = Path(path)
     shown = str(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(
+                shown, "", f"is {size / 2**20:.1f} MiB; a spec file is at most {MAX_SPEC_BYTES >> 20} MiB"
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(shown, "", "no such file") from None
@@ -65,6 +73,8 @@ def read_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
         raise SpecError(shown, "", f"cannot be read: {e}") from None
     try:
         data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: plain data only
+    except RecursionError:
+        raise SpecError(shown, "", "nests lists and mappings too deeply to be a spec") from None
     except _DuplicateKey as e:
         raise SpecError(
             shown, "", f"line {e.line}: key {e.key!r} is given twice (first on line {e.first_line})"
@@ -85,7 +95,10 @@ def read_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
 
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> Spec:
     """Plain data (as YAML gives it) validated against the schema."""
-    return validate(Spec, data, source)
+    try:
+        return validate(Spec, data, source)
+    except RecursionError:  # deep data that YAML could still read (or a caller's own dict)
+        raise SpecError(source, "", "nests lists and mappings too deeply to be a spec") from None
 
 
 M = typing.TypeVar("M", bound=BaseModel)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,18 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
-def open_storage(url: str, create: bool) -> RDBStorage:
+# A server that accepts the connection but never answers must not hold a run in silence: the
+# driver says what it waits for and gives up after this long. `?connect_timeout=N` in the URL
+# (libpq's own parameter) sets another bound.
+CONNECT_TIMEOUT_S = 10
+_TIMEOUT_DIALECTS = ("postgresql", "mysql")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def open_storage(url: str, create: bool, say: Callable[[str], None] = _stderr) -> RDBStorage:
     """An RDBStorage. With create=False a missing SQLite file is an error, not a new database."""
     try:
         u = make_url(url)
@@ -55,11 +69,18 @@ def open_storage(url: str, create: bool) -> RDBStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.exists():
             raise StudyNotFound(f"no study database at {path} (give --storage URL if it lives elsewhere)")
-    kwargs = {"pool_pre_ping": True} if u.get_backend_name() != "sqlite" else {}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True} if u.get_backend_name() != "sqlite" else {}
+    if u.get_backend_name() in _TIMEOUT_DIALECTS:
+        timeout = u.query.get("connect_timeout")
+        if timeout is None:
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        shown = timeout if isinstance(timeout, str) else CONNECT_TIMEOUT_S
+        say(f"connecting to {redact(url)} (gives up after {shown} s; ?connect_timeout=N in the URL sets it)")
     try:
         storage = RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - drivers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = re.sub(r"^\([\w.]+\) ", "", msg)  # SQLAlchemy's "(psycopg.errors.ConnectionTimeout) "
         raise UsageError(f"cannot open storage {redact(url)}: {msg.replace(url, redact(url))}") from None
     if path is not None:
         _write_ahead(storage)
@@ -78,8 +99,8 @@ def _write_ahead(storage: RDBStorage) -> None:
         pass
 
 
-def load_study(name: str, url: str) -> optuna.Study:
-    storage = open_storage(url, create=False)
+def load_study(name: str, url: str, say: Callable[[str], None] = _stderr) -> optuna.Study:
+    storage = open_storage(url, create=False, say=say)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -90,7 +111,7 @@ def load_study(name: str, url: str) -> optuna.Study:
 
 def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
     """The spec's study: created with its attributes (spec, machine, sampler seed), or resumed."""
-    storage = open_storage(storage_url, create=True)
+    storage = open_storage(storage_url, create=True, say=progress.say)
     directions = [o.direction for o in spec.objectives]
     name = spec.study_name
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
