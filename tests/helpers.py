@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,20 @@ def fixed_time(seconds: float, **extra: Any) -> dict[str, Any]:
         "max_foreign_load": NO_LOAD_CHECK,
         **extra,
     }
+
+
+def run_logged(cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a real driver (`autotune ...`) with its stdout and stderr appended to `log`.
+
+    A test that starts drivers keeps what they said and prints it at its end (pytest shows it
+    when the test fails): a driver that hung or died is then explained, not guessed at.
+    """
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+
+
+def show_log(log: Path) -> None:
+    if log.exists():
+        print(f"---- {log} ----\n{log.read_text(errors='replace')}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import fixed_time, write_spec
+from helpers import fixed_time, run_logged, show_log, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -78,40 +78,49 @@ def test_sigkill_mid_run_then_rerun_reaches_budget_with_nothing_running(in_tmp: 
         measurement=fixed_time(1.5),
     )
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec), "--executor", executor]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            trials = _study().trials
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            continue
-        if sum(t.state.is_finished() for t in trials) >= 2 and any(
-            t.state == TrialState.RUNNING for t in trials
-        ):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = _study().trials
-    running = [t for t in killed if t.state == TrialState.RUNNING]
-    assert running, "the driver was killed while a trial ran"
-    finished_before = {t.number: t.datetime_complete for t in killed if t.state.is_finished()}
+    log = in_tmp / "drivers.log"
+    try:
+        proc = run_logged(cmd, log)
+        # Under load a Ray driver takes a while to start its cluster before the study exists.
+        deadline = time.monotonic() + 240
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                trials = _study().trials
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                continue
+            if sum(t.state.is_finished() for t in trials) >= 2 and any(
+                t.state == TrialState.RUNNING for t in trials
+            ):
+                ready = True
+                break
+        assert ready, f"the driver did not reach its third trial (exit {proc.poll()})"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed = _study().trials
+        running = [t for t in killed if t.state == TrialState.RUNNING]
+        assert running, "the driver was killed while a trial ran"
+        finished_before = {t.number: t.datetime_complete for t in killed if t.state.is_finished()}
 
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=300)
-    study = _study()
-    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for r in running:
-        stale = study.trials[r.number]
-        assert stale.state == TrialState.FAIL and stale.user_attrs["failure_class"] == "interrupted"
-        retry = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
-        if stale.params:
-            assert len(retry) == 1 and retry[0].params == stale.params
-        else:  # killed between ask and sample: nothing had been chosen, nothing to retry
-            assert retry == []
-    counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
-    assert len(counted) == 5
-    # No finished trial was measured again.
-    assert {n: study.trials[n].datetime_complete for n in finished_before} == finished_before
+        again = run_logged(cmd, log)
+        assert again.wait(timeout=300) == 0
+        study = _study()
+        assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        for r in running:
+            stale = study.trials[r.number]
+            assert stale.state == TrialState.FAIL and stale.user_attrs["failure_class"] == "interrupted"
+            retry = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
+            if stale.params:
+                assert len(retry) == 1 and retry[0].params == stale.params
+            else:  # killed between ask and sample: nothing had been chosen, nothing to retry
+                assert retry == []
+        counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
+        assert len(counted) == 5
+        # No finished trial was measured again.
+        assert {n: study.trials[n].datetime_complete for n in finished_before} == finished_before
+    finally:
+        show_log(log)
 
 
 def test_resumed_sampler_does_not_replay_its_first_configs(in_tmp: Path) -> None:
@@ -165,26 +174,36 @@ def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
         measurement=fixed_time(3.0),
     )
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            if any(t.state == TrialState.RUNNING for t in _study().trials):
-                break
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            continue
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "autotune: interrupted; run the same command again to resume"
-    study = _study()
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    stopped = [t for t in study.trials if t.user_attrs.get("failure_class") == "interrupted"]
-    assert len(stopped) == 1
-    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert [t.user_attrs.get("retry_of") for t in waiting] == [stopped[0].number]
+    log = in_tmp / "driver.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    err = ""
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                if any(t.state == TrialState.RUNNING for t in _study().trials):
+                    break
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                continue
+        time.sleep(1.0)
+        assert proc.poll() is None, "the driver ended before it was interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "autotune: interrupted; run the same command again to resume"
+        study = _study()
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+        stopped = [t for t in study.trials if t.user_attrs.get("failure_class") == "interrupted"]
+        assert len(stopped) == 1
+        waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+        assert [t.user_attrs.get("retry_of") for t in waiting] == [stopped[0].number]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        show_log(log)
+        print(f"---- stderr ----\n{err}")
 
 
 def test_wall_time_budget_stops_asking(in_tmp: Path) -> None:

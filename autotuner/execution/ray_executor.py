@@ -53,7 +53,9 @@ class RayExecutor(Executor):
             env["excludes"] = ["studies/", "reports/", ".venv/", ".git/", "*.db"]
         if self.started:
             ray.init(
-                address=address,
+                # No --address: a cluster of this run's own. Ray would otherwise attach to
+                # RAY_ADDRESS or to the last `ray start` cluster of this machine, even a dead one.
+                address=address or "local",
                 ignore_reinit_error=True,
                 include_dashboard=False,
                 log_to_driver=False,
