@@ -69,7 +69,9 @@ def sweep_stale_temporaries(path: Path) -> list[Path]:
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a reused pid counts as alive: what
-    it guards is then kept, never removed)."""
+    it guards is then kept, never removed). Pids below 1 name no single process: not alive."""
+    if pid < 1:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from autotuner.errors import UsageError
 from autotuner.execution import Executor, TrialRequest, stop_workers
 from autotuner.execution.load import over_limit
+from autotuner.files import pid_alive
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.runners.base import backend_of
@@ -86,7 +87,7 @@ def recover_stale(study: optuna.Study, progress: Progress) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = rec.owner(t)
-        dead_here = owner.get("host") == host and not _alive(int(owner.get("pid", -1)))
+        dead_here = owner.get("host") == host and not pid_alive(int(owner.get("pid", -1)))
         if not (dead_here or now - rec.last_beat(t) > GRACE_S):
             continue
         who = f"{owner.get('host', '?')}:{owner.get('pid', '?')}"
@@ -95,18 +96,6 @@ def recover_stale(study: optuna.Study, progress: Progress) -> int:
     if n:
         progress.say(f"recovered {n} trial(s) left running by a stopped driver; they run again")
     return n
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def precheck(
