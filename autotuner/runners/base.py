@@ -30,6 +30,11 @@ SHARED_DEFAULTS: dict[str, Any] = {
 }
 SHARED_KNOBS = frozenset(SHARED_DEFAULTS)
 
+# The one transfer policy of every GPU runner (TrialResult.info["transfer_policy"]): inputs are
+# copied to the device once before timing, outputs are left on the device, and each timed step
+# is synchronized, so that no latency includes host<->device copies, whatever the backend.
+DEVICE_RESIDENT = "device-resident"
+
 
 @dataclass(frozen=True)
 class Device:
@@ -111,6 +116,11 @@ class Runner(ABC):
         return config.get("device") == "cuda"
 
     @classmethod
+    def gpus(cls, spec: Spec, config: dict[str, Any]) -> int:
+        """How many GPUs this config holds (executors ask for and hand it that many)."""
+        return 1 if cls.needs_gpu(config) else 0
+
+    @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
         """What production needs to reproduce this config (goes into the best-config YAML)."""
         return {}
@@ -146,6 +156,15 @@ class TimedRunner(Runner):
     def device_peak_memory_mb(self) -> float | None:
         """Peak device memory, or None on CPU (the worker's peak RSS is used then)."""
         return None
+
+    @property
+    def transfer_policy(self) -> str | None:
+        """How the timed step treats host<->device copies: DEVICE_RESIDENT on a GPU, None on CPU."""
+        return None
+
+    def trial_info(self) -> dict[str, Any]:
+        """Facts about how this trial ran, kept with its result (TrialResult.info)."""
+        return {"transfer_policy": self.transfer_policy} if self.transfer_policy else {}
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:

@@ -95,22 +95,29 @@ def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
                 raise FieldError(where, f"{v!r} is not a valid {name}; use whole numbers of at least 1")
         return
     if name == "precision":
-        allowed = sorted({p for c in readers for p in c.precisions})
+        values: list[object] = sorted({p for c in readers for p in c.precisions})
     elif all(name in c.choices for c in readers):
-        allowed = sorted({str(v) for c in readers for v in c.choices[name]})
+        values = [v for c in readers for v in c.choices[name]]
     else:
         return  # some runner takes any value of it
+    allowed = sorted({_shown(v) for v in values})
     if param.type in ("int", "float"):
         raise FieldError(where, f"must list values, not a range; allowed: {', '.join(allowed)}")
+    words = all(isinstance(v, str) for v in values)
     for v in param.values() or []:
-        if not isinstance(v, str):
+        if words and not isinstance(v, str):
             raise FieldError(where, f"{v!r} is not a name; allowed: {', '.join(allowed)}")
-        if v not in allowed:
+        if not any(v == a and type(v) is type(a) for a in values):
             runners = " and ".join(sorted({c.name for c in readers}))
             raise FieldError(
                 where,
                 f"{v!r} is offered by no runner of the space ({runners}); allowed: {', '.join(allowed)}",
             )
+
+
+def _shown(v: object) -> str:
+    """A value as YAML writes it (true, not True)."""
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _baseline(spec: Spec) -> None:
