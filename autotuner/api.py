@@ -187,6 +187,10 @@ def run(
     url = _url(s, None)
     caps = probe()
     ex = make_executor(executor, s, caps, address)
+    # Where trials run: the executor's (a Ray cluster's GPU node's GPU facts), not the driver's.
+    caps = ex.caps
+    if ex.caps_note:
+        progress.say(ex.caps_note)
     try:
         st = open_study(s, storage=url, caps=caps, progress=progress)
         if isinstance(spec, str | Path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from autotuner.errors import AutotuneError
 from autotuner.runners.base import WorkloadRunner
@@ -51,9 +51,18 @@ def render(template: str, values: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(one, template)
 
 
+class CommandResources(BaseModel):
+    """What one trial of the program holds: `gpus` GPUs (0: none; N > 1: a tensor-parallel
+    trial). Executors ask for that many and show the program only those (CUDA_VISIBLE_DEVICES)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: StrictInt = Field(default=0, ge=0)
+
+
 class CommandSettings(BaseModel):
     """The spec's `command` section: the argv template (a list, never a shell string), its
-    environment and folder, and where each metric is read from."""
+    environment and folder, the resources a trial holds, and where each metric is read from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +71,7 @@ class CommandSettings(BaseModel):
     cwd: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     metrics_file: str | None = None
+    resources: CommandResources = Field(default_factory=CommandResources)
     # Our metric name (built-in or declared in the spec's `metrics:`) -> dotted path in the JSON
     # (a file the command writes, else its stdout). The names are checked by `bind`.
     metrics: dict[str, str] = Field(min_length=1)
@@ -117,6 +127,13 @@ class CommandRunner(WorkloadRunner):
                     raise FieldError(
                         where, f"{{{name}}} is not a parameter; allowed: {', '.join(sorted(known))}"
                     )
+
+    @classmethod
+    def gpus(cls, spec: Spec, config: dict[str, Any]) -> int:
+        """The spec's command.resources.gpus: a program's GPUs are declared, not guessed."""
+        if "command" not in spec.sections:
+            return 0
+        return cls.settings_of(spec).resources.gpus
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:

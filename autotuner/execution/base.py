@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +31,11 @@ class TrialRequest:
 
 
 class Executor(ABC):
-    """`slots` trials may run at once; each holds its own device (a GPU, or a set of cores)."""
+    """`slots` trials may run at once; each holds its own device (its GPUs, or a set of cores)."""
 
     slots: int = 1
+    # Whose capabilities the runners' checks read, when not the driver's (a Ray GPU node's).
+    caps_note: str | None = None
 
     def __init__(self, spec: Spec, caps: dict[str, Any]) -> None:
         self.spec = spec
@@ -50,6 +55,36 @@ class Executor(ABC):
 
 
 EXECUTORS = ("local", "ray")
+GPUS_VAR = "CUDA_VISIBLE_DEVICES"
+
+
+def trial_gpus(spec: Spec, config: dict[str, Any]) -> int:
+    """The GPUs a config holds, as its runner says (`Runner.gpus`; an unknown backend: none)."""
+    from autotuner.runners.base import backend_of
+    from autotuner.runners.registry import runner_for
+
+    try:
+        return int(runner_for(backend_of(config)).gpus(spec, config))
+    except UsageError:
+        return 0
+
+
+@contextlib.contextmanager
+def visible_gpus(ids: Sequence[int | str] | None) -> Iterator[None]:
+    """CUDA_VISIBLE_DEVICES set to `ids` for the worker processes started inside (the worker
+    copies this process's environment); None leaves it as it is. Restored on the way out."""
+    if ids is None:
+        yield
+        return
+    before = os.environ.get(GPUS_VAR)
+    os.environ[GPUS_VAR] = ",".join(str(i) for i in ids)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GPUS_VAR, None)
+        else:
+            os.environ[GPUS_VAR] = before
 
 
 def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:

@@ -6,20 +6,20 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from autotuner.execution.base import Executor, TrialRequest
+from autotuner.execution.base import GPUS_VAR, Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.execution.process import run_worker
+from autotuner.processes import nvidia_smi
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
-from autotuner.runners.registry import needs_gpu
 from autotuner.spec.loading import spec_to_dict
 from autotuner.spec.schema import Spec
 
 
 class LocalExecutor(Executor):
-    """One slot: the machine is one device (its cores, and GPU 0 when a config asks for CUDA).
+    """One slot: the machine is one device (its cores, and GPUs 0..N-1 when a config holds N).
 
-    Trials never share cores: each worker is pinned to the cores it is measured on, and the next
-    trial starts only when the last one has ended.
+    Trials never share cores or GPUs: each worker is pinned to the cores it is measured on, and
+    the next trial (or race block) starts only when the last one has ended.
     """
 
     slots = 1
@@ -31,8 +31,29 @@ class LocalExecutor(Executor):
         self.spec_dict = spec_to_dict(spec)
 
     def device_for(self, config: dict[str, Any]) -> Device:
-        cuda = needs_gpu(config)
+        cuda = trial_gpus(self.spec, config) > 0
         return Device(kind="cuda" if cuda else "cpu", cores=self.cores, cuda_index=0 if cuda else None)
+
+    def gpu_ids(self, n: int) -> list[str] | None:
+        """The GPUs a config holding n gets: the first n this machine shows (CUDA relative 0..n-1,
+        so the first n of CUDA_VISIBLE_DEVICES where the driver has it). None for n = 0: a CPU
+        trial's environment is left as it is (nothing else runs beside it here)."""
+        if n == 0:
+            return None
+        shown = os.environ.get(GPUS_VAR)
+        if shown is not None:
+            return [v.strip() for v in shown.split(",") if v.strip()][:n]
+        return [str(i) for i in range(n)]
+
+    def refusal(self, config: dict[str, Any]) -> str | None:
+        """Why this machine cannot give the config its GPUs, or None."""
+        n = trial_gpus(self.spec, config)
+        if n == 0:
+            return None
+        have = machine_gpus(self.caps)
+        if n > have:
+            return f"the config holds {n} GPU(s); this machine has {have}"
+        return None
 
     def submit(self, request: TrialRequest) -> Future[TrialResult]:
         return self.pool.submit(self._run, request)
@@ -49,9 +70,26 @@ class LocalExecutor(Executor):
         }
 
     def _run(self, request: TrialRequest) -> TrialResult:
+        why = self.refusal(request.config)
+        if why:
+            return TrialResult.failure("unsupported", why)
         payload = self.payload_for(request.config, request.block_s)
-        out = run_worker(payload, self.spec.measurement.trial_timeout_s, request.config.get("threads"))
+        # The one thread of this pool starts workers; the driver itself never initialises CUDA.
+        with visible_gpus(self.gpu_ids(trial_gpus(self.spec, request.config))):
+            out = run_worker(payload, self.spec.measurement.trial_timeout_s, request.config.get("threads"))
         return out if isinstance(out, TrialResult) else TrialResult.from_dict(out)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def machine_gpus(caps: dict[str, Any]) -> int:
+    """The GPUs this machine shows: torch's count from the probe; without torch (a command runner
+    tuning trtexec), CUDA_VISIBLE_DEVICES's entries or nvidia-smi's GPUs."""
+    n = int(caps.get("cuda_devices") or 0)
+    if n or not caps.get("nvidia_driver"):
+        return n
+    shown = os.environ.get(GPUS_VAR)
+    if shown is not None:
+        return len([v for v in shown.split(",") if v.strip()])
+    return len(nvidia_smi("gpu", "index") or [])

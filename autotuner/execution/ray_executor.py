@@ -1,44 +1,149 @@
-"""Trials as Ray tasks: one GPU per trial, or disjoint cores per trial, on one machine or many.
+"""Trials as Ray tasks: N GPUs per GPU trial, or disjoint cores per CPU trial, on one machine or many.
 
 The driver keeps the ask/tell loop; each trial is a Ray core task (max_retries=0: the driver owns
 retries) that runs the same isolated worker process as the local executor and returns a plain
 result. Workers never touch the database. A per-trial deadline cancels the task by force.
+
+What a trial asks of Ray (`trial_options`) and how many run at once (`slot_count`) are pure
+functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned its task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 from autotuner.errors import UsageError
-from autotuner.execution.base import Executor, TrialRequest
+from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
-from autotuner.runners.registry import needs_gpu
 from autotuner.spec.loading import spec_to_dict
 from autotuner.spec.schema import Spec
 
 GRACE_S = 60.0
+PROBE_WAIT_S = 180.0
+# The probe's facts that belong to the GPU node where GPU trials run, not to the driver.
+NODE_CAPS = (
+    "cuda_devices",
+    "gpus",
+    "cuda_bf16",
+    "gpu_memory_mb",
+    "ort_providers",
+    "torch_cuda",
+    "nvidia_driver",
+)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One alive node of the cluster, as Ray counts it."""
+
+    node_id: str
+    ip: str
+    cpus: int
+    gpus: int
+
+
+def cluster_nodes(ray_nodes: Iterable[dict[str, Any]]) -> list[Node]:
+    """The alive nodes of `ray.nodes()`."""
+    return [
+        Node(
+            str(n.get("NodeID", "")),
+            str(n.get("NodeManagerAddress", "")),
+            int(n.get("Resources", {}).get("CPU", 0)),
+            int(n.get("Resources", {}).get("GPU", 0)),
+        )
+        for n in ray_nodes
+        if n.get("Alive", True)
+    ]
+
+
+def cpus_per_gpu(nodes: Iterable[Node]) -> int:
+    """A GPU's share of its node's CPUs: node CPUs / node GPUs, the smallest over the GPU nodes
+    (so every GPU of every node can hold a trial), at least 1."""
+    shares = [n.cpus // n.gpus for n in nodes if n.gpus > 0]
+    return max(1, min(shares)) if shares else 1
+
+
+def trial_options(threads: int | None, gpus: int, per_trial: int, gpu_share: int) -> dict[str, int]:
+    """What one trial asks Ray for: num_gpus = the GPUs it holds; num_cpus = its threads when the
+    config sets them, else a GPU trial's share of its node (gpu_share per GPU), else per_trial
+    (a CPU trial: the space's most threads)."""
+    if threads:
+        cpus = int(threads)
+    elif gpus > 0:
+        cpus = gpu_share * gpus
+    else:
+        cpus = per_trial
+    return {"num_cpus": max(1, cpus), "num_gpus": int(gpus)}
+
+
+def slot_count(nodes: Iterable[Node], shapes: Iterable[dict[str, int]]) -> int:
+    """How many trials can run at once: per node, as many of the space's biggest GPU trial as its
+    GPUs and CPUs hold, then as many of its biggest CPU trial as the CPUs left hold. Never more
+    than the cluster runs at once, so that no trial waits in Ray's queue on its deadline."""
+    shapes = list(shapes)
+    gpu = [s for s in shapes if s["num_gpus"] > 0]
+    cpu = [s for s in shapes if s["num_gpus"] == 0]
+    g_gpus = max((s["num_gpus"] for s in gpu), default=0)
+    g_cpus = max((s["num_cpus"] for s in gpu), default=0)
+    c_cpus = max((s["num_cpus"] for s in cpu), default=0)
+    total = 0
+    for n in nodes:
+        on_gpus = min(n.gpus // g_gpus, n.cpus // max(1, g_cpus)) if g_gpus else 0
+        left = n.cpus - on_gpus * g_cpus
+        total += on_gpus + (left // c_cpus if c_cpus else 0)
+    return max(1, total)
+
+
+def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> dict[str, Any]:
+    """The driver's capabilities with a GPU node's GPU facts. The node's probe ran holding one
+    GPU (Ray shows a task only its own), so the node's count is Ray's where the probe saw CUDA."""
+    caps = {k: v for k, v in driver.items() if k not in NODE_CAPS}
+    caps.update({k: node[k] for k in NODE_CAPS if k in node})
+    caps["cuda_devices"] = node_gpus if int(node.get("cuda_devices") or 0) > 0 else 0
+    return caps
 
 
 def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict[str, Any]:
-    """Runs on a Ray worker: hold cores on this node, run the trial in a worker process."""
+    """Runs on a Ray worker: hold cores on this node, run the trial in a worker process that sees
+    exactly the GPUs Ray assigned this task (none for a CPU trial)."""
     import ray
 
     from autotuner.execution.cores import hold_cores
     from autotuner.execution.process import run_worker
 
-    with hold_cores(threads, _node_cpus()) as cores:
+    ctx = ray.get_runtime_context()
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    with hold_cores(threads, _node_cpus()) as cores, visible_gpus(gpu_ids):
         payload["device"]["cores"] = list(cores)
         out = run_worker(payload, timeout_s, threads)
     result = out.to_dict() if isinstance(out, TrialResult) else out
-    result.setdefault("info", {})["node"] = ray.get_runtime_context().get_node_id()
+    info = result.setdefault("info", {})
+    info["node"] = ctx.get_node_id()
+    info["gpu_ids"] = gpu_ids
+    info["ray_resources"] = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
     return result
+
+
+def _probe_task() -> dict[str, Any]:
+    """Runs on a Ray worker that holds one GPU: this node's capabilities."""
+    import ray
+
+    from autotuner.execution.capabilities import probe
+
+    caps = probe()
+    caps["probe_node"] = ray.get_runtime_context().get_node_id()
+    caps["probe_gpu_ids"] = [str(i) for i in ray.get_gpu_ids()]
+    return caps
 
 
 class RayExecutor(Executor):
     def __init__(self, spec: Spec, caps: dict[str, Any], address: str | None = None) -> None:
-        super().__init__(spec, caps)
+        super().__init__(spec, dict(caps))
         try:
             import ray
         except ImportError:
@@ -66,14 +171,70 @@ class RayExecutor(Executor):
         self.spec_dict = spec_to_dict(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
-        total = ray.cluster_resources()
-        self.per_trial = max_threads(spec, int(caps.get("cpu_cores", 1)))
-        self.slots = max(1, int(total.get("CPU", 1)) // self.per_trial) + int(total.get("GPU", 0))
+        self.nodes = cluster_nodes(ray.nodes())
+        if any(n.gpus for n in self.nodes):
+            self.caps_note = self._probe_gpu_node()
+        self.per_trial = max_threads(spec, int(self.caps.get("cpu_cores", 1)))
+        self.gpu_share = cpus_per_gpu(self.nodes)
+        self.slots = slot_count(self.nodes, self._shapes())
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="autotune-ray")
         self.trial = ray.remote(max_retries=0)(_trial_task)
 
+    def _probe_gpu_node(self) -> str:
+        """Probe on a GPU node (a task holding one GPU), where GPU trials run, and take its GPU
+        facts: a CPU-only head node must not refuse every CUDA config. Returns what to say."""
+        ray = self.ray
+        ref = ray.remote(num_cpus=0, num_gpus=1, max_retries=0)(_probe_task).remote()
+        ready, _ = ray.wait([ref], timeout=PROBE_WAIT_S)
+        if not ready:
+            ray.cancel(ref, force=True)
+            return f"capabilities: no GPU node answered the probe in {PROBE_WAIT_S:g} s; using the driver's"
+        try:
+            node_caps = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            return f"capabilities: the GPU node's probe failed ({_first(e)}); using the driver's"
+        if node_caps.get("probe_error"):
+            why = str(node_caps["probe_error"])[:200]
+            return f"capabilities: the GPU node's probe failed ({why}); using the driver's"
+        node = next((n for n in self.nodes if n.node_id == node_caps.get("probe_node")), None)
+        count = node.gpus if node else 1
+        self.caps = merge_caps(self.caps, node_caps, count)
+        self.caps["probed_on"] = {
+            "node": node_caps.get("probe_node"),
+            "ip": node.ip if node else "",
+            "gpu_ids": node_caps.get("probe_gpu_ids", []),
+        }
+        names = ", ".join(dict.fromkeys(node_caps.get("gpus") or [])) or "no CUDA device seen by torch"
+        where = f"{node.ip} ({node.node_id[:12]})" if node else str(node_caps.get("probe_node"))
+        return f"capabilities of GPU node {where}: {self.caps['cuda_devices']} GPU(s), {names}"
+
+    def _shapes(self) -> list[dict[str, int]]:
+        """The Ray asks of the space's kinds of trial: every backend x device x threads value."""
+        space = self.spec.space
+        backends = self.spec.backends
+        devices = (space["device"].values() or [None]) if "device" in space else [None]
+        threads = (space["threads"].values() or [None]) if "threads" in space else [None]
+        shapes = []
+        for b, d, t in product(backends, devices, threads):
+            config = {"backend": b, **({"device": d} if d is not None else {}), "threads": t}
+            shapes.append(self.options_for(config))
+        return shapes
+
+    def options_for(self, config: dict[str, Any]) -> dict[str, int]:
+        """What Ray is asked for one trial (or race block) of this config."""
+        gpus = trial_gpus(self.spec, config)
+        return trial_options(config.get("threads"), gpus, self.per_trial, self.gpu_share)
+
+    def refusal(self, config: dict[str, Any]) -> str | None:
+        """Why no node can hold the config's GPUs (its task would wait forever), or None."""
+        n = trial_gpus(self.spec, config)
+        most = max((node.gpus for node in self.nodes), default=0)
+        if n > most:
+            return f"the config holds {n} GPU(s); no node of the Ray cluster has more than {most}"
+        return None
+
     def _payload(self, config: dict[str, Any], mode: str, **extra: Any) -> dict[str, Any]:
-        gpu = needs_gpu(config)
+        gpu = trial_gpus(self.spec, config) > 0
         return {
             "mode": mode,
             "spec": self.spec_dict,
@@ -89,10 +250,13 @@ class RayExecutor(Executor):
     def _run(self, request: TrialRequest) -> TrialResult:
         ray = self.ray
         config = request.config
-        threads = int(config.get("threads") or self.per_trial)
+        why = self.refusal(config)
+        if why:
+            return TrialResult.failure("unsupported", why)
+        opts = self.options_for(config)
         timeout = self.spec.measurement.trial_timeout_s
-        ref = self.trial.options(num_cpus=threads, num_gpus=1 if needs_gpu(config) else 0).remote(
-            self._payload(config, "trial", block_s=request.block_s), timeout, threads
+        ref = self.trial.options(**opts).remote(
+            self._payload(config, "trial", block_s=request.block_s), timeout, opts["num_cpus"]
         )
         ready, _ = ray.wait([ref], timeout=timeout + GRACE_S)
         if not ready:
@@ -138,4 +302,12 @@ def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-__all__ = ["RayExecutor", "max_threads"]
+__all__ = [
+    "RayExecutor",
+    "cluster_nodes",
+    "cpus_per_gpu",
+    "max_threads",
+    "merge_caps",
+    "slot_count",
+    "trial_options",
+]

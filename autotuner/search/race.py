@@ -7,6 +7,10 @@ between processes). After `pick.rounds` rounds, a contender beaten with confiden
 the race stops once one is left, the rest are ties within the tolerance, or `pick.max_rounds` /
 `pick.time_s` runs out. The spec's baseline runs in the same rounds, so the gain over it is a
 paired, same-conditions figure. A block under foreign load is measured again.
+
+Blocks run one at a time on every executor: `measure` returns when its block has ended, with its
+worker process and the GPU memory it held, so no two contenders are loaded at once (a Ray block
+asks for the GPUs its config holds, like the config's trial).
 """
 
 from __future__ import annotations
