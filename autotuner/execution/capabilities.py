@@ -6,6 +6,7 @@ starting a worker, and the study records the hardware and library versions it wa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -47,6 +48,9 @@ def _static() -> dict[str, Any]:
         "cuda_devices": 0,
         "gpus": [],
         "ort_providers": [],
+        # Whether the flash-attn package is installed (found, not imported: importing it loads
+        # CUDA kernels). attn_implementation=flash_attention_2 needs it.
+        "flash_attn": importlib.util.find_spec("flash_attn") is not None,
     }
 
 
