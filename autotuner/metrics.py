@@ -15,8 +15,33 @@ METRICS: dict[str, str] = {
     "latency_std_ms": "standard deviation of the per-batch latency samples",
     "latency_cv": "coefficient of variation (std / mean) of the latency samples",
     "throughput_items_s": "items (batch_size x iterations) divided by the summed batch latencies",
-    "peak_memory_mb": "peak device memory: CUDA max allocated on a GPU, peak RSS of the worker on CPU",
+    "peak_memory_mb": (
+        "peak memory of the trial's device (MiB). On a GPU: gpu_peak_memory_mb where NVML is available "
+        "(for a workload runner only when it reports none of its own), else the runner's own figure "
+        "(torch: max allocated; onnxruntime: the process's nvidia-smi use), else absent: host memory is "
+        "never reported as GPU memory. On CPU: host_rss_mb"
+    ),
     "host_rss_mb": "peak resident set size of the worker process (MiB)",
+    # Device telemetry (autotuner.execution.telemetry), sampled every 20 ms; absent where unreadable.
+    "gpu_peak_memory_mb": (
+        "most device memory in use (NVML, whole GPU, sampled) during the timed window, minus the use "
+        "before setup: weights, CUDA context, allocator caches and working memory, the same for every "
+        "backend (a workload runner: over its whole run)"
+    ),
+    "gpu_util_pct": "mean NVML GPU utilisation (share of time a kernel ran) over the timed window",
+    "sm_clock_mhz": "mean SM clock over the timed window",
+    "power_w": (
+        "mean power over the timed window: the GPU's (NVML energy counter, else sampled power integrated), "
+        "or on CPU the packages' (RAPL, every core of the socket)"
+    ),
+    "energy_j_per_item": "power_w / throughput_items_s: joules per item in steady state",
+    "gpu_throttle": (
+        "NVML clock-event (throttle) reason bits seen in the timed window, OR-ed, idle bit dropped; 0: none"
+    ),
+    "usd_per_million_items": (
+        "cost.usd_per_hour / 3600 / throughput * 1e6, throughput being output_tokens_s where the runner "
+        "reports it (LLM serving: per million generated tokens), else throughput_items_s"
+    ),
     "setup_s": "load + export + quantize + compile + first call, apart from steady state",
     "measure_s": "wall time spent in timed iterations",
     "n_iterations": "number of timed iterations",
@@ -81,6 +106,18 @@ DEFAULT_DIRECTION: dict[str, str] = {
     "goodput_requests_s": "maximize",
     "accuracy_token_agreement": "maximize",
 }
+
+
+# Metrics a spec may name only when it gives what they are computed from.
+NEEDS_COST = frozenset({"usd_per_million_items"})
+
+
+def usd_per_million_items(usd_per_hour: float, metrics: Mapping[str, float]) -> float | None:
+    """What a million items (generated tokens for LLM serving) cost at the machine's hourly price."""
+    rate = metrics.get("output_tokens_s", metrics.get("throughput_items_s"))
+    if not is_number(rate) or rate <= 0:  # type: ignore[operator]
+        return None
+    return usd_per_hour / 3600.0 / float(rate) * 1e6  # type: ignore[arg-type]
 
 
 def is_number(v: object) -> bool:

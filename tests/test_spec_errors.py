@@ -60,7 +60,7 @@ BACKEND_LIST = ", ".join(sorted(all_backends()))
 BUILTIN_LIST = ", ".join(sorted(BUILTINS))
 # The core fields, then the sections the installed runners declare (command, workload).
 TOP_FIELDS = (
-    "name, model, inputs, space, metrics, objectives, constraints, budget, sampler, seed, "
+    "name, model, inputs, space, metrics, cost, objectives, constraints, budget, sampler, seed, "
     "measurement, accuracy, pick, baseline, storage, study, command, workload"
 )
 

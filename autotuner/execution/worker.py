@@ -22,6 +22,7 @@ import numpy as np
 
 from autotuner.errors import UnsupportedConfig
 from autotuner.execution.harness import HarnessSettings, measure
+from autotuner.execution.telemetry import Probe, probe_for
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, Runner, TimedRunner, WorkloadRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
@@ -83,6 +84,20 @@ def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
     )
 
 
+def derived(spec: Spec, metrics: dict[str, float], probe: Probe, windowed: bool = True) -> dict[str, float]:
+    """The probe's figures and the cost. The sampled GPU memory is peak_memory_mb; over a whole
+    workload (setup and accuracy check included) only where the runner gives none."""
+    from autotuner.metrics import usd_per_million_items
+
+    out = {**metrics, **probe.result(metrics.get("throughput_items_s"))}
+    if "gpu_peak_memory_mb" in out and (windowed or "peak_memory_mb" not in metrics):
+        out["peak_memory_mb"] = out["gpu_peak_memory_mb"]
+    cost = usd_per_million_items(spec.cost.usd_per_hour, out) if spec.cost is not None else None
+    if cost is not None:
+        out["usd_per_million_items"] = cost
+    return out
+
+
 def run_trial(
     spec: Spec,
     config: dict[str, Any],
@@ -102,6 +117,7 @@ def run_trial(
     from autotuner.models.inputs import chunks, make_inputs
 
     pin(device, config)
+    probe = probe_for(device)  # before setup: the GPU memory baseline
     try:
         runner = build(spec, config, device, caps)
         if isinstance(runner, WorkloadRunner):
@@ -113,7 +129,7 @@ def run_trial(
             metrics = runner.run_workload()
             metrics = {**metrics, "measure_s": time.perf_counter() - started}
             metrics["foreign_load"] = meter.stop()
-            return TrialResult(ok=True, metrics=metrics)
+            return TrialResult(ok=True, metrics=derived(spec, metrics, probe, windowed=False))
         assert isinstance(runner, TimedRunner), f"{type(runner).__name__} is neither timed nor a workload"
         batch_size = int(runner.value(runner.config, "batch_size"))
         specs = model_inputs(spec)
@@ -126,11 +142,15 @@ def run_trial(
         setup_s = time.perf_counter() - started
         runner.activate()
         settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
+        probe.begin()
         metrics, samples = measure(step, settings, batch_size, runner.synchronize)
+        probe.end()
         metrics["setup_s"] = setup_s
         metrics["host_rss_mb"] = host_peak_rss_mb()
         device_mb = runner.device_peak_memory_mb()
-        metrics["peak_memory_mb"] = device_mb if device_mb is not None else metrics["host_rss_mb"]
+        if device_mb is not None or device.kind != "cuda":  # host memory is never GPU memory
+            metrics["peak_memory_mb"] = device_mb if device_mb is not None else metrics["host_rss_mb"]
+        metrics = derived(spec, metrics, probe)
         if block_s is None:
             ref = reference_outputs(spec)
             outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
@@ -138,7 +158,9 @@ def run_trial(
         runner.teardown()
     except Exception as e:  # noqa: BLE001 - every failure becomes classified data
         return classify(e)
-    return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples)
+    finally:
+        probe.close()
+    return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=runner.trial_info())
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,10 @@ KEY_METRICS = (
     "accuracy_cosine",
     "accuracy_max_abs_error",
     "setup_s",
+    # Where measured (a GPU with NVML, RAPL) or priced (the spec's cost): left out otherwise.
+    "power_w",
+    "energy_j_per_item",
+    "usd_per_million_items",
 )
 
 

@@ -352,6 +352,8 @@ def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
                 "latency_p95_ms",
                 "throughput_items_s",
                 "peak_memory_mb",
+                "usd_per_million_items",
+                "energy_j_per_item",
                 "accuracy_cosine",
                 "unstable",
             ]

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from autotuner.metrics import METRICS, RESERVED_NAMES
+from autotuner.metrics import METRICS, NEEDS_COST, RESERVED_NAMES
 from autotuner.metrics import names as metric_names
 
 
@@ -325,6 +325,19 @@ class Measurement(_Strict):
         return self
 
 
+class CostSpec(_Strict):
+    """The machine's price, from which usd_per_million_items is computed for every trial."""
+
+    usd_per_hour: Number
+
+    @field_validator("usd_per_hour")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not (v > 0 and v != float("inf")):
+            raise ValueError(f"must be a positive number of US dollars per hour, got {v:g}")
+        return v
+
+
 class AccuracySpec(_Strict):
     samples: int = Field(default=16, ge=1, le=4096)
 
@@ -375,6 +388,8 @@ class Spec(_Strict):
     # Metrics beyond the built-in ones (an external program's own figures); before the objectives,
     # whose validators read them.
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+    # Before the objectives too: a cost metric may be named only when the price is given.
+    cost: CostSpec | None = None
     objectives: list[Objective]
     constraints: list[Constraint] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
@@ -459,6 +474,7 @@ class Spec(_Strict):
         for i, o in enumerate(v):
             try:
                 known_metric(o.metric, declared)
+                _priced(o.metric, info)
             except ValueError as e:
                 raise FieldError((i, "metric"), str(e)) from None
         if not v:
@@ -485,7 +501,7 @@ class Spec(_Strict):
             if not m:
                 raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
             try:
-                metric = known_metric(m[1], info.data.get("metrics") or {})
+                metric = _priced(known_metric(m[1], info.data.get("metrics") or {}), info)
             except ValueError as e:
                 raise FieldError(i, str(e)) from None
             out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
@@ -496,7 +512,7 @@ class Spec(_Strict):
     def _constraint_metrics(cls, v: list[Constraint], info: ValidationInfo) -> list[Constraint]:
         for i, c in enumerate(v):
             try:
-                known_metric(c.metric, info.data.get("metrics") or {})
+                _priced(known_metric(c.metric, info.data.get("metrics") or {}), info)
             except ValueError as e:
                 raise FieldError((i, "metric"), str(e)) from None
         return v
@@ -509,14 +525,14 @@ class Spec(_Strict):
         declared = info.data.get("metrics") or {}
         if isinstance(rules, str):
             try:
-                check_rule(rules, declared)
+                _priced(check_rule(rules, declared).partition(":")[2], info)
             except ValueError as e:
                 raise FieldError("tie_break", str(e)) from None
         elif isinstance(rules, list):
             for i, rule in enumerate(rules):
                 if isinstance(rule, str):
                     try:
-                        check_rule(rule, declared)
+                        _priced(check_rule(rule, declared).partition(":")[2], info)
                     except ValueError as e:
                         raise FieldError(("tie_break", i), str(e)) from None
         return v
@@ -597,6 +613,8 @@ class Spec(_Strict):
         data = self.model_dump(mode="json")
         if not data["metrics"]:
             del data["metrics"]  # as before the field existed: older studies resume unchanged
+        if data["cost"] is None:
+            del data["cost"]  # likewise
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -617,6 +635,16 @@ def known_metric(v: str, declared: Iterable[str] = ()) -> str:
     if v not in allowed:
         raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(allowed)}")
     return v
+
+
+def _priced(metric: str, info: ValidationInfo) -> str:
+    """The metric, or ValueError when it is computed from a price the spec does not give (a cost
+    that failed its own validation is not in info.data and is reported by itself)."""
+    if metric in NEEDS_COST and "cost" in info.data and info.data["cost"] is None:
+        raise ValueError(
+            f"{metric} is computed from the machine's price; give it as cost: {{usd_per_hour: NUMBER}}"
+        )
+    return metric
 
 
 def check_rule(v: str, declared: Iterable[str] = (), *, check_metric: bool = True) -> str:
