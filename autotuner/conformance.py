@@ -42,7 +42,7 @@ def check_declarations(cls: type[Runner]) -> list[str]:
         problems.append("declares no name")
     if not getattr(cls, "backends", ()):
         problems.append("declares no backends")
-    if "fp32" not in cls.precisions:
+    if "fp32" not in cls.precisions and not cls.open_knobs:
         problems.append(f"does not offer fp32 (offers {', '.join(cls.precisions)})")
     if issubclass(cls, TimedRunner) == issubclass(cls, WorkloadRunner):
         problems.append("must subclass exactly one of TimedRunner and WorkloadRunner")

@@ -60,10 +60,12 @@ def write_spec(directory: Path, filename: str = "spec.yaml", **overrides: Any) -
 
 
 def fixed_time(seconds: float, **extra: Any) -> dict[str, Any]:
-    """A measurement block that lasts `seconds`, for drills that need a trial to be running."""
+    """A measurement block that lasts `seconds`, for drills that need a trial to be running (no
+    iteration cap: a fast config would otherwise stop at 10,000 iterations, well before)."""
     return {
         "warmup_iters": 1,
         "min_iters": 5,
+        "max_iters": 10_000_000,
         "min_time_s": seconds,
         "max_time_s": seconds,
         "trial_timeout_s": 120,
@@ -87,3 +89,27 @@ def run_logged(cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[byt
 def show_log(log: Path) -> None:
     if log.exists():
         print(f"---- {log} ----\n{log.read_text(errors='replace')}")
+
+
+def wait_for_trials(log: Path, proc: subprocess.Popen[bytes], finished: int, timeout_s: float = 240) -> None:
+    """Wait until a driver's log shows `finished` trials ended and one more running.
+
+    Read from the driver's own progress lines (flushed per line), not by polling the study: a
+    reader opening the SQLite study while the driver writes can wait out the lock for seconds
+    and miss a whole trial on a loaded machine.
+    """
+    import re
+    import time
+
+    line = re.compile(r"^\[\d+/\d+\] trial #\d+ (running)?")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {proc.returncode}) before it was stopped")
+        matches = [m for m in map(line.match, log.read_text(errors="replace").splitlines()) if m]
+        running = sum(1 for m in matches if m.group(1))
+        ended = len(matches) - running
+        if ended >= finished and running > ended:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {finished + 1}th trial running within {timeout_s:g} s")

@@ -907,6 +907,12 @@ def test_shipped_quickstart_is_valid() -> None:
     assert load_spec(ROOT / "search_spaces" / "quickstart.yaml").name == "quickstart"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_loads(path: Path) -> None:
+    # The examples are what users copy: each must pass the checks a run applies before its study.
+    assert load_spec(path).name
+
+
 def test_allowed_lists_name_the_intended_values() -> None:
     # The "allowed:" tails must offer the fix for the typos used in the corpus.
     assert "batch_size" in KNOB_LIST.split(", ")

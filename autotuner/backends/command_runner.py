@@ -94,7 +94,7 @@ class CommandRunner(WorkloadRunner):
     name = "command"
     backends = ("command",)
     open_knobs = True  # every parameter is passed to the program
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+    precisions: ClassVar[tuple[str, ...]] = ()  # any value: the program reads it (trtexec's "best")
     settings_key = "command"
     Settings = CommandSettings
     settings_required = True

@@ -67,7 +67,8 @@ class Runner(ABC):
     # Knobs that take one of a closed set of values: a value outside every reader's set is a spec
     # error when the spec is loaded, not a refused trial (precision is checked via `precisions`).
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    # Any parameter name is passed to the program (the command runner).
+    # Any parameter name, and any value of it (precision too), is passed to the program (the
+    # command runner): the program, not autotune, knows what it accepts.
     open_knobs: ClassVar[bool] = False
     # Knobs that only this runner reads and that other runners refuse, so that a mixed space
     # does not measure the same config once per value (the llm runner's page_size): knob -> why
@@ -192,7 +193,7 @@ def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]
     """Checks every runner shares: the precision it offers, threads within the trial's cores, a
     positive batch, and no knob that another runner holds for itself."""
     precision = cls.value(config, "precision")
-    if precision not in cls.precisions:
+    if precision not in cls.precisions and not cls.open_knobs:  # a program reads its own values
         offers = ", ".join(cls.precisions)
         return f"{cls.name} runner does not offer precision {precision!r} (offers {offers})"
     cores = int(caps.get("cpu_cores", 1))

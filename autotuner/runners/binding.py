@@ -80,8 +80,8 @@ _COUNTS = ("batch_size", "threads")
 def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
     """Refuse values of a knob that no runner of the space accepts."""
     readers = [c for c in classes if name in SHARED_KNOBS or name in c.knobs or name in c.exclusive_knobs]
-    if not readers:
-        return  # a parameter only the command runner's program reads: its values are its own
+    if not readers or any(c.open_knobs for c in readers):
+        return  # a program (the command runner's) reads it: its values are its own
     where: tuple[str, ...] = ("space", name)
     if name in _COUNTS:
         if param.type == "float":
