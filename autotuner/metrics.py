@@ -34,7 +34,8 @@ METRICS: dict[str, str] = {
         "mean power over the timed window: the GPU's (NVML energy counter, else sampled power integrated), "
         "or on CPU the packages' (RAPL, every core of the socket)"
     ),
-    "energy_j_per_item": "power_w / throughput_items_s: joules per item in steady state",
+    "energy_j_per_item": "power_w / throughput_items_s: joules per item in steady state (LLM serving: "
+    "per generated token, power_w / output_tokens_s over the served requests)",
     "gpu_throttle": (
         "NVML clock-event (throttle) reason bits seen in the timed window, OR-ed, idle bit dropped; 0: none"
     ),

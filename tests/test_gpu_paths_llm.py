@@ -278,3 +278,39 @@ def test_flash_attention_2_in_bf16_against_the_sdpa_fp32_reference() -> None:
     runner, m = _measure_cuda({"attn_implementation": "flash_attention_2", "precision": "bf16"})
     assert runner.model.config._attn_implementation == "flash_attention_2"
     assert 0.0 < m["accuracy_max_logit_diff"] < 0.05 and m["accuracy_token_agreement"] >= 0.5
+
+
+def test_the_telemetry_window_covers_the_served_requests_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Power and energy per token are read over serving: not the model load, not the warm-up."""
+    events: list[str] = []
+    serve = LlmRunner._serve
+    warm = lr._warm_up
+
+    def spy_serve(self: LlmRunner, *a: Any) -> Any:
+        events.append("serve")
+        return serve(self, *a)
+
+    def spy_warm(*a: Any) -> Any:
+        events.append("warm-up")
+        return warm(*a)
+
+    monkeypatch.setattr(LlmRunner, "_serve", spy_serve)
+    monkeypatch.setattr(lr, "_warm_up", spy_warm)
+    window = SimpleNamespace(begin=lambda: events.append("begin"), end=lambda: events.append("end"))
+    spec = spec_from_dict(llm_spec())
+    runner = LlmRunner(spec, {"backend": "llm", "batch_size": 8, "kv_budget_mb": 0.25, "threads": 1}, _cpu())
+    runner.window = window
+    runner.run_workload()
+    assert events == ["warm-up", "begin", "serve", "end"]
+
+
+def test_energy_per_token_is_power_over_generated_tokens() -> None:
+    from autotuner.execution.worker import derived
+
+    class Window:
+        def result(self, items_s: float | None) -> dict[str, float]:
+            return {"power_w": 300.0, "energy_j_per_item": 300.0 / items_s} if items_s else {}
+
+    spec = spec_from_dict(llm_spec())
+    out = derived(spec, {"output_tokens_s": 1500.0, "requests_s": 3.0}, Window(), windowed=False)  # type: ignore[arg-type]
+    assert out["energy_j_per_item"] == pytest.approx(0.2)  # 300 J/s over 1500 tokens/s

@@ -235,7 +235,8 @@ class LlmRunner(WorkloadRunner):
             setup_s = time.perf_counter() - started
             peak.reset()  # the warm-up requests have finished and returned their pages
             offloads_before = preemptions()
-            results = self._serve(manager, reqs)
+            with self.timed():  # power and energy over serving only
+                results = self._serve(manager, reqs)
             cache = manager.batch_processor.cache if manager.batch_processor is not None else None
             kv_bytes = int(cache.cache_tensor.numel()) if cache is not None else 0
             pages = int(cache.num_blocks) if cache is not None else 0

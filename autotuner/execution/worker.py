@@ -89,7 +89,9 @@ def derived(spec: Spec, metrics: dict[str, float], probe: Probe, windowed: bool 
     workload (setup and accuracy check included) only where the runner gives none."""
     from autotuner.metrics import usd_per_million_items
 
-    out = {**metrics, **probe.result(metrics.get("throughput_items_s"))}
+    # Items: batch items for timed runners, generated tokens for LLM serving.
+    items_s = metrics.get("throughput_items_s", metrics.get("output_tokens_s"))
+    out = {**metrics, **probe.result(items_s)}
     if "gpu_peak_memory_mb" in out and (windowed or "peak_memory_mb" not in metrics):
         out["peak_memory_mb"] = out["gpu_peak_memory_mb"]
     cost = usd_per_million_items(spec.cost.usd_per_hour, out) if spec.cost is not None else None
@@ -123,6 +125,7 @@ def run_trial(
         if isinstance(runner, WorkloadRunner):
             from autotuner.execution.load import LoadMeter
 
+            runner.window = probe  # the runner marks its timed part
             meter = LoadMeter()
             meter.start()
             started = time.perf_counter()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import resource
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -184,9 +185,24 @@ class TimedRunner(Runner):
 class WorkloadRunner(Runner):
     """Measures a whole workload itself (an LLM serving run, an external benchmark program)."""
 
+    # Set by the worker before run_workload: the telemetry of the trial's device (anything with
+    # begin() and end()). The runner marks its timed part with `with self.timed():`.
+    window: Any = None
+
     @abstractmethod
     def run_workload(self) -> dict[str, float]:
         """The metrics of one run."""
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """The part of the run that is measured: telemetry (power, energy, GPU use) covers it."""
+        if self.window is not None:
+            self.window.begin()
+        try:
+            yield
+        finally:
+            if self.window is not None:
+                self.window.end()
 
 
 def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]) -> str | None:
