@@ -54,7 +54,10 @@ METRICS: dict[str, str] = {
     # Serving metrics, as LLM engines and external benchmarks report them.
     "output_tokens_s": "generated tokens per second over the whole run",
     "total_tokens_s": "prompt plus generated tokens per second over the whole run",
-    "requests_s": "completed requests per second",
+    "requests_s": (
+        "completed requests per second (serving scenario: requests answered / time from the first "
+        "arrival to the last answer, warm-up left out)"
+    ),
     "ttft_p50_ms": "median time to first token of a request",
     "ttft_p95_ms": "95th percentile time to first token",
     "tpot_p50_ms": "median time per output token after the first, per request: (e2e - ttft) / (tokens - 1)",
@@ -62,7 +65,25 @@ METRICS: dict[str, str] = {
     "e2e_p50_ms": "median end-to-end request latency",
     "e2e_p95_ms": "95th percentile end-to-end request latency",
     "tpot_p95_ms": "95th percentile time per output token",
-    "goodput_requests_s": "requests per second that met the workload's TTFT and TPOT SLOs",
+    "goodput_requests_s": (
+        "requests per second that met the SLOs: the workload's TTFT and TPOT (LLM serving), or an "
+        "answer within serving.slo_p95_ms of the request's arrival (serving scenario)"
+    ),
+    # The serving scenario (timed runners behind the dynamic batcher, autotuner.execution.serving).
+    "request_latency_p50_ms": (
+        "median time from a request's scheduled arrival to its answer: queueing, batching wait and the "
+        "batch's run"
+    ),
+    "request_latency_p95_ms": "95th percentile of the per-request latency (arrival to answer)",
+    "request_latency_p99_ms": "99th percentile of the per-request latency (arrival to answer)",
+    "mean_batch_size": "requests answered / batches run by the dynamic batcher",
+    "queue_depth_p95": "95th percentile of the queue length an arriving request finds (itself included)",
+    "queue_depth_max": "longest queue an arriving request found (itself included)",
+    "rejected_requests": "arrivals refused because the queue held serving.queue_limit requests",
+    "max_rate_rps": (
+        "highest Poisson arrival rate in serving.max_rate that met slo_p95_ms (p95 of the per-request "
+        "latency, a rejected request counting as a miss), found by bisection inside the trial; 0: none"
+    ),
     "kv_cache_mb": "bytes the KV cache really allocated (MiB)",
     "kv_predicted_mb": "KV cache the memory model predicts for the budget and page size (MiB)",
     "predicted_memory_mb": "weights + KV budget + working memory, as the memory model predicts it (MiB)",
@@ -105,8 +126,23 @@ DEFAULT_DIRECTION: dict[str, str] = {
     "total_tokens_s": "maximize",
     "requests_s": "maximize",
     "goodput_requests_s": "maximize",
+    "max_rate_rps": "maximize",
     "accuracy_token_agreement": "maximize",
 }
+
+
+# What a serving-scenario trial records (max_rate_rps where serving.max_rate is given,
+# goodput_requests_s where slo_p95_ms is).
+SERVING_METRICS = (
+    "request_latency_p50_ms",
+    "request_latency_p95_ms",
+    "request_latency_p99_ms",
+    "requests_s",
+    "mean_batch_size",
+    "queue_depth_p95",
+    "queue_depth_max",
+    "rejected_requests",
+)
 
 
 # Metrics a spec may name only when it gives what they are computed from.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autotuner.errors import UsageError
 from autotuner.spec.schema import FieldError, Spec
+from autotuner.spec.trace import TraceError, read_trace
 
 
 class _Section(BaseModel):
@@ -95,21 +95,6 @@ def requests(spec: Spec, w: WorkloadSpec, vocab: int) -> list[Request]:
 
 def _trace(path: Path) -> list[dict]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"workload.trace: cannot read {path}: {e.strerror}") from None
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            int(row["prompt_len"]), int(row["output_len"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UsageError(
-                f"workload.trace: {path} line {i}: expected JSON with prompt_len and output_len"
-            ) from None
-        rows.append(row)
-    if not rows:
-        raise UsageError(f"workload.trace: {path} holds no request")
-    return rows
+        return read_trace(path, required=("prompt_len", "output_len"))
+    except TraceError as e:
+        raise UsageError(f"workload.trace: {e}") from None

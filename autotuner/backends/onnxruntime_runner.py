@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autotuner.errors import UnsupportedConfig
-from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner, backend_of
+from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner, backend_of
 from autotuner.spec.schema import Spec
 
 CPU = "CPUExecutionProvider"
@@ -69,6 +69,7 @@ class OnnxRuntimeRunner(TimedRunner):
         "cudnn_conv_algo_search": "exhaustive",
         "trt_builder_optimization_level": 3,
         "trt_timing_cache": True,
+        **SERVING_KNOBS,
     }
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
@@ -100,6 +101,8 @@ class OnnxRuntimeRunner(TimedRunner):
         precision = cls.value(config, "precision")
         if precision == "int8" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs it needs calibration"
+        if spec.scenario == "serving" and cls.value(config, "cuda_graph"):
+            return "cuda_graph replays one input shape; the serving scenario runs every batch size"
         return _knob_reason(cls, config, provider)
 
     @classmethod
@@ -192,7 +195,12 @@ class OnnxRuntimeRunner(TimedRunner):
                     f"({', '.join(sorted(set(cpu))[:8])}) instead of {self.provider}; "
                     "a measurement never falls back"
                 )
-        return lambda: sess.run_with_iobinding(binding)
+
+        def step() -> object:
+            self.binding = binding  # what synchronize() waits for: this batch size's outputs
+            return sess.run_with_iobinding(binding)
+
+        return step
 
     def _bind(self, batch: dict[str, np.ndarray]) -> Any:
         """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph)."""

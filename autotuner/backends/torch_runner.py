@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 
-from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
+from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -17,7 +18,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class TorchRunner(TimedRunner):
     name = "torch"
     backends = ("torch-eager", "torch-compile")
-    knobs: ClassVar[dict[str, Any]] = {"device": "cpu", "compile_mode": "default", "tf32": False}
+    knobs: ClassVar[dict[str, Any]] = {
+        "device": "cpu",
+        "compile_mode": "default",
+        "tf32": False,
+        **SERVING_KNOBS,
+    }
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
         "device": ("cpu", "cuda"),
         "compile_mode": COMPILE_MODES,
@@ -130,6 +136,20 @@ class TorchRunner(TimedRunner):
     def synchronize(self) -> None:
         if self.dev is not None:
             self.torch.cuda.synchronize(self.dev)
+
+    @contextmanager
+    def instance_stream(self) -> Iterator[None]:
+        """A CUDA stream per serving instance (each runner is one instance), so that instances
+        overlap on the GPU and one waits for its own work only. Not yet run on a GPU."""
+        if self.dev is None:
+            yield
+            return
+        torch = self.torch
+        if getattr(self, "_stream", None) is None:
+            self._stream = torch.cuda.Stream(self.dev)
+        with torch.cuda.stream(self._stream):
+            yield
+        self._stream.synchronize()
 
     def activate(self) -> None:
         threads = self.value(self.config, "threads")

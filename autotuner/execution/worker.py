@@ -121,6 +121,11 @@ def run_trial(
     pin(device, config)
     probe = probe_for(device)  # before setup: the GPU memory baseline
     try:
+        if spec.scenario == "serving":
+            from autotuner.execution.serving_trial import run_serving_trial
+
+            result = run_serving_trial(spec, config, device, caps, probe, block_s)
+            return dataclasses.replace(result, metrics=derived(spec, result.metrics, probe))
         runner = build(spec, config, device, caps)
         if isinstance(runner, WorkloadRunner):
             from autotuner.execution.load import LoadMeter

@@ -30,6 +30,10 @@ SHARED_DEFAULTS: dict[str, Any] = {
     "threads": None,  # None: every core the trial holds
 }
 SHARED_KNOBS = frozenset(SHARED_DEFAULTS)
+# Knobs of the serving scenario (`scenario: serving`), read by the timed runners: the dynamic
+# batcher's largest batch and how long it waits to fill one (0: it takes what is queued), and
+# the model copies (instances), each on its own share of the trial's cores.
+SERVING_KNOBS: dict[str, Any] = {"max_batch_size": 8, "batch_timeout_ms": 0, "instances": 1}
 
 # The one transfer policy of every GPU runner (TrialResult.info["transfer_policy"]): inputs are
 # copied to the device once before timing, outputs are left on the device, and each timed step
@@ -159,6 +163,14 @@ class TimedRunner(Runner):
         """Peak device memory, or None on CPU (the worker's peak RSS is used then)."""
         return None
 
+    @contextmanager
+    def instance_stream(self) -> Iterator[None]:
+        """Around one batch of a serving instance: the step runs inside it and is finished on the
+        device when it exits. A GPU runner gives each instance a stream of its own (the default
+        waits for the whole device with `synchronize`)."""
+        yield
+        self.synchronize()
+
     @property
     def transfer_policy(self) -> str | None:
         """How the timed step treats host<->device copies: DEVICE_RESIDENT on a GPU, None on CPU."""
@@ -179,7 +191,7 @@ class TimedRunner(Runner):
             return "an external model runs only on the command backend"
         if m.hf is not None:
             return "a model.hf directory runs on the llm backend"
-        return None
+        return serving_check(cls, spec, config, caps)
 
 
 class WorkloadRunner(Runner):
@@ -229,6 +241,29 @@ def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]
         owner = exclusive_owner(name)
         if owner is not None and owner is not cls:
             return f"{name} {owner.exclusive_knobs[name].format(runner=cls.name)}"
+    return None
+
+
+def serving_check(cls: type[Runner], spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
+    """The serving knobs of a config: one core at least per instance, no batching wait for a
+    batch of one. (A space that sets them outside the serving scenario is a spec error.)"""
+    if spec.scenario != "serving":
+        given = [k for k in SERVING_KNOBS if k in config]
+        return f"{given[0]} applies to scenario serving" if given else None
+    max_batch = int(cls.value(config, "max_batch_size"))
+    if max_batch < 1:
+        return "max_batch_size must be at least 1"
+    timeout = float(cls.value(config, "batch_timeout_ms"))
+    if timeout < 0:
+        return "batch_timeout_ms must be at least 0"
+    if max_batch == 1 and timeout > 0:
+        return "batch_timeout_ms applies when max_batch_size is above 1 (a batch of one never waits)"
+    instances = int(cls.value(config, "instances"))
+    cores = int(config.get("threads") or caps.get("cpu_cores", 1))
+    if instances < 1:
+        return "instances must be at least 1"
+    if instances > cores:
+        return f"instances={instances} needs a core each; the trial holds {cores}"
     return None
 
 

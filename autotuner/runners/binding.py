@@ -49,6 +49,7 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
         classes = [load(name) for name in sorted(searched)]
         for name, param in spec.space.items():
             _domain(name, param, classes)
+        _scenario(spec, classes)
         _baseline(spec)
         owners = {cls.settings_key: cls for cls in runners().values() if cls.settings_key}
         for key in spec.sections:
@@ -74,7 +75,60 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
 
 
 # Knobs every runner reads as a whole number of at least one.
-_COUNTS = ("batch_size", "threads")
+_COUNTS = ("batch_size", "threads", "max_batch_size", "instances")
+
+
+def _scenario(spec: Spec, classes: list[type[Runner]]) -> None:
+    """The serving scenario: its knobs only with it, timed runners only, a trace that parses."""
+    from autotuner.runners.base import SERVING_KNOBS, TimedRunner
+    from autotuner.spec.trace import TraceError, read_trace
+
+    space = spec.space
+    if spec.scenario != "serving":
+        for name in SERVING_KNOBS:
+            if name in space:
+                raise FieldError(("space", name), "applies to scenario: serving (with a serving section)")
+        return
+    untimed = [c.name for c in classes if not issubclass(c, TimedRunner)]
+    if untimed:
+        raise FieldError(
+            "scenario",
+            f"serving drives the timed runners (torch, onnxruntime); space.backend includes {untimed[0]}",
+        )
+    if "batch_size" in space:
+        raise FieldError(
+            ("space", "batch_size"), "the serving scenario batches requests itself: search max_batch_size"
+        )
+    timeouts = space["batch_timeout_ms"].values() if "batch_timeout_ms" in space else [0]
+    p = space.get("batch_timeout_ms")
+    if p is not None:
+        low = (
+            p.low if p.type in ("int", "float") else min((v for v in timeouts or [] if _is_num(v)), default=0)
+        )
+        bad = [v for v in timeouts or [] if not _is_num(v)]
+        if bad or (low is not None and low < 0):
+            shown = bad[0] if bad else low
+            raise FieldError(
+                ("space", "batch_timeout_ms"), f"{shown!r} is not a wait; give milliseconds of at least 0"
+            )
+    sizes = (
+        space["max_batch_size"].values() if "max_batch_size" in space else [SERVING_KNOBS["max_batch_size"]]
+    )
+    if sizes == [1] and timeouts is not None and all(v != 0 for v in timeouts):
+        raise FieldError(
+            ("space", "batch_timeout_ms"),
+            "applies when max_batch_size is above 1 (a batch of one never waits); "
+            "give 0 or a larger max_batch_size",
+        )
+    if spec.serving is not None and spec.serving.trace is not None:
+        try:
+            read_trace(spec.resolve(spec.serving.trace))
+        except TraceError as e:
+            raise FieldError(("serving", "trace"), str(e)) from None
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:

@@ -21,18 +21,8 @@ from pydantic import (
 
 from autotuner.metrics import METRICS, NEEDS_COST, RESERVED_NAMES
 from autotuner.metrics import names as metric_names
-
-
-class FieldError(ValueError):
-    """A problem at a field below the one being validated; `path` is relative to it.
-
-    A validator raises FieldError(("low",), "...") and load_spec reports the error at
-    pydantic's location plus this path, e.g. `space.batch_size.low` rather than `space.batch_size`.
-    """
-
-    def __init__(self, path: str | int | tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.path: tuple[str | int, ...] = path if isinstance(path, tuple) else (path,)
+from autotuner.spec.fields import FieldError
+from autotuner.spec.serving import ServingSpec
 
 
 def value_kind(v: Any) -> str:
@@ -398,6 +388,10 @@ class Spec(_Strict):
     # reruns are independent. The model's inputs are seeded by `seed`, or 0 when it is left out.
     seed: int | None = Field(default=None, ge=0)
     measurement: Measurement = Field(default_factory=Measurement)
+    # batch: back-to-back batches of batch_size; serving: arriving requests through a dynamic
+    # batcher (max_batch_size, batch_timeout_ms, instances), loaded as the `serving` section says.
+    scenario: Literal["batch", "serving"] = "batch"
+    serving: ServingSpec | None = None
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     pick: PickSpec = Field(default_factory=PickSpec)
     baseline: dict[str, Scalar] | None = None
@@ -580,6 +574,12 @@ class Spec(_Strict):
                         f"grid needs finite parameters, but space.{name} is a "
                         "continuous or log range; give choices or a step",
                     )
+        if self.scenario == "serving" and self.serving is None:
+            raise FieldError(
+                "serving", "required when scenario is serving: give the load (rate_rps, trace or concurrency)"
+            )
+        if self.scenario != "serving" and self.serving is not None:
+            raise FieldError("serving", "applies only with scenario: serving")
         for k in self.baseline or {}:
             if k not in self.space:
                 raise FieldError(
@@ -615,6 +615,8 @@ class Spec(_Strict):
             del data["metrics"]  # as before the field existed: older studies resume unchanged
         if data["cost"] is None:
             del data["cost"]  # likewise
+        if data["scenario"] == "batch" and data["serving"] is None:
+            del data["scenario"], data["serving"]  # likewise
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
