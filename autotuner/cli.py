@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         dest="fmt",
         default="yaml",
-        choices=["yaml", "vllm"],
-        help="yaml: the best-config file; vllm: print the `vllm serve` command",
+        choices=["yaml", "vllm", "triton", "ort"],
+        help="yaml: the best-config file; vllm: print the `vllm serve` command; triton: a Triton "
+        "model repository entry in -o DIR; ort: ONNX Runtime session settings as JSON",
     )
     e.add_argument("--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)")
     common(e)

@@ -1,9 +1,11 @@
-"""The best-config YAML: the chosen parameters, deploy settings, evidence and provenance."""
+"""The best-config YAML (the chosen parameters, deploy settings, evidence and provenance), the
+`vllm serve` line, and the ONNX Runtime JSON; the Triton entry is in report/triton.py."""
 
 from __future__ import annotations
 
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,135 @@ def vllm_serve(spec: Spec, config: dict[str, Any]) -> str:
         elif v is not False:
             argv += [flag, str(v)]
     return shlex.join(argv)
+
+
+# ---- the ONNX Runtime formats (--format ort here, --format triton in report/triton.py) ----------
+
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+
+
+@dataclass(frozen=True)
+class OnnxDeployment:
+    """What an onnxruntime config deploys: the ONNX file its trials ran and its deploy settings."""
+
+    model: Path
+    precision: str  # of the ONNX file (a TensorRT config runs the fp32 graph, built fp16 by TensorRT)
+    settings: dict[str, Any]  # the runner's deploy_settings(config)["onnxruntime"]
+
+    @property
+    def providers(self) -> list[dict[str, Any]]:
+        return list(self.settings["providers"])
+
+
+def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeployment:
+    """The ONNX file and settings of an onnxruntime config; UsageError for any other backend.
+
+    A torch (or command, llm) winner is refused rather than exported to ONNX: its measurements
+    belong to the engine it ran, and an ONNX Runtime session would be another one.
+    """
+    from autotuner.models.artifacts import onnx_path
+
+    backend = backend_of(config)
+    runner = runner_for(backend)
+    settings = runner.deploy_settings(config).get("onnxruntime")
+    if not settings:
+        raise UsageError(
+            f"--format {fmt} needs an onnxruntime config; the chosen one runs {backend} "
+            "(restrict the spec's space.backend to onnxruntime-* to tune one, or use --format yaml)"
+        )
+    first = settings["providers"][0]["name"]
+    precision = "fp32" if first == TENSORRT_PROVIDER else str(runner.value(config, "precision"))
+    model = onnx_path(spec, precision)
+    if not model.is_file():  # a spec's own ONNX file, moved or on another machine
+        raise UsageError(f"--format {fmt}: the model file {model} is not there (run from the spec's machine)")
+    return OnnxDeployment(model, precision, settings)
+
+
+def input_shapes(spec: Spec, batch_size: int) -> dict[str, list[int]]:
+    from autotuner.models.builtins import model_inputs
+
+    return {s.name: [batch_size if d == "batch" else int(d) for d in s.shape] for s in model_inputs(spec)}
+
+
+def profile_shapes(shapes: dict[str, list[int]]) -> str:
+    """ORT's TensorRT profile string: 'name:1x16,other:1x16'."""
+    return ",".join(f"{n}:{'x'.join(str(d) for d in dims)}" for n, dims in shapes.items())
+
+
+def chosen_config(study: optuna.Study, pick: Pick) -> dict[str, Any]:
+    return dict(pick.config or rec.trial_config(study.trials[pick.winner]))
+
+
+def ort_config(
+    spec: Spec, study: optuna.Study, pick: Pick, dep: OnnxDeployment, model_file: str
+) -> dict[str, Any]:
+    """The `--format ort` JSON: providers in order with their options, session options (enum
+    members by name), io_binding and the recipe of the model file, which lies beside it."""
+    from autotuner.models.builtins import model_inputs
+
+    config = chosen_config(study, pick)
+    batch = int(config.get("batch_size", 1))
+    providers = []
+    for p in dep.providers:
+        entry = {"name": p["name"], **({"options": dict(p["options"])} if "options" in p else {})}
+        if p["name"] == TENSORRT_PROVIDER:  # the measured profile: min = opt = max at the batch
+            profile = profile_shapes(input_shapes(spec, batch))
+            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+                entry["options"][key] = profile
+        providers.append(entry)
+    recipe = {k: dep.settings[k] for k in ("quantization", "conversion") if k in dep.settings}
+    return {
+        "autotune_version": __version__,
+        "study": study.study_name,
+        "trial": pick.winner,
+        "model": {
+            "file": model_file,
+            "sha256": file_sha256(dep.model),
+            "precision": dep.precision,
+            **recipe,
+        },
+        "inputs": [s.model_dump(mode="json", include={"name", "shape", "dtype"}) for s in model_inputs(spec)],
+        "batch_size": batch,
+        "providers": providers,
+        "fallbacks": fallback_note(providers),
+        "session_options": dict(dep.settings["session_options"]),
+        "io_binding": bool(dep.settings.get("io_binding")),
+        **({"transfer_policy": dep.settings["transfer_policy"]} if "transfer_policy" in dep.settings else {}),
+    }
+
+
+def fallback_note(providers: list[dict[str, Any]]) -> str:
+    """The README's rule in one line: a measurement never falls back; a deployment may, and says
+    so. `providers` as deploy_settings lists them: the measured ones carry options, fallbacks not."""
+    names = [p["name"] for p in providers]
+    measured = " with ".join(p["name"] for p in providers if "options" in p) or names[0]
+    if len(names) == 1:
+        return f"measured on {measured}; there is nothing to fall back to"
+    return (
+        f"measured on {measured}, never falling back (a trial with compute elsewhere was refused); "
+        "deployed, ONNX Runtime may fall back in this order: " + " -> ".join(names)
+    )
+
+
+def write_ort(spec: Spec, study: optuna.Study, pick: Pick, path: Path) -> Path:
+    """PATH (JSON) and the ONNX file it names beside it (PATH less .json, plus .onnx)."""
+    import json
+    import shutil
+
+    from autotuner.files import atomic_write
+
+    dep = onnx_deployment(spec, chosen_config(study, pick), "ort")
+    model = path.with_name(path.name.removesuffix(".json") + ".onnx")
+    atomic_write(model, lambda tmp: shutil.copyfile(dep.model, tmp), ".onnx")
+    data = ort_config(spec, study, pick, dep, model.name)
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
