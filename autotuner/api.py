@@ -31,6 +31,7 @@ from autotuner.study.storage import default_url, redact
 if TYPE_CHECKING:
     from autotuner.execution.base import Executor
     from autotuner.search.pick import Pick
+    from autotuner.search.verify import Verification
 
 
 @dataclass
@@ -297,6 +298,64 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
         ex.close()
 
 
+def verify(
+    best: str | Path,
+    *,
+    against: str | Path | None = None,
+    baseline: bool = False,
+    spec: str | None = None,
+    storage: str | None = None,
+    rounds: int | None = None,
+    require_gain: float | None = None,
+    progress: Progress | None = None,
+) -> Verification:
+    """A/B check before rollout: BEST.yaml against OTHER.yaml (or the spec's baseline), measured
+    here in interleaved rounds, nothing stored. The spec: `spec`, else the one the study named in
+    BEST.yaml's provenance ran (in `storage`, else the recorded storage). Bad input: UsageError."""
+    import math
+
+    from autotuner.search import verify as v
+    from autotuner.search.choose import baseline_config
+
+    if (against is None) == (not baseline):
+        raise UsageError("give one of --against OTHER.yaml or --baseline")
+    if rounds is not None and rounds < v.MIN_ROUNDS:
+        raise UsageError(f"--rounds must be at least {v.MIN_ROUNDS}")
+    if require_gain is not None and not (math.isfinite(require_gain) and require_gain >= 0):
+        raise UsageError(f"--require-gain {require_gain}: give a percentage of 0 or more")
+    progress = progress or Progress(quiet=True)
+    best_data = v.read_best_config(best)
+    other_data = v.read_best_config(against) if against is not None else None
+    s, source = v.resolve_spec(best_data, str(best), spec, storage)
+    fp = best_data["provenance"].get("spec_fingerprint")
+    if spec is not None and fp and fp != s.fingerprint():
+        study = best_data["provenance"].get("study")
+        progress.say(f"note: {spec} is not the spec study {study} ran; measuring with {spec}")
+    check_model(s, source)
+    cand = v.Arm("candidate", str(best), v.arm_config(s, best_data, str(best)))
+    if other_data is not None:
+        other = v.Arm("other", str(against), v.arm_config(s, other_data, str(against)))
+    else:
+        base = baseline_config(s)
+        if base is None:
+            raise UsageError(f"--baseline: the spec ({source}) has no baseline")
+        other = v.Arm("other", "the spec's baseline", base)
+    n = rounds or max(s.pick.rounds, v.MIN_ROUNDS)
+    caps = probe()
+    for arm in (cand, other):
+        known = precheck(s, arm.config, caps)
+        if known is not None:
+            arm.error = f"before launch: {known.failure_class}: {known.failure_message}"
+            return v.judge(s, cand, other, 0, 0.0, require_gain)
+    progress.say(
+        f"verify {best} against {other.source} (spec: {source}): a full trial each, then {n} "
+        "interleaved rounds, each block in a fresh worker"
+    )
+    with make_executor("local", s, caps) as ex:
+        block_s = v.measure(s, ex, (cand, other), n, progress.say)
+    return v.judge(s, cand, other, min(len(cand.rounds), len(other.rounds)), block_s, require_gain)
+
+
 def _url(spec: Spec, storage: str | None) -> str:
     """Where the spec's study lives: as given, else the spec's storage, else SQLite under studies/."""
     return storage or spec.storage or default_url(spec.study_name)
@@ -327,5 +386,6 @@ __all__ = [
     "run",
     "search",
     "spec_from_dict",
+    "verify",
     "write_best_config",
 ]

@@ -1,4 +1,4 @@
-"""`autotune`: run, bench, export, studies, show. Heavy imports happen inside the commands."""
+"""`autotune`: run, bench, export, studies, show, verify. Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
@@ -83,6 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("study")
     sh.add_argument("--storage")
     common(sh)
+
+    v = sub.add_parser("verify", help="A/B a best config against another (or the baseline) before rollout")
+    v.add_argument("best", metavar="BEST.yaml", help="a best-config YAML (autotune run / export)")
+    v.add_argument("--against", metavar="OTHER.yaml", help="another best-config YAML to compare with")
+    v.add_argument("--baseline", action="store_true", help="compare with the spec's baseline config")
+    v.add_argument("--spec", metavar="SPEC.yaml", help="measure with this spec (default: the study's)")
+    v.add_argument("--storage", help="where BEST.yaml's study lives (default: its recorded storage)")
+    v.add_argument("--rounds", type=int, help="interleaved rounds (default: pick.rounds, at least 3)")
+    v.add_argument(
+        "--require-gain",
+        dest="require_gain",
+        type=float,
+        metavar="PCT",
+        help="exit 0 only when the first objective is better by at least PCT %% with confidence",
+    )
+    v.add_argument("--json", action="store_true", help="print one JSON object (verdict and exit code in it)")
+    common(v)
     return p
 
 
@@ -138,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from autotuner.report.show import show_study
 
         return show_study(args.study, args.storage)
+    if args.command == "verify":
+        return _verify(args)
     raise UsageError(f"unknown command {args.command}")  # pragma: no cover
 
 
@@ -167,6 +186,29 @@ def _bench(args: argparse.Namespace) -> int:
         for k, v in result.metrics.items():
             print(f"  {k:<24} {v:.6g}")
     return 0 if result.ok else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from autotuner.api import verify
+    from autotuner.progress import Progress
+
+    out = verify(
+        args.best,
+        against=args.against,
+        baseline=args.baseline,
+        spec=args.spec,
+        storage=args.storage,
+        rounds=args.rounds,
+        require_gain=args.require_gain,
+        progress=Progress(out=sys.stderr) if args.json else Progress(),
+    )
+    if args.json:
+        print(json.dumps(out.to_dict(), indent=2))
+    else:
+        print("\n".join(out.lines()))
+    return out.exit_code
 
 
 if __name__ == "__main__":
