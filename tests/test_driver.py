@@ -153,6 +153,10 @@ def test_study_in_postgresql(in_tmp: Path) -> None:
         optuna.delete_study(study_name=name, storage=url)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
     spec = write_spec(
         in_tmp,
@@ -162,7 +166,11 @@ def test_ctrl_c_stops_cleanly_and_the_trial_runs_again(in_tmp: Path) -> None:
     cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec)]
     log = in_tmp / "driver.out"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal delivers it: a shell without job control starts background jobs
+        # (a CI runner's, nohup ... &) with SIGINT ignored, and an ignored signal is inherited.
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+        )
     err = ""
     try:
         wait_for_trials(log, proc, finished=1)  # the second trial runs (each measures 5 s)
