@@ -98,7 +98,10 @@ def test_sigkill_mid_run_then_rerun_reaches_budget_with_nothing_running(in_tmp: 
             assert stale.state == TrialState.FAIL and stale.user_attrs["failure_class"] == "interrupted"
             retry = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
             if stale.params:
-                assert len(retry) == 1 and retry[0].params == stale.params
+                # Killed mid-sampling (Ray samples the next trial while others run), a trial holds
+                # part of its config: the retry keeps that part and samples the rest.
+                assert len(retry) == 1
+                assert {k: retry[0].params[k] for k in stale.params} == stale.params
             else:  # killed between ask and sample: nothing had been chosen, nothing to retry
                 assert retry == []
         counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
