@@ -14,12 +14,12 @@ import pytest
 from helpers import make_spec_dict
 
 from autotuner.api import spec_from_dict
-from autotuner.backends import onnxruntime_runner as ortr
-from autotuner.backends.onnxruntime_runner import (
+from autotuner.backends import ort_pieces as ortr
+from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
+from autotuner.backends.ort_pieces import (
     CPU,
     CUDA,
     TENSORRT,
-    OnnxRuntimeRunner,
     claim_engine_dir,
     engine_folder_name,
     input_shapes,

@@ -50,11 +50,16 @@ def test_the_meter_tells_own_work_from_other_work() -> None:
     os.sched_setaffinity(0, {core})
     try:
         m = LoadMeter()
-        m.start()
-        t = time.time()
-        while time.time() - t < 0.5:
-            pass
-        assert m.stop() < 0.1, "the process's own busy time is not foreign"
+        readings = []
+        for _ in range(3):  # on a shared machine another process may take this core for a while
+            m.start()
+            t = time.time()
+            while time.time() - t < 0.5:
+                pass
+            readings.append(m.stop())
+            if readings[-1] < 0.1:
+                break
+        assert min(readings) < 0.1, f"the process's own busy time is not foreign: {readings}"
         p = _spinner(core, 1.5)
         time.sleep(0.2)
         m.start()

@@ -1,0 +1,278 @@
+"""The pure pieces of the onnxruntime runner: provider options, TensorRT engine caches, node
+placement, output shapes, the device-memory read. Nothing here opens a session, so every piece
+is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotuner.errors import UnsupportedConfig
+from autotuner.spec.schema import Spec
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+PROVIDERS = {"onnxruntime-cpu": CPU, "onnxruntime-cuda": CUDA, "onnxruntime-tensorrt": TENSORRT}
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # the CUDA provider's, lower-cased
+TRT_OPT_LEVELS = (0, 1, 2, 3, 4, 5)
+# Knobs that apply to some providers only: where they cannot apply, a value other than the
+# default is refused (the default is then simply not read), so no config is measured twice.
+GPU_ONLY = (CUDA, TENSORRT)
+APPLIES_TO: dict[str, tuple[tuple[str, ...], str]] = {
+    "tf32": (GPU_ONLY, "the CUDA and TensorRT providers (CPU kernels compute fp32 in fp32)"),
+    "cuda_graph": (GPU_ONLY, "the CUDA and TensorRT providers"),
+    "cudnn_conv_algo_search": (GPU_ONLY, "the CUDA provider (and its share under TensorRT)"),
+    "trt_builder_optimization_level": ((TENSORRT,), "the TensorRT provider"),
+    "trt_timing_cache": ((TENSORRT,), "the TensorRT provider"),
+}
+BOOL_KNOBS = ("tf32", "cuda_graph", "trt_timing_cache")
+# Stands for the folder a deployment keeps its TensorRT engines in (deploy_settings).
+DEPLOY_CACHE = "<engine cache folder>"
+
+
+def _value() -> Any:
+    """The runner's knob reader (its defaults live with the runner's declaration)."""
+    from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner.value
+
+
+def _flag(value: Any) -> str:
+    return "1" if value else "0"
+
+
+def provider_options(
+    config: dict[str, Any],
+    device_index: int,
+    cache_root: Path,
+    input_shapes: dict[str, tuple[int, ...]] | None,
+) -> list[tuple[str, dict[str, str]]]:
+    """The providers (with their options, as the strings ORT parses) a config's session registers.
+
+    TensorRT is registered with CUDA under it, so that nodes TensorRT does not take run on the
+    GPU; `cache_root` is this config's own engine folder (see engine_folder_name), and
+    `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max.
+    """
+    value = _value()
+    provider = PROVIDERS[str(value(config, "backend"))]
+    if provider == CPU:
+        return [(CPU, {})]
+    cuda = {
+        "device_id": str(device_index),
+        "use_tf32": _flag(value(config, "tf32")),
+        "cudnn_conv_algo_search": str(value(config, "cudnn_conv_algo_search")).upper(),
+    }
+    if provider == CUDA:
+        return [(CUDA, {**cuda, "enable_cuda_graph": _flag(value(config, "cuda_graph"))})]
+    timing = bool(value(config, "trt_timing_cache"))
+    trt = {
+        "device_id": str(device_index),
+        "trt_fp16_enable": _flag(value(config, "precision") == "fp16"),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(cache_root),
+        "trt_timing_cache_enable": _flag(timing),
+        "trt_builder_optimization_level": str(int(value(config, "trt_builder_optimization_level"))),
+        "trt_cuda_graph_enable": _flag(value(config, "cuda_graph")),
+    }
+    if timing:
+        trt["trt_timing_cache_path"] = str(cache_root)
+    if input_shapes:
+        profile = profile_shapes(input_shapes)
+        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+            trt[key] = profile
+    return [(TENSORRT, trt), (CUDA, cuda)]
+
+
+def profile_shapes(input_shapes: dict[str, tuple[int, ...]]) -> str:
+    """ORT's TensorRT profile string: 'name:1x16,other:1x16'."""
+    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in input_shapes.items())
+
+
+def input_shapes(spec: Spec, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """Each input's shape in a trial of this batch size, in the spec's input order."""
+    from autotuner.models.builtins import model_inputs
+
+    return {
+        s.name: tuple(batch_size if d == "batch" else int(d) for d in s.shape) for s in model_inputs(spec)
+    }
+
+
+def engine_folder_name(
+    model_sha256: str, config: dict[str, Any], input_shapes: dict[str, tuple[int, ...]], ort_version: str
+) -> str:
+    """One TensorRT cache folder per engine: model content, precision, batch profile and the
+    options that change what TensorRT builds."""
+    value = _value()
+    precision = str(value(config, "precision"))
+    key = {
+        "model": model_sha256,
+        "precision": precision,
+        "profile": profile_shapes(input_shapes),
+        "tf32": bool(value(config, "tf32")),
+        "builder_optimization_level": int(value(config, "trt_builder_optimization_level")),
+        "onnxruntime": ort_version,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    batch = int(value(config, "batch_size"))
+    return f"{model_sha256[:12]}-{precision}-b{batch}-{digest}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_TMP_SUFFIX = ".tmp"
+
+
+def claim_engine_dir(final: Path) -> Path:
+    """The folder a trial's session reads and writes its TensorRT caches in: `final` itself when
+    it was published (reused as it is), else a fresh temporary sibling, created with its parents,
+    that `publish_engine_dir` renames into place once the engine is built. Siblings left by dead
+    trials are removed."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
+    return Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=final.parent)
+    )
+
+
+def publish_engine_dir(tmp: Path, final: Path) -> None:
+    """Rename a built engine folder into place; when another trial published it first, its
+    engine is the same one and this copy is dropped."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(final: Path) -> None:
+    from autotuner.files import pid_alive
+
+    for sibling in final.parent.glob(f".{final.name}.*{_TMP_SUFFIX}"):
+        pid = sibling.name[len(final.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def output_shapes(
+    inputs: list[tuple[str, list[Any]]],
+    outputs: list[tuple[str, list[Any]]],
+    fed: dict[str, tuple[int, ...]],
+) -> dict[str, tuple[int, ...]]:
+    """The outputs' shapes before the first run (a CUDA graph needs fixed output buffers): each
+    symbolic dimension is the size the fed inputs give it."""
+    sizes: dict[str, int] = {}
+    for name, shape in inputs:
+        for dim, size in zip(shape, fed.get(name, ()), strict=False):
+            if isinstance(dim, str):
+                sizes[dim] = int(size)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in outputs:
+        dims = []
+        for dim in shape:
+            if isinstance(dim, int) and dim >= 0:
+                dims.append(dim)
+            elif isinstance(dim, str) and dim in sizes:
+                dims.append(sizes[dim])
+            else:
+                raise UnsupportedConfig(
+                    f"cuda_graph needs every output's shape before the first run; output {name!r} "
+                    f"has dimension {dim!r}, which no input's shape gives"
+                )
+        out[name] = tuple(dims)
+    return out
+
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def numpy_type(ort_type: str) -> Any:
+    if ort_type not in _NUMPY_TYPES:
+        raise UnsupportedConfig(f"cuda_graph: an output of type {ort_type} cannot be pre-allocated here")
+    return _NUMPY_TYPES[ort_type]
+
+
+def _is_float(type_name: str) -> bool:
+    return "float" in type_name or type_name == "double"
+
+
+def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Where the nodes of a profiled run ran: a count per provider, and the op of every node that
+    computed a floating-point tensor on the CPU. Integer shape arithmetic that ORT places on the
+    CPU on purpose (Shape, Gather, Concat of int64 shapes) does not count as a CPU share."""
+    by_provider: dict[str, int] = {}
+    cpu_compute: list[str] = []
+    for e in events:
+        args = e.get("args") or {}
+        if (
+            e.get("cat") != "Node"
+            or "provider" not in args
+            or not str(e.get("name", "")).endswith("_kernel_time")
+        ):
+            continue
+        provider = str(args["provider"])
+        by_provider[provider] = by_provider.get(provider, 0) + 1
+        if provider == CPU:
+            types = [t for out in args.get("output_type_shape") or [] for t in out]
+            if any(_is_float(t) for t in types):
+                cpu_compute.append(str(args.get("op_name", e.get("name"))))
+    return {"by_provider": by_provider, "cpu_compute": cpu_compute}
+
+
+def refusal_of(message: str, provider: str) -> str | None:
+    """An ORT session error that means this config cannot run as asked (not a crash), in words."""
+    text = message.lower()
+    if "cuda graph" in text:
+        return f"cuda_graph: ONNX Runtime cannot capture this model on {provider} ({message.strip()[:200]})"
+    return None
+
+
+def process_memory_mb(rows: list[list[str]] | None, pid: int) -> float | None:
+    """A process's GPU memory from `nvidia-smi --query-compute-apps=pid,used_memory` rows, or None
+    when it cannot be read: no nvidia-smi, the pid not listed (another pid namespace), or a value
+    such as '[N/A]' or '[Insufficient Permissions]' (MIG, containers). Rows of several GPUs add up."""
+    total, found = 0.0, False
+    for row in rows or []:
+        if len(row) < 2 or row[0].strip() != str(pid):
+            continue
+        cell = row[1].strip().removesuffix("MiB").strip()
+        try:
+            used = float(cell)
+        except ValueError:
+            return None
+        if not np.isfinite(used) or used < 0:
+            return None
+        total, found = total + used, True
+    return total if found else None
