@@ -369,3 +369,11 @@ def test_a_serving_study_stores_the_serving_metrics(in_tmp: Path) -> None:
         for name in (*SERVING_METRICS, "goodput_requests_s", "max_rate_rps"):
             assert isinstance(t.user_attrs[name], float), name
         assert 20 <= t.user_attrs["max_rate_rps"] <= 400
+        # The rate/latency curve: the fixed rate and every probe of the bisection, in rate order.
+        curve = t.user_attrs["info"]["rate_curve"]
+        rates = [p["offered_rps"] for p in curve]
+        assert rates == sorted(rates) and {20.0, 80.0} <= set(rates)
+        for p in curve:
+            assert p["request_latency_p50_ms"] <= p["request_latency_p95_ms"] <= p["request_latency_p99_ms"]
+    # The report plots it for the top candidates.
+    assert "request latency against offered rate" in (in_tmp / "reports" / "t.html").read_text()

@@ -10,6 +10,7 @@ part of a request's latency (as in the batch scenario's device-resident policy).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -107,7 +108,7 @@ def run_serving_trial(
         meter.start()
         probe.begin()
         t_measure = time.perf_counter()
-        metrics, latencies = measure_load(server, spec, block_s)
+        metrics, latencies, curve = measure_load(server, spec, block_s)
         measure_s = time.perf_counter() - t_measure
         probe.end()
         foreign = meter.stop()
@@ -130,15 +131,28 @@ def run_serving_trial(
             inst.runner.teardown()
     samples = keep(np.asarray(latencies), spec.measurement.keep_samples if block_s is None else 0)
     info = {**instances[0].runner.trial_info(), "instance_cores": [list(c) for c in cores]}
+    if curve:
+        info["rate_curve"] = sorted(curve, key=lambda p: p["offered_rps"])
     return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=info)
+
+
+# What a point of the rate/latency curve keeps (TrialResult.info["rate_curve"]).
+CURVE_KEYS = (
+    "request_latency_p50_ms",
+    "request_latency_p95_ms",
+    "request_latency_p99_ms",
+    "requests_s",
+    "rejected_requests",
+)
 
 
 def measure_load(
     server: Server, spec: Spec, block_s: float | None = None
-) -> tuple[dict[str, float], list[float]]:
+) -> tuple[dict[str, float], list[float], list[dict[str, float]]]:
     """The spec's load, then (with max_rate) the bisection; the metrics and the request latencies
-    (ms) of the fixed load, else of the highest passing probe (else of the lowest rate). A
-    re-measurement block runs the fixed load for block_s seconds instead of duration_s."""
+    (ms) of the fixed load, else of the highest passing probe (else of the lowest rate), and the
+    rate/latency curve of every open-loop run (the fixed rate and each probe). A re-measurement
+    block runs the fixed load for block_s seconds instead of duration_s."""
     s = spec.serving
     assert s is not None
     if block_s is not None:
@@ -146,14 +160,24 @@ def measure_load(
     seed = spec.data_seed
     metrics: dict[str, float] = {}
     latencies: list[float] = []
+    curve: list[dict[str, float]] = []
 
     def one(run: Any) -> dict[str, float]:
         accepted, batcher = run
         latencies[:] = [r.latency_s * 1e3 for r in accepted]
         return summarize(accepted, batcher, s.slo_p95_ms, s.warmup_s)
 
+    def point(rate: float, run: Any) -> None:
+        """One point of the rate/latency curve (the report plots it): offered rate, percentiles."""
+        m = summarize(*run, s.slo_p95_ms, s.warmup_s)
+        curve.append(
+            {"offered_rps": float(rate), **{k: m[k] for k in CURVE_KEYS if k in m and math.isfinite(m[k])}}
+        )
+
     if s.rate_rps is not None:
-        metrics = one(server.run_open(poisson(s.rate_rps, s.duration_s, s.requests, seed)))
+        fixed = server.run_open(poisson(s.rate_rps, s.duration_s, s.requests, seed))
+        metrics = one(fixed)
+        point(s.rate_rps, fixed)
     elif s.trace is not None:
         from autotuner.spec.trace import read_trace
 
@@ -168,10 +192,11 @@ def measure_load(
 
         def passes(rate: float) -> bool:
             run = probes[rate] = server.run_open(poisson(rate, m.duration_s, s.requests, seed))
+            point(rate, run)
             return meets_slo(*run, slo, s.warmup_s)
 
         best = find_max_rate(passes, m.low, m.high, m.steps)
         if not metrics:  # no fixed load: the probe at the answer stands for the config
             metrics = one(probes[best if best > 0 else m.low])
         metrics["max_rate_rps"] = best
-    return metrics, latencies
+    return metrics, latencies, curve

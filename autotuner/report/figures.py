@@ -301,3 +301,46 @@ def latency_boxes(data: StudyData, numbers: list[int]) -> Figure | None:
     if not traces:
         return None
     return _fig(traces, _layout("latency samples of the top candidates", "trial", "latency per batch (ms)"))
+
+
+def rate_curves(data: StudyData, numbers: list[int]) -> Figure | None:
+    """Serving: request latency percentiles against the offered rate, for the top candidates
+    (each point one open-loop run of a trial: the fixed rate and the max-rate probes); the SLO as
+    a line."""
+    traces = []
+    dashes = {
+        "request_latency_p50_ms": "dot",
+        "request_latency_p95_ms": "solid",
+        "request_latency_p99_ms": "dash",
+    }
+    for n in numbers:
+        if n >= len(data.trials):
+            continue
+        t = data.trials[n]
+        curve = (t.user_attrs.get(rec.INFO) or {}).get("rate_curve") or []
+        if len(curve) < 2:
+            continue
+        cfg = " ".join(f"{k}={v}" for k, v in data.config(t).items())
+        for key, dash in dashes.items():
+            points = [p for p in curve if key in p]
+            traces.append(
+                go.Scatter(
+                    x=[p["offered_rps"] for p in points],
+                    y=[p[key] for p in points],
+                    mode="lines+markers",
+                    line=dict(dash=dash),
+                    name=esc(f"#{n} {key.removeprefix('request_latency_').removesuffix('_ms')}"),
+                    hovertext=esc(cfg),
+                )
+            )
+    if not traces:
+        return None
+    slo = (data.spec.get("serving") or {}).get("slo_p95_ms")
+    layout = _layout(
+        "request latency against offered rate (top candidates)", "offered rate (requests/s)", "latency (ms)"
+    )
+    if slo:
+        layout["shapes"] = [
+            dict(type="line", xref="paper", x0=0, x1=1, y0=slo, y1=slo, line=dict(color="grey", dash="dot"))
+        ]
+    return _fig(traces, layout)

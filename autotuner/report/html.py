@@ -180,6 +180,12 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
     ]
     page.add(f"<h2>{esc(prefix)}Latency distributions</h2>")
     page.figure(figs.latency_boxes(d, top), "no latency samples were kept for the top candidates")
+    if d.spec.get("scenario") == "serving":
+        page.add(f"<h2>{esc(prefix)}Latency under load</h2>")
+        page.figure(
+            figs.rate_curves(d, top),
+            "no rate/latency curve: give serving.max_rate to measure the top candidates at several rates",
+        )
     _estimates_table(page, d, prefix)
     _failures(page, d, prefix)
     _trial_table(page, d, prefix)
