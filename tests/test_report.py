@@ -103,6 +103,31 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             },
         )
         run(markup, progress=QUIET)
+        # A serving study: its rate/latency curves are a figure of their own.
+        serving = write_spec(
+            d,
+            "serving.yaml",
+            name="serving",
+            scenario="serving",
+            serving={
+                "rate_rps": 80,
+                "duration_s": 0.5,
+                "slo_p95_ms": 200,
+                "max_rate": {"low": 20, "high": 300, "steps": 1, "duration_s": 0.4},
+            },
+            space={
+                "backend": ["onnxruntime-cpu"],
+                "max_batch_size": [4],
+                "batch_timeout_ms": [0, 2],
+                "instances": [1],
+                "threads": [1],
+            },
+            objectives=[{"metric": "request_latency_p95_ms", "direction": "minimize"}],
+            sampler={"type": "grid"},
+            budget={"trials": 2},
+            pick={"top_k": 2, "rounds": 0},
+        )
+        run(serving, progress=QUIET)
         three = write_spec(
             d,
             "three.yaml",
@@ -123,7 +148,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             space={"backend": ["torch-eager"], "batch_size": [1, 2], "threads": [999]},
         )
         run(none, progress=QUIET)
-        paths = {n: report([n]) for n in ("two", "one", "three", "none", "markup")}
+        paths = {n: report([n]) for n in ("two", "one", "three", "none", "markup", "serving")}
         paths["compare"] = report(["two", "three"])
         pg = _pg()
         if pg:
@@ -211,6 +236,9 @@ def test_reports_render_in_chromium_offline(studies: dict[str, Path], tmp_path: 
                     assert n == 0
                 elif name == "markup":  # one trial of an external program: few figures apply
                     assert n >= 1 and drawn >= 1, (name, n, drawn)
+                elif name == "serving":  # one objective, no batch_size: fewer figures apply
+                    assert n >= 3 and drawn == n, (name, n, drawn)
+                    assert "request latency against offered rate" in path.read_text()
                 else:
                     assert n >= 5 and drawn == n, (name, n, drawn)
                 shot = tmp_path / f"{name}.png"
