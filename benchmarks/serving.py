@@ -2,7 +2,10 @@
 at the same SLO, re-measured side by side in interleaved rounds; then the winner's rate/latency
 curve.
 
-    python benchmarks/serving.py [--rounds 3] [--tuned reports/serving.best.yaml]
+    python benchmarks/serving.py [--rounds 3] [--tuned reports/serving.best.yaml] [--rate RPS]
+
+--rate offers another rate than the spec's (the search, the side-by-side rounds and the batch
+timeout of the served batch winner all use it) and writes docs/benchmarks/serving_RATErps.md.
 
 1. The tuned config: `autotune run search_spaces/serving.yaml` from scratch in a temporary folder
    (or the params of a best-config YAML given with --tuned).
@@ -40,10 +43,13 @@ MAX_RATE = {"low": 5, "high": 200, "steps": 4, "duration_s": 1.5}
 CURVE_RATES = (5, 10, 20, 40, 60, 80)
 
 
+RATE: dict[str, float] = {}  # --rate: replaces the spec's rate_rps everywhere
+
+
 def spec_dict(**serving: Any) -> dict[str, Any]:
     d = yaml.safe_load(SPEC.read_text())
     d["base_dir"] = str(SPEC.parent)
-    d["serving"] = {**d["serving"], **serving}
+    d["serving"] = {**d["serving"], **RATE, **serving}
     return d
 
 
@@ -66,8 +72,12 @@ def tuned_config(path: Path | None) -> tuple[dict[str, Any], str]:
         old = os.getcwd()
         os.chdir(tmp)
         try:
+            spec_path = Path(tmp) / "serving.yaml"
+            d = spec_dict()
+            d.pop("base_dir")
+            spec_path.write_text(yaml.safe_dump(d, sort_keys=False))
             t0 = time.perf_counter()
-            out = run(SPEC, progress=Progress(quiet=True))
+            out = run(spec_path, progress=Progress(quiet=True))
             took = time.perf_counter() - t0
         finally:
             os.chdir(old)
@@ -108,9 +118,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tuned", type=Path, help="a best-config YAML whose params are the tuned config")
+    ap.add_argument("--rate", type=float, help="requests/s to offer instead of the spec's rate_rps")
     args = ap.parse_args()
+    if args.rate is not None:
+        RATE["rate_rps"] = args.rate
     load_start = load_average()
-    base = yaml.safe_load(SPEC.read_text())
+    base = spec_dict()
     rate, slo = float(base["serving"]["rate_rps"]), float(base["serving"]["slo_p95_ms"])
 
     tuned, how = tuned_config(args.tuned)
@@ -167,7 +180,8 @@ def main() -> int:
         "",
         f"MiniLM (all-MiniLM-L6-v2, 64-token requests), Poisson arrivals at {rate:g} requests/s "
         f"(seeded), p95 SLO {slo:g} ms, {threads} threads, `search_spaces/serving.yaml`. "
-        f"Produced by `python benchmarks/serving.py --rounds {args.rounds}`.",
+        f"Produced by `python benchmarks/serving.py --rounds {args.rounds}"
+        + (f" --rate {args.rate:g}`." if args.rate is not None else "`."),
         "",
         "## Machine",
         "",
@@ -218,7 +232,7 @@ def main() -> int:
             for rps, m in curve
         ],
     ]
-    write_doc("serving.md", lines)
+    write_doc("serving.md" if args.rate is None else f"serving_{args.rate:g}rps.md", lines)
     return 0
 
 
