@@ -34,7 +34,6 @@ from autotuner.backends.ort_pieces import (
     TRT_OPT_LEVELS,
     claim_engine_dir,
     engine_folder_name,
-    file_sha256,
     input_shapes,
     node_placement,
     numpy_type,
@@ -45,6 +44,7 @@ from autotuner.backends.ort_pieces import (
     refusal_of,
 )
 from autotuner.errors import UnsupportedConfig
+from autotuner.files import file_sha256
 from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
 

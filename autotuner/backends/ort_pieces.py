@@ -134,12 +134,6 @@ def engine_folder_name(
     return f"{model_sha256[:12]}-{precision}-b{batch}-{digest}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _TMP_SUFFIX = ".tmp"

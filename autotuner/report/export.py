@@ -14,7 +14,7 @@ import yaml
 
 from autotuner._version import __version__
 from autotuner.errors import UsageError
-from autotuner.files import atomic_write_text
+from autotuner.files import atomic_write, atomic_write_text, file_sha256
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
 from autotuner.search.pick import Pick
@@ -284,20 +284,8 @@ def write_ort(spec: Spec, study: optuna.Study, pick: Pick, path: Path) -> Path:
     import json
     import shutil
 
-    from autotuner.files import atomic_write
-
     dep = onnx_deployment(spec, chosen_config(study, pick), "ort")
     model = path.with_name(path.name.removesuffix(".json") + ".onnx")
     atomic_write(model, lambda tmp: shutil.copyfile(dep.model, tmp), ".onnx")
     data = ort_config(spec, study, pick, dep, model.name)
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
