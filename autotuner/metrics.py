@@ -51,6 +51,10 @@ METRICS: dict[str, str] = {
     "accuracy_cosine": "lowest per-sample cosine similarity of the outputs against the fp32 reference",
     "accuracy_max_abs_error": "largest absolute difference of any output element from the reference",
     "accuracy_top1": "share of samples whose argmax over the last output axis matches the reference",
+    "accuracy_task": "accuracy.metric's task score of the outputs on the data's evaluation set",
+    "accuracy_task_vs_fp32": (
+        "accuracy_task over fp32's task score on the same evaluation set ('accuracy_task >= 0.98 * fp32')"
+    ),
     # Serving metrics, as LLM engines and external benchmarks report them.
     "output_tokens_s": "generated tokens per second over the whole run",
     "total_tokens_s": "prompt plus generated tokens per second over the whole run",
@@ -122,6 +126,8 @@ DEFAULT_DIRECTION: dict[str, str] = {
     "throughput_items_s": "maximize",
     "accuracy_cosine": "maximize",
     "accuracy_top1": "maximize",
+    "accuracy_task": "maximize",
+    "accuracy_task_vs_fp32": "maximize",
     "output_tokens_s": "maximize",
     "total_tokens_s": "maximize",
     "requests_s": "maximize",

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def function_path(v: str | None) -> str | None:
+    """A 'package.module:function' field (a model or data factory, a task metric), checked."""
+    if v is not None and not FACTORY_RE.match(v):
+        raise ValueError(f"{v!r} must look like 'package.module:function'")
+    return v
+
 
 class FieldError(ValueError):
     """A problem at a field below the one being validated; `path` is relative to it.

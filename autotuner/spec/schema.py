@@ -21,7 +21,8 @@ from pydantic import (
 
 from autotuner.metrics import METRICS, NEEDS_COST, RESERVED_NAMES
 from autotuner.metrics import names as metric_names
-from autotuner.spec.fields import FieldError
+from autotuner.spec.data import DataSpec
+from autotuner.spec.fields import FieldError, function_path
 from autotuner.spec.serving import ServingSpec
 
 
@@ -59,8 +60,12 @@ def _number(v: Any) -> Any:
 Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
 Number = Annotated[float, BeforeValidator(_number)]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+CONSTRAINT_RE = re.compile(
+    r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*(\*\s*fp32\s*)?$"
+)
+# "accuracy_task >= 0.98 * fp32" reads the config's task score over fp32's on the same data.
+RELATIVE = "_vs_fp32"
+RELATIVE_METRICS = ("accuracy_task",)
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
@@ -95,12 +100,7 @@ class ModelSpec(_Strict):
             raise ValueError(f"give exactly one of {', '.join(sources)} (got {', '.join(given) or 'none'})")
         return self
 
-    @field_validator("factory")
-    @classmethod
-    def _factory(cls, v: str | None) -> str | None:
-        if v is not None and not FACTORY_RE.match(v):
-            raise ValueError(f"{v!r} must look like 'package.module:function'")
-        return v
+    _factory = field_validator("factory")(classmethod(lambda cls, v: function_path(v)))
 
     @field_validator("onnx")
     @classmethod
@@ -265,6 +265,8 @@ class Constraint(_Strict):
 
     @property
     def text(self) -> str:
+        if self.metric.endswith(RELATIVE):
+            return f"{self.metric.removesuffix(RELATIVE)} {self.op} {self.bound:g} * fp32"
         return f"{self.metric} {self.op} {self.bound:g}"
 
     def violation(self, value: float) -> float:
@@ -329,7 +331,13 @@ class CostSpec(_Strict):
 
 
 class AccuracySpec(_Strict):
+    # Seeded random samples of the accuracy check when the spec has no `data` section.
     samples: int = Field(default=16, ge=1, le=4096)
+    # A task score (accuracy_task): a function (outputs, evaluation set) -> float, applied to the
+    # evaluation set of `data` for the config and for fp32.
+    metric: str | None = None
+
+    _metric = field_validator("metric")(classmethod(lambda cls, v: function_path(v)))
 
 
 class PickSpec(_Strict):
@@ -392,6 +400,8 @@ class Spec(_Strict):
     # batcher (max_batch_size, batch_timeout_ms, instances), loaded as the `serving` section says.
     scenario: Literal["batch", "serving"] = "batch"
     serving: ServingSpec | None = None
+    # Real inputs: a calibration set (static int8) and an evaluation set (the accuracy check).
+    data: DataSpec | None = None
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     pick: PickSpec = Field(default_factory=PickSpec)
     baseline: dict[str, Scalar] | None = None
@@ -493,11 +503,22 @@ class Spec(_Strict):
                 continue
             m = CONSTRAINT_RE.match(item)
             if not m:
-                raise FieldError(i, f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)")
+                raise FieldError(
+                    i,
+                    f"{item!r} must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >) "
+                    "or 'accuracy_task >= NUMBER * fp32'",
+                )
+            if m[4] and m[1] not in RELATIVE_METRICS:
+                raise FieldError(
+                    i,
+                    f"{item!r}: a bound relative to fp32 applies to {', '.join(RELATIVE_METRICS)} "
+                    "(fp32 scores the same data itself)",
+                )
             try:
                 metric = _priced(known_metric(m[1], info.data.get("metrics") or {}), info)
             except ValueError as e:
                 raise FieldError(i, str(e)) from None
+            metric = metric + RELATIVE if m[4] else metric
             out.append({"metric": metric, "op": m[2], "bound": float(m[3])})
         return out
 
@@ -580,12 +601,33 @@ class Spec(_Strict):
             )
         if self.scenario != "serving" and self.serving is not None:
             raise FieldError("serving", "applies only with scenario: serving")
+        self._task_metric()
         for k in self.baseline or {}:
             if k not in self.space:
                 raise FieldError(
                     ("baseline", k), f"not a parameter of space; allowed: {', '.join(self.space)}"
                 )
         return self
+
+    def _task_metric(self) -> None:
+        """accuracy.metric scores the data's evaluation set; accuracy_task needs both."""
+        if self.accuracy.metric is not None and self.data is None:
+            raise FieldError(
+                ("accuracy", "metric"),
+                "scores the evaluation set of the data section, which this spec does not have; "
+                "give data: (file, factory or builtin)",
+            )
+        named = [
+            *((("objectives", i, "metric"), o.metric) for i, o in enumerate(self.objectives)),
+            *((("constraints", i), c.metric) for i, c in enumerate(self.constraints)),
+        ]
+        for where, metric in named:
+            if metric.startswith("accuracy_task") and self.accuracy.metric is None:
+                raise FieldError(
+                    where,
+                    f"{metric.removesuffix(RELATIVE)} is the score of accuracy.metric, which this spec "
+                    "does not give",
+                )
 
     @property
     def data_seed(self) -> int:
@@ -617,6 +659,10 @@ class Spec(_Strict):
             del data["cost"]  # likewise
         if data["scenario"] == "batch" and data["serving"] is None:
             del data["scenario"], data["serving"]  # likewise
+        if data["data"] is None:
+            del data["data"]  # likewise
+        if data["accuracy"].get("metric") is None:
+            data["accuracy"].pop("metric", None)  # likewise
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
