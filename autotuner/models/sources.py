@@ -1,4 +1,4 @@
-"""Is the model there? Checked once, before a study is created, in milliseconds.
+"""Is the model there, and the data and task metric? Checked once, before a study is created.
 
 A factory whose module cannot be found or that does not define the function, an ONNX file that
 is missing or is not ONNX, a Hugging Face folder without its config: each would otherwise fail
@@ -20,7 +20,7 @@ def check_source(spec: Spec) -> None:
     """Raise FieldError (path from the spec's root) when the model's source cannot be loaded."""
     m = spec.model
     if m.factory is not None:
-        _factory(spec, m.factory)
+        _factory(spec, m.factory, ("model", "factory"))
     elif m.onnx is not None:
         _onnx(spec, spec.resolve(m.onnx))
     elif m.hf is not None:
@@ -28,10 +28,15 @@ def check_source(spec: Spec) -> None:
         if not (folder / "config.json").is_file():
             what = "has no config.json" if folder.is_dir() else "is not a folder"
             raise FieldError(("model", "hf"), f"{folder} {what}; give a local Hugging Face model folder")
+    if spec.accuracy.metric is not None:
+        _factory(spec, spec.accuracy.metric, ("accuracy", "metric"))
+    if spec.data is not None:
+        from autotuner.models.dataset import check_data
+
+        check_data(spec)  # reads and splits it once; the trials read the cached sets
 
 
-def _factory(spec: Spec, target: str) -> None:
-    where = ("model", "factory")
+def _factory(spec: Spec, target: str, where: tuple[str, ...]) -> None:
     mod_name, _, fn_name = target.partition(":")
     with _on_path(spec.base_dir):
         try:
