@@ -55,11 +55,11 @@ N_SAMPLES = 200
 PER_ITEM_MS = {
     ("torch-eager", "fp32"): 1.6,
     ("torch-eager", "bf16"): 2.4,
-    ("torch-eager", "int8"): 1.0,
+    ("torch-eager", "int8-dynamic"): 1.0,
     ("onnxruntime-cpu", "fp32"): 1.2,
-    ("onnxruntime-cpu", "int8"): 0.7,
+    ("onnxruntime-cpu", "int8-dynamic"): 0.7,
 }
-COSINE = {"fp32": 1.0, "bf16": 0.9995, "int8": 0.993}
+COSINE = {"fp32": 1.0, "bf16": 0.9995, "int8-dynamic": 0.993}
 
 
 def fake_result(config: dict[str, Any], rng: np.random.Generator) -> TrialResult:
@@ -70,7 +70,7 @@ def fake_result(config: dict[str, Any], rng: np.random.Generator) -> TrialResult
     p50 = 0.3 + bs * per_item * float(rng.lognormal(0.0, 0.05))
     ms = p50 * rng.lognormal(0.0, 0.04, size=N_SAMPLES)
     metrics = summarize(ms, bs, float(ms.sum()) / 1e3 + 0.01, stable=True)
-    cos = COSINE[key[1]] - float(abs(rng.normal(0.0, 0.002 if key[1] == "int8" else 1e-5)))
+    cos = COSINE[key[1]] - float(abs(rng.normal(0.0, 0.002 if key[1] == "int8-dynamic" else 1e-5)))
     metrics.update(
         setup_s=float(rng.uniform(0.3, 4.0)),
         host_rss_mb=float(rng.uniform(350.0, 600.0)),

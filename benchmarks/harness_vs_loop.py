@@ -43,9 +43,9 @@ BATCH = 8
 TOLERANCE = 0.05
 CONFIGS = [
     {"backend": "torch-eager", "precision": "fp32", "batch_size": BATCH, "threads": 1},
-    {"backend": "torch-eager", "precision": "int8", "batch_size": BATCH, "threads": 1},
+    {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": BATCH, "threads": 1},
     {"backend": "onnxruntime-cpu", "precision": "fp32", "batch_size": BATCH, "threads": 1},
-    {"backend": "onnxruntime-cpu", "precision": "int8", "batch_size": BATCH, "threads": 1},
+    {"backend": "onnxruntime-cpu", "precision": "int8-dynamic", "batch_size": BATCH, "threads": 1},
 ]
 
 

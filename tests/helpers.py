@@ -35,7 +35,7 @@ def make_spec_dict(**overrides: Any) -> dict[str, Any]:
         "model": SMALL_MODEL,
         "space": {
             "backend": ["torch-eager", "onnxruntime-cpu"],
-            "precision": ["fp32", "int8"],
+            "precision": ["fp32", "int8-dynamic"],
             "batch_size": {"low": 1, "high": 8, "log": True},
             "threads": [1],
         },

@@ -68,7 +68,7 @@ def test_refusals_cost_no_budget_and_are_still_learned(tmp_path: Path) -> None:
     truth = {
         (b, p, bs): 100.0 * bs * (2 if b == "onnxruntime-cpu" else 1)
         for b in ("torch-eager", "onnxruntime-cpu")
-        for p in ("fp32", "int8")
+        for p in ("fp32", "int8-dynamic")
         for bs in (1, 2, 4, 8)
     }
     land = load_landscape(_landscape(tmp_path / "l.jsonl", truth))
@@ -77,7 +77,7 @@ def test_refusals_cost_no_budget_and_are_still_learned(tmp_path: Path) -> None:
         tmp_path,
         space={
             "backend": ["torch-eager", "onnxruntime-cpu"],
-            "precision": ["fp32", "int8", "bf16"],
+            "precision": ["fp32", "int8-dynamic", "bf16"],
             "batch_size": [1, 2, 4, 8],
             "threads": [1],
         },

@@ -59,7 +59,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     d = tmp_path_factory.mktemp("export-formats")
     spec = write_spec(
         d,
-        space={"backend": ["onnxruntime-cpu"], "precision": ["int8"], "batch_size": [2, 4], "threads": [1]},
+        space={
+            "backend": ["onnxruntime-cpu"],
+            "precision": ["int8-dynamic"],
+            "batch_size": [2, 4],
+            "threads": [1],
+        },
         constraints=[],
         budget={"trials": 2},
     )
@@ -109,7 +114,7 @@ def test_triton_repository_parses_with_tritons_schema_and_runs(in_study: dict[st
     assert "# Providers: measured on CPUExecutionProvider; there is nothing to fall back to" in text
 
     model = folder / "1" / "model.onnx"
-    assert sha(model) == sha(onnx_path(spec_of(Path.cwd()), "int8"))  # the file the trials ran
+    assert sha(model) == sha(onnx_path(spec_of(Path.cwd()), "int8-dynamic"))  # the file the trials ran
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(0, 200, size=(batch, SEQ), dtype=np.int64)
     assert sess.run(None, {"input_ids": ids})[0].shape == (batch, LABELS)
@@ -153,9 +158,9 @@ def test_ort_json_configures_a_real_session(in_study: dict[str, Any]) -> None:
         "execution_mode": "ORT_SEQUENTIAL",
     }
     assert cfg["io_binding"] is False and cfg["batch_size"] == int(in_study["batch_size"])
-    assert cfg["model"]["precision"] == "int8" and "quantize_dynamic" in cfg["model"]["quantization"]
+    assert cfg["model"]["precision"] == "int8-dynamic" and "quantize_dynamic" in cfg["model"]["quantization"]
     model = path.parent / cfg["model"]["file"]
-    assert sha(model) == cfg["model"]["sha256"] == sha(onnx_path(spec_of(Path.cwd()), "int8"))
+    assert sha(model) == cfg["model"]["sha256"] == sha(onnx_path(spec_of(Path.cwd()), "int8-dynamic"))
 
     # The README's snippet, as written there.
     block = re.search(r"```python\n# load a `--format ort` export\n(.*?)```", README.read_text(), re.S)

@@ -20,10 +20,10 @@ from autotuner.runners.registry import all_backends, runner_for, runners
 CPU_CASES = [
     ("torch-eager", "fp32"),
     ("torch-eager", "bf16"),
-    ("torch-eager", "int8"),
+    ("torch-eager", "int8-dynamic"),
     ("onnxruntime-cpu", "fp32"),
     ("onnxruntime-cpu", "fp16"),
-    ("onnxruntime-cpu", "int8"),
+    ("onnxruntime-cpu", "int8-dynamic"),
 ]
 SPEC = spec_from_dict(make_spec_dict())
 CPU = Device("cpu", (0,))
@@ -47,7 +47,7 @@ def test_every_runner_declares_what_the_core_needs() -> None:
 def test_runner_measures_and_matches_the_reference(backend: str, precision: str, caps: dict) -> None:
     config = {"backend": backend, "precision": precision, "batch_size": 3, "threads": 1}
     acc = _exercise(config, caps, CPU)
-    floor = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.98}[precision]
+    floor = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8-dynamic": 0.98}[precision]
     assert acc["accuracy_cosine"] >= floor, acc
     if precision == "fp32":
         assert acc["accuracy_max_abs_error"] < 1e-4

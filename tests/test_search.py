@@ -22,7 +22,7 @@ from autotuner.search.space import all_configs, initial_design, neighbors
 
 SPACE = {
     "backend": ["torch-eager", "onnxruntime-cpu"],
-    "precision": ["fp32", "bf16", "int8"],
+    "precision": ["fp32", "bf16", "int8-dynamic"],
     "batch_size": [1, 2, 4, 8, 16, 32],
     "threads": [1, 2],
 }
@@ -54,11 +54,11 @@ def test_the_initial_design_skips_what_the_runner_refuses() -> None:
 
 def test_neighbours_are_one_step_away() -> None:
     spec = _spec()
-    c = {"backend": "onnxruntime-cpu", "precision": "int8", "batch_size": 8, "threads": 2}
+    c = {"backend": "onnxruntime-cpu", "precision": "int8-dynamic", "batch_size": 8, "threads": 2}
     near = neighbors(spec, c)
     assert all(sum(1 for k in c if n[k] != c[k]) == 1 for n in near)
     assert {n["batch_size"] for n in near if n["batch_size"] != 8} == {4, 16}, "ordered values: adjacent"
-    assert {n["precision"] for n in near if n["precision"] != "int8"} == {"fp32", "bf16"}
+    assert {n["precision"] for n in near if n["precision"] != "int8-dynamic"} == {"fp32", "bf16"}
     assert len(near) == 1 + 2 + 2 + 1
 
 
@@ -97,7 +97,7 @@ def test_the_refinement_model_proposes_the_combination_the_data_points_to(tmp_pa
         v = (
             100.0
             * (2 if c["backend"] == "onnxruntime-cpu" else 1)
-            * {"fp32": 1, "bf16": 1.2, "int8": 1.5}[c["precision"]]
+            * {"fp32": 1, "bf16": 1.2, "int8-dynamic": 1.5}[c["precision"]]
         )
         v *= 1.8 if c["threads"] == 2 else 1.0
         v *= c["batch_size"] ** 0.3
@@ -119,19 +119,21 @@ def test_the_refinement_model_proposes_the_combination_the_data_points_to(tmp_pa
 
 def test_an_accuracy_verdict_is_shared_across_batch_size_and_threads(tmp_path: Path) -> None:
     spec = _spec()
-    arms = _arms(spec, tmp_path, {("torch-eager", "int8", 4, 1): 300.0, ("torch-eager", "fp32", 4, 1): 100.0})
+    arms = _arms(
+        spec, tmp_path, {("torch-eager", "int8-dynamic", 4, 1): 300.0, ("torch-eager", "fp32", 4, 1): 100.0}
+    )
     # Break int8's accuracy in the study: a clear miss, 0.90 against 0.99.
     e = arms.estimates[
-        config_key({"backend": "torch-eager", "precision": "int8", "batch_size": 4, "threads": 1})
+        config_key({"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 4, "threads": 1})
     ]
     e.blocks[0].metrics["accuracy_cosine"] = 0.90
     why = arms.predicted_infeasible(
-        {"backend": "torch-eager", "precision": "int8", "batch_size": 32, "threads": 2}
+        {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 32, "threads": 2}
     )
     assert why and "accuracy_cosine" in why
     assert (
         arms.predicted_infeasible(
-            {"backend": "onnxruntime-cpu", "precision": "int8", "batch_size": 4, "threads": 1}
+            {"backend": "onnxruntime-cpu", "precision": "int8-dynamic", "batch_size": 4, "threads": 1}
         )
         is None
     )
@@ -145,7 +147,7 @@ def test_an_accuracy_verdict_is_shared_across_batch_size_and_threads(tmp_path: P
     e.blocks[0].metrics["accuracy_cosine"] = 0.9895
     assert (
         arms.predicted_infeasible(
-            {"backend": "torch-eager", "precision": "int8", "batch_size": 32, "threads": 2}
+            {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 32, "threads": 2}
         )
         is None
     )
@@ -162,7 +164,7 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
         make_spec_dict(
             space={
                 "backend": "torch-eager",
-                "precision": ["fp32", "int8"],
+                "precision": ["fp32", "int8-dynamic"],
                 "batch_size": [1, 2, 4, 8],
                 "threads": [1],
             },
@@ -173,11 +175,11 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
         "test",
     )
     lines = []
-    for p in ("fp32", "int8"):
+    for p in ("fp32", "int8-dynamic"):
         for bs in (1, 2, 4, 8):
             cfg = {"backend": "torch-eager", "precision": p, "batch_size": bs, "threads": 1}
-            m = {"throughput_items_s": 100.0 * bs * (2 if p == "int8" else 1), "latency_p95_ms": 1.0,
-                 "accuracy_cosine": 0.9 if p == "int8" else 1.0, "measure_s": 0.5}  # fmt: skip
+            m = {"throughput_items_s": 100.0 * bs * (2 if p == "int8-dynamic" else 1), "latency_p95_ms": 1.0,
+                 "accuracy_cosine": 0.9 if p == "int8-dynamic" else 1.0, "measure_s": 0.5}  # fmt: skip
             lines.append(json.dumps({"config": cfg, "round": 0, "metrics": m}))
     (tmp_path / "l.jsonl").write_text("\n".join(lines) + "\n")
     ex = ReplayExecutor(spec, caps, load_landscape(tmp_path / "l.jsonl"), seed=0)
@@ -185,8 +187,8 @@ def test_the_driver_refuses_predicted_infeasible_configs_for_free(
     api.search(spec, study, ex, trials=8, caps=caps)
     trials = study.get_trials(deepcopy=False)
     int8_measured = [
-        t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["config"]["precision"] == "int8"
-        and "pooled_from" not in t.user_attrs
+        t for t in trials if t.state == TrialState.COMPLETE
+        and t.user_attrs["config"]["precision"] == "int8-dynamic" and "pooled_from" not in t.user_attrs
     ]  # fmt: skip
     predicted = [t for t in trials if t.user_attrs.get("failure_class") == "predicted-infeasible"]
     assert len(int8_measured) == 1, "int8 is measured once; its accuracy verdict covers the other batches"

@@ -37,7 +37,7 @@ BASE: dict[str, Any] = {
     },
     "space": {
         "backend": ["torch-eager", "onnxruntime-cpu"],
-        "precision": ["fp32", "bf16", "int8"],
+        "precision": ["fp32", "bf16", "int8-dynamic"],
         "batch_size": {"low": 1, "high": 32, "log": True},
         "threads": [1, 2],
     },
@@ -61,7 +61,7 @@ BUILTIN_LIST = ", ".join(sorted(BUILTINS))
 # The core fields, then the sections the installed runners declare (command, workload).
 TOP_FIELDS = (
     "name, model, inputs, space, metrics, cost, objectives, constraints, budget, sampler, seed, "
-    "measurement, scenario, serving, accuracy, pick, baseline, storage, study, command, workload"
+    "measurement, scenario, serving, data, accuracy, pick, baseline, storage, study, command, workload"
 )
 
 NOT_A_MAPPING = "must be a mapping of fields (name, model, space, ...), got"
@@ -70,7 +70,7 @@ NOT_A_MAPPING_LIST = "must be a mapping, got a list"
 NOT_A_DIMENSION = "is not a dimension; use a positive integer or 'batch' (the only word allowed)"
 NOT_A_SCALAR = "must be a single value (number, string or boolean)"
 SPACE_PARAMS = "backend, precision, batch_size, threads"
-PRECISIONS = "bf16, fp16, fp32, int8"  # what the torch and onnxruntime runners offer together
+PRECISIONS = "bf16, fp16, fp32, int8, int8-dynamic"  # what the torch and onnxruntime runners offer together
 GRID_NEEDS_FINITE = (
     "grid needs finite parameters, but space.batch_size is a continuous or log range; give choices or a step"
 )
@@ -449,7 +449,7 @@ CASES = [
     ),
     case(
         "when-names-non-parameter",
-        mod({"space.precision": {"choices": ["fp32", "int8"], "when": {"device": ["cuda"]}}}),
+        mod({"space.precision": {"choices": ["fp32", "int8-dynamic"], "when": {"device": ["cuda"]}}}),
         "space.precision.when",
         "names 'device', which is not another parameter; allowed: backend, batch_size, threads",
     ),
@@ -461,7 +461,7 @@ CASES = [
     ),
     case(
         "when-impossible-value",
-        mod({"space.precision": {"choices": ["fp32", "int8"], "when": {"backend": ["tensorrt"]}}}),
+        mod({"space.precision": {"choices": ["fp32", "int8-dynamic"], "when": {"backend": ["tensorrt"]}}}),
         "space.precision.when.backend",
         "'tensorrt' is never a value of backend; its values: torch-eager, onnxruntime-cpu",
     ),
@@ -475,7 +475,7 @@ CASES = [
         "when-cycle",
         mod(
             {
-                "space.precision": {"choices": ["fp32", "int8"], "when": {"threads": [1]}},
+                "space.precision": {"choices": ["fp32", "int8-dynamic"], "when": {"threads": [1]}},
                 "space.threads": {"choices": [1, 2], "when": {"precision": ["fp32"]}},
             }
         ),
@@ -529,13 +529,15 @@ CASES = [
         "constraint-without-operator",
         mod({"constraints": ["accuracy_cosine 0.99"]}),
         "constraints[0]",
-        "'accuracy_cosine 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)",
+        "'accuracy_cosine 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >) "
+        "or 'accuracy_task >= NUMBER * fp32'",
     ),
     case(
         "constraint-equals-operator",
         mod({"constraints": ["latency_p95_ms < 50", "accuracy_cosine == 0.99"]}),
         "constraints[1]",
-        "'accuracy_cosine == 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >)",
+        "'accuracy_cosine == 0.99' must look like 'METRIC <= NUMBER' (operators: <=, >=, <, >) "
+        "or 'accuracy_task >= NUMBER * fp32'",
     ),
     case(
         "constraint-unknown-metric",
@@ -718,12 +720,12 @@ CASES = [
         mod(
             {
                 "space.backend": ["llm"],
-                "space.precision": ["fp32", "int8"],
+                "space.precision": ["fp32", "int8-dynamic"],
                 "model": {"builtin": "tiny-llama"},
             }
         ),
         "space.precision",
-        "'int8' is offered by no runner of the space (llm); allowed: bf16, fp16, fp32",
+        "'int8-dynamic' is offered by no runner of the space (llm); allowed: bf16, fp16, fp32",
     ),
     case(
         "threads-zero",
@@ -851,7 +853,7 @@ CASES = [
         "baseline-precision-outside-space",
         mod({"baseline": {"precision": "fp16"}}),
         "baseline.precision",
-        "'fp16' is not a value of space.precision; its values: fp32, bf16, int8",
+        "'fp16' is not a value of space.precision; its values: fp32, bf16, int8-dynamic",
     ),
     # --- files no parser should be asked to read --------------------------------------------------
     case(

@@ -1,4 +1,5 @@
-"""ONNX Runtime runner: CPU, CUDA and TensorRT providers; fp32 / fp16 / dynamic int8.
+"""ONNX Runtime runner: CPU, CUDA and TensorRT providers; fp32 / fp16 / int8 (static, a QDQ model
+calibrated on the spec's data) / int8-dynamic (CPU).
 
 A requested provider that is not available never falls back silently: `check` refuses it from
 the probed provider list, `setup` refuses a session whose first provider is not the one asked,
@@ -45,6 +46,7 @@ from autotuner.backends.ort_pieces import (
 )
 from autotuner.errors import UnsupportedConfig
 from autotuner.files import file_sha256
+from autotuner.models.quantization import ORT_CALIBRATIONS, QUANT_KNOBS, knob_reason, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
 
@@ -65,9 +67,11 @@ class OnnxRuntimeRunner(TimedRunner):
         "cudnn_conv_algo_search": "exhaustive",
         "trt_builder_optimization_level": 3,
         "trt_timing_cache": True,
+        **QUANT_KNOBS,
         **SERVING_KNOBS,
     }
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "int8-dynamic")
+    calibrated: ClassVar[tuple[str, ...]] = ("int8",)
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
         "graph_optimization_level": tuple(OPT_LEVELS),
         "execution_mode": tuple(EXEC_MODES),
@@ -76,6 +80,8 @@ class OnnxRuntimeRunner(TimedRunner):
         "cudnn_conv_algo_search": CONV_ALGO_SEARCH,
         "trt_builder_optimization_level": TRT_OPT_LEVELS,
         "trt_timing_cache": (True, False),
+        "calibration": ORT_CALIBRATIONS,
+        "per_channel": (True, False),
     }
 
     @classmethod
@@ -95,8 +101,17 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
         precision = cls.value(config, "precision")
-        if precision == "int8" and backend != "onnxruntime-cpu":
-            return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs it needs calibration"
+        if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
+            return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
+        reason = knob_reason(cls.value, config, ORT_CALIBRATIONS, runner="onnxruntime")
+        if reason:
+            return reason
+        if precision == "int8" and cls.value(config, "calibration") == "entropy":
+            from autotuner.models.quantization import entropy_refusal
+
+            reason = entropy_refusal()
+            if reason:
+                return reason
         if spec.scenario == "serving" and cls.value(config, "cuda_graph"):
             return "cuda_graph replays one input shape; the serving scenario runs every batch size"
         return _knob_reason(cls, config, provider)
@@ -113,9 +128,19 @@ class OnnxRuntimeRunner(TimedRunner):
 
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
-        # TensorRT builds its own fp16 engine from the fp32 graph.
-        path = onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision)
         self.provider = PROVIDERS[backend]
+        self.quantization: dict[str, Any] | None = None
+        if precision == "int8":
+            # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
+            quant = settings_of(self.value, self.config, symmetric=self.provider != CPU)
+            path = onnx_path(self.spec, "int8", quant)
+            from autotuner.models.artifacts import quantization_record
+
+            self.quantization = quantization_record(path)
+        else:
+            # TensorRT builds its own fp16 engine from the fp32 graph.
+            path = onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision)
+        self.model_file = path
         self.ort = ort
         self.binding: Any = None
         self.placement: dict[str, Any] | None = None
@@ -266,6 +291,10 @@ class OnnxRuntimeRunner(TimedRunner):
         info = super().trial_info()
         if getattr(self, "placement", None) is not None:
             info["node_placement"] = self.placement
+        if getattr(self, "quantization", None):
+            info["quantization"] = self.quantization
+        if getattr(self, "model_file", None) is not None and self.model_file.exists():
+            info["model_file_mb"] = round(self.model_file.stat().st_size / 2**20, 2)
         return info
 
     def teardown(self) -> None:
@@ -303,11 +332,19 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"min = opt = max = each input's shape at batch {batch} "
                 "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
             )
-        if precision == "int8":
+        if precision == "int8-dynamic":
             settings["quantization"] = (
                 "onnxruntime.quantization.quantize_dynamic(fp32_model, int8_model, "
                 "weight_type=QuantType.QInt8)"
             )
+        elif precision == "int8":
+            from autotuner.models.quantization import ORT_OPS
+
+            settings["quantization"] = {
+                "method": "static, QDQ format (onnxruntime.quantization.quantize_static)",
+                **settings_of(cls.value, config, symmetric=PROVIDERS[backend] != CPU),
+                "op_types": ORT_OPS,
+            }
         elif precision == "fp16" and backend != "onnxruntime-tensorrt":
             settings["conversion"] = (
                 "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"

@@ -85,6 +85,8 @@ def provider_options(
     trt = {
         "device_id": str(device_index),
         "trt_fp16_enable": _flag(value(config, "precision") == "fp16"),
+        # The int8 model is QDQ (explicit quantization): TensorRT reads its scales, no table.
+        "trt_int8_enable": _flag(value(config, "precision") == "int8"),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": str(cache_root),
         "trt_timing_cache_enable": _flag(timing),

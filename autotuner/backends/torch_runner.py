@@ -1,4 +1,5 @@
-"""PyTorch runner: eager or torch.compile, on CPU or CUDA, fp32 / fp16 / bf16 / dynamic int8."""
+"""PyTorch runner: eager or torch.compile, on CPU or CUDA, fp32 / fp16 / bf16; int8 (static,
+calibrated on the spec's data) and int8-dynamic on CPU."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from autotuner.models.quantization import QUANT_KNOBS, TORCH_CALIBRATIONS, knob_reason
 from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
 
@@ -22,14 +24,18 @@ class TorchRunner(TimedRunner):
         "device": "cpu",
         "compile_mode": "default",
         "tf32": False,
+        **QUANT_KNOBS,
         **SERVING_KNOBS,
     }
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
         "device": ("cpu", "cuda"),
         "compile_mode": COMPILE_MODES,
         "tf32": (True, False),
+        "calibration": TORCH_CALIBRATIONS,
+        "per_channel": (True, False),
     }
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
+    calibrated: ClassVar[tuple[str, ...]] = ("int8",)
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
@@ -45,10 +51,23 @@ class TorchRunner(TimedRunner):
         if device == "cuda":
             if not caps.get("cuda_devices"):
                 return "device=cuda but torch sees no CUDA device on this machine"
-            if precision == "int8":
+            if precision == "int8-dynamic":
                 return "dynamic int8 quantization in torch runs on CPU only"
+            if precision == "int8":
+                return (
+                    "static int8 in torch runs its eager quantized kernels (x86/fbgemm) on CPU only; "
+                    "on a GPU, onnxruntime-tensorrt runs the calibrated QDQ model"
+                )
             if precision == "bf16" and not caps.get("cuda_bf16"):
                 return "this GPU does not support bf16"
+        if precision == "int8" and cls.value(config, "backend") == "torch-compile":
+            return (
+                "torch.compile cannot trace eager quantized modules (their ops have no meta kernels) "
+                "and would run them uncompiled; static int8 runs on torch-eager"
+            )
+        reason = knob_reason(cls.value, config, TORCH_CALIBRATIONS, ("none", "first-last"), "torch")
+        if reason:
+            return reason
         tf32 = cls.value(config, "tf32")
         if not isinstance(tf32, bool):
             return f"tf32 must be true or false, not {tf32!r}"
@@ -79,12 +98,15 @@ class TorchRunner(TimedRunner):
         model = build_torch_model(self.spec)
         precision = self.value(self.config, "precision")
         self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
-        if precision == "int8":
+        self.quantization: dict[str, Any] | None = None
+        if precision == "int8-dynamic":
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif precision == "int8":
+            self.quantization = self._quantize_static(model)
         elif self.dtype is not None:
             model = model.to(self.dtype)
         if self.dev is not None:
@@ -93,6 +115,34 @@ class TorchRunner(TimedRunner):
             mode = self.value(self.config, "compile_mode")
             model = torch.compile(model, mode=None if mode == "default" else mode)
         self.model = model
+
+    def _quantize_static(self, model: Any) -> dict[str, Any]:
+        """Calibrate the Linear layers' input scales on the data's calibration set, in place."""
+        from autotuner.models.builtins import model_inputs
+        from autotuner.models.dataset import data_sets, model_batch
+        from autotuner.models.quantization import batches, quantize_torch, settings_of
+
+        specs = model_inputs(self.spec)
+        sets = data_sets(self.spec)
+        torch = self.torch
+
+        def calibration() -> Iterator[tuple[Any, ...]]:
+            for b in batches(sets.calibration):
+                batch = model_batch(b, specs)
+                yield tuple(torch.from_numpy(batch[s.name]) for s in specs)
+
+        settings = settings_of(self.value, self.config, symmetric=False)
+        return {
+            **quantize_torch(model, calibration(), settings),
+            "settings": settings,
+            "data_sha256": sets.sha256,
+        }
+
+    def trial_info(self) -> dict[str, Any]:
+        info = super().trial_info()
+        if getattr(self, "quantization", None):
+            info["quantization"] = self.quantization
+        return info
 
     @property
     def _cuda(self) -> bool:
@@ -173,7 +223,7 @@ class TorchRunner(TimedRunner):
         precision = cls.value(config, "precision")
         settings: dict[str, Any] = {
             "device": cls.value(config, "device"),
-            "dtype": {"fp32": "float32", "int8": "float32", **_DTYPES}[precision],
+            "dtype": {"fp32": "float32", "int8": "float32", "int8-dynamic": "float32", **_DTYPES}[precision],
             "inference_mode": True,
         }
         if cls.value(config, "device") == "cuda":
@@ -183,10 +233,18 @@ class TorchRunner(TimedRunner):
                 "torch.backends.cudnn.allow_tf32": tf32,
             }
             settings["transfer_policy"] = DEVICE_RESIDENT
-        if precision == "int8":
+        if precision == "int8-dynamic":
             settings["quantization"] = (
                 "torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
             )
+        elif precision == "int8":
+            from autotuner.models.quantization import settings_of
+
+            settings["quantization"] = {
+                "method": "static, eager mode (each Linear in a QuantWrapper, calibrated, converted)",
+                **settings_of(cls.value, config, symmetric=False),
+                "code": "autotuner.models.quantization.quantize_torch(model, calibration_batches, settings)",
+            }
         if cls.value(config, "backend") == "torch-compile":
             settings["compile"] = {"mode": cls.value(config, "compile_mode")}
         if cls.value(config, "threads"):

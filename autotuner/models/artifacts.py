@@ -1,7 +1,9 @@
 """Artifacts shared by trials, made once in a child process and cached by content hash.
 
-- the ONNX export of a torch model (and its fp16 / int8 variants);
-- the fp32 reference outputs on the seeded accuracy inputs.
+- the ONNX export of a torch model (and its fp16, int8-dynamic and static int8 variants, one per
+  calibration setting and calibration data);
+- the fp32 reference outputs on the accuracy inputs: the data's evaluation set when the spec has
+  `data`, else seeded random samples.
 
 They are made in a child process so that a trial's peak memory is not inflated by a model it
 does not run, and so that a crash there is reported like any other trial error.
@@ -24,22 +26,48 @@ from autotuner.spec.schema import Spec
 OPSET = 17
 
 
-def onnx_path(spec: Spec, precision: str) -> Path:
-    """The ONNX file for a precision, made on first use."""
+def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -> Path:
+    """The ONNX file for a precision, made on first use; static int8 takes its settings
+    (models.quantization.settings_of) and is calibrated on the data's calibration set."""
     from autotuner.models.builtins import model_identity
 
     if spec.model.onnx is not None and precision == "fp32":
         return spec.resolve(spec.model.onnx)
-    path = cache_dir() / "onnx" / f"{model_identity(spec)}.{precision}.onnx"
+    variant = precision
+    if precision == "int8":
+        from autotuner.models.dataset import data_sets
+        from autotuner.models.quantization import variant_name
+
+        if quant is None or spec.data is None:
+            raise AutotuneError("static int8 needs its calibration settings and the spec's data")
+        variant = variant_name(quant, data_sets(spec).sha256)
+    path = cache_dir() / "onnx" / f"{model_identity(spec)}.{variant}.onnx"
     if not path.exists():
-        _in_child("onnx", spec, {"precision": precision, "path": str(path)})
+        _in_child("onnx", spec, {"precision": precision, "path": str(path), "quant": quant})
     return path
+
+
+def quantization_record(path: Path) -> dict[str, Any]:
+    """What the quantizer did for a static int8 model (excluded nodes, op types); {} if unknown."""
+    side = path.with_name(path.name + ".json")
+    try:
+        return dict(json.loads(side.read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def reference_outputs(spec: Spec) -> np.ndarray:
     from autotuner.models.builtins import model_identity
 
-    name = f"{model_identity(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
+    if spec.data is not None:
+        from autotuner.models.dataset import data_sets
+
+        sets = data_sets(spec)
+        name = (
+            f"{model_identity(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
+        )
+    else:
+        name = f"{model_identity(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
     path = cache_dir() / "reference" / name
     if not path.exists():
         _in_child("reference", spec, {"path": str(path)})
@@ -47,10 +75,15 @@ def reference_outputs(spec: Spec) -> np.ndarray:
 
 
 def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
+    """The samples every config's accuracy is checked on: the data's evaluation set, else seeded
+    random samples (a seed apart from the timed batch); the same for every config."""
     from autotuner.models.builtins import model_inputs
     from autotuner.models.inputs import make_inputs
 
-    # A seed apart from the timed batch, the same for every config.
+    if spec.data is not None:
+        from autotuner.models.dataset import data_sets, model_batch
+
+        return model_batch(data_sets(spec).evaluation, model_inputs(spec))
     return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.data_seed + 1)
 
 
@@ -63,7 +96,7 @@ def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
         raise AutotuneError(f"preparing the {kind} failed (exit {e.code}): {e.last_line}") from None
 
 
-def _export(spec: Spec, precision: str, path: Path) -> None:
+def _export(spec: Spec, precision: str, path: Path, quant: dict[str, Any] | None = None) -> None:
     if precision == "fp32":
         _export_fp32(spec, path)
         return
@@ -74,7 +107,7 @@ def _export(spec: Spec, precision: str, path: Path) -> None:
 
         model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
         atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
-    elif precision == "int8":
+    elif precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         atomic_write(
@@ -82,8 +115,32 @@ def _export(spec: Spec, precision: str, path: Path) -> None:
             lambda tmp: quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8),
             ".onnx",
         )
+    elif precision == "int8":
+        assert quant is not None
+        record = write_static_int8(spec, source, path, quant)
+        atomic_write(
+            path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(json.dumps(record))
+        )
     else:
         raise AutotuneError(f"no ONNX variant for precision {precision!r}")
+
+
+def write_static_int8(spec: Spec, source: Path, path: Path, quant: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate on the data's calibration set and write the QDQ model to `path` (atomically)."""
+    from autotuner.models.builtins import model_inputs
+    from autotuner.models.dataset import data_sets, model_batch
+    from autotuner.models.quantization import batches, quantize_onnx
+
+    sets = data_sets(spec)
+    specs = model_inputs(spec)
+    calibration = [model_batch(b, specs) for b in batches(sets.calibration)]
+    record: dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        record.update(quantize_onnx(source, tmp, calibration, quant))
+
+    atomic_write(path, write, ".onnx")
+    return {**record, "settings": quant, "data_sha256": sets.sha256}
 
 
 def _export_fp32(spec: Spec, path: Path) -> None:
@@ -168,7 +225,7 @@ def _main() -> None:
     req = json.loads(sys.stdin.read())
     spec = parse_spec(req["spec"])
     if req["kind"] == "onnx":
-        _export(spec, req["precision"], Path(req["path"]))
+        _export(spec, req["precision"], Path(req["path"]), req.get("quant"))
     else:
         _reference(spec, Path(req["path"]))
 

@@ -80,6 +80,9 @@ class Runner(ABC):
     # another runner refuses it ("{runner}" is that runner's name).
     exclusive_knobs: ClassVar[dict[str, str]] = {}
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # Precisions calibrated on the spec's `data` (static int8): a space that searches one on this
+    # runner without a data section is a spec error.
+    calibrated: ClassVar[tuple[str, ...]] = ()
     # The top-level spec section this runner owns (e.g. `command`), its model, and whether it
     # must be given (and only given) when the space searches one of the runner's backends.
     settings_key: ClassVar[str | None] = None

@@ -50,6 +50,7 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
         for name, param in spec.space.items():
             _domain(name, param, classes)
         _scenario(spec, classes)
+        _calibrated(spec, classes)
         _baseline(spec)
         owners = {cls.settings_key: cls for cls in runners().values() if cls.settings_key}
         for key in spec.sections:
@@ -125,6 +126,22 @@ def _scenario(spec: Spec, classes: list[type[Runner]]) -> None:
             read_trace(spec.resolve(spec.serving.trace))
         except TraceError as e:
             raise FieldError(("serving", "trace"), str(e)) from None
+
+
+def _calibrated(spec: Spec, classes: list[type[Runner]]) -> None:
+    """A calibrated precision (static int8) needs real inputs: the spec's data section."""
+    if spec.data is not None or "precision" not in spec.space:
+        return
+    values = spec.space["precision"].values() or []
+    for cls in classes:
+        wanted = [p for p in cls.calibrated if p in values]
+        if wanted:
+            raise FieldError(
+                ("space", "precision"),
+                f"{wanted[0]} is static INT8, calibrated on real inputs, and this spec has no data "
+                "section; give data: (file, factory or builtin: sentences), or search int8-dynamic, "
+                "which needs none",
+            )
 
 
 def _is_num(v: object) -> bool:
