@@ -1,8 +1,12 @@
-"""Outputs of a config against the fp32 reference on the same seeded inputs."""
+"""Outputs of a config against the fp32 reference on the same inputs (the data's evaluation set,
+or seeded random samples), and the task score of accuracy.metric."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from autotuner.models.tasks import TaskMetricError
+from autotuner.spec.schema import Spec
 
 
 def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -25,3 +29,28 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "accuracy_max_abs_error": float(np.abs(a - b).max()) if finite else float("nan"),
         "accuracy_top1": float((top_a == top_b).mean()) if finite else float("nan"),
     }
+
+
+def task_scores(spec: Spec, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """accuracy_task (accuracy.metric on the evaluation set) and its ratio to fp32's; {} without
+    a metric. TaskMetricError when the metric raises or gives no finite number, for either."""
+    if spec.accuracy.metric is None:
+        return {}
+    from autotuner.models.dataset import data_sets
+    from autotuner.models.tasks import load_metric, score
+
+    evaluation = data_sets(spec).evaluation
+    fn = load_metric(spec)
+    task = score(fn, spec.accuracy.metric, outputs, evaluation)
+    fp32 = score(fn, spec.accuracy.metric, reference, evaluation)
+    relative = any(c.metric == "accuracy_task_vs_fp32" for c in spec.constraints) or any(
+        o.metric == "accuracy_task_vs_fp32" for o in spec.objectives
+    )
+    if fp32 <= 0 and not relative:
+        return {"accuracy_task": task}
+    if fp32 <= 0:
+        raise TaskMetricError(
+            f"accuracy.metric {spec.accuracy.metric} scores fp32 {fp32:g}; a bound relative to fp32 "
+            "needs a positive fp32 score"
+        )
+    return {"accuracy_task": task, "accuracy_task_vs_fp32": task / fp32}

@@ -76,7 +76,7 @@ def run_serving_trial(
     block_s: float | None,
 ) -> TrialResult:
     """Setup, the load (and the max-rate bisection), then the accuracy check (a search trial only)."""
-    from autotuner.execution.accuracy import compare
+    from autotuner.execution.accuracy import compare, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.inputs import chunks
 
@@ -121,10 +121,14 @@ def run_serving_trial(
         if block_s is None:
             runner = instances[0].runner
             ref = reference_outputs(spec)
-            outs = [
-                runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), instances[0].specs, max_batch)
-            ]
-            metrics.update(compare(np.concatenate(outs), ref))
+            outs = np.concatenate(
+                [
+                    runner.predict(b)[:n]
+                    for b, n in chunks(accuracy_inputs(spec), instances[0].specs, max_batch)
+                ]
+            )
+            metrics.update(compare(outs, ref))
+            metrics.update(task_scores(spec, outs, ref))
     finally:
         server.stop()
         for inst in instances:

@@ -23,6 +23,7 @@ import numpy as np
 from autotuner.errors import UnsupportedConfig
 from autotuner.execution.harness import HarnessSettings, measure
 from autotuner.execution.telemetry import Probe, probe_for
+from autotuner.models.tasks import TaskMetricError
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, Runner, TimedRunner, WorkloadRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
@@ -113,7 +114,7 @@ def run_trial(
     re-measurement block measures for block_s seconds and skips the accuracy check (accuracy does
     not change between processes; the config's trial measured it).
     """
-    from autotuner.execution.accuracy import compare
+    from autotuner.execution.accuracy import compare, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.builtins import model_inputs
     from autotuner.models.inputs import chunks, make_inputs
@@ -161,9 +162,14 @@ def run_trial(
         metrics = derived(spec, metrics, probe)
         if block_s is None:
             ref = reference_outputs(spec)
-            outs = [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
-            metrics.update(compare(np.concatenate(outs), ref))
+            outs = np.concatenate(
+                [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
+            )
+            metrics.update(compare(outs, ref))
+            metrics.update(task_scores(spec, outs, ref))
         runner.teardown()
+    except TaskMetricError as e:
+        return TrialResult.failure("invalid-metric", str(e))
     except Exception as e:  # noqa: BLE001 - every failure becomes classified data
         return classify(e)
     finally:
