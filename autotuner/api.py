@@ -298,6 +298,49 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
         ex.close()
 
 
+def quantize(
+    spec: Spec | str | Path, config: dict[str, Any], output: str | Path
+) -> tuple[Path, dict[str, Any]]:
+    """Write the ONNX model an onnxruntime config runs (static int8: calibrated on the spec's data,
+    as its trials were) to `output`; the path and what was done. The same settings and data give
+    the same file the trials measured (its sha256 is in the record)."""
+    import shutil
+
+    from autotuner.files import atomic_write, file_sha256
+    from autotuner.models.artifacts import onnx_path, quantization_record
+    from autotuner.models.quantization import settings_of
+    from autotuner.runners.base import backend_of
+    from autotuner.runners.registry import runner_for
+    from autotuner.search.space import bench_config
+
+    s = _spec(spec, None, None)
+    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    full = bench_config(s, config)
+    backend = backend_of(full)
+    if not backend.startswith("onnxruntime-"):
+        raise UsageError(
+            f"quantize writes ONNX models; {backend} quantizes in the serving process "
+            "(the best-config YAML's deploy section gives the code)"
+        )
+    cls = runner_for(backend)
+    reason = cls.check(s, full, probe())
+    if reason:
+        raise UsageError(f"quantize: this config does not run here: {reason}")
+    precision = str(cls.value(full, "precision"))
+    on_gpu = backend != "onnxruntime-cpu"
+    quant = settings_of(cls.value, full, symmetric=on_gpu) if precision == "int8" else None
+    source = onnx_path(s, precision, quant)
+    out = Path(output)
+    atomic_write(out, lambda tmp: shutil.copyfile(source, tmp), ".onnx")
+    record: dict[str, Any] = {"sha256": file_sha256(out), "precision": precision, "params": full}
+    record.update(quantization_record(source))
+    if s.data is not None:
+        from autotuner.models.dataset import data_sets
+
+        record["data"] = data_sets(s).summary(s)
+    return out, record
+
+
 def verify(
     best: str | Path,
     *,

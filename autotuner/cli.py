@@ -1,4 +1,6 @@
-"""`autotune`: run, bench, export, studies, show, verify. Heavy imports happen inside the commands."""
+"""`autotune`: run, bench, quantize, export, studies, show, verify.
+
+Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
@@ -75,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     common(b)
 
+    q = sub.add_parser("quantize", help="write a config's ONNX model (static int8: calibrated on the data)")
+    q.add_argument("spec")
+    q.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter value (repeatable), as bench takes them")  # fmt: skip
+    q.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    common(q)
+
     s = sub.add_parser("studies", help="list the stored studies")
     s.add_argument("--storage", help="SQLAlchemy URL (default: every studies/*.db)")
     common(s)
@@ -141,6 +150,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "quantize":
+        from autotuner.api import quantize
+
+        path, record = quantize(args.spec, _sets(args.sets), args.output)
+        print(f"model: {path} (sha256 {record['sha256']})")
+        for k, v in record.items():
+            if k != "sha256":
+                print(f"  {k}: {v}")
+        return 0
     if args.command == "report":
         from autotuner.api import report
 
@@ -160,15 +178,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {args.command}")  # pragma: no cover
 
 
-def _bench(args: argparse.Namespace) -> int:
-    import json
-
+def _sets(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE items as a config (values read as YAML scalars)."""
     import yaml
 
-    from autotuner.api import bench
-
     config: dict[str, Any] = {}
-    for item in args.sets:
+    for item in items:
         key, eq, raw = item.partition("=")
         if not eq or not key:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE")
@@ -176,7 +191,15 @@ def _bench(args: argparse.Namespace) -> int:
             config[key] = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             config[key] = raw
-    full, result = bench(args.spec, config)
+    return config
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from autotuner.api import bench
+
+    full, result = bench(args.spec, _sets(args.sets))
     if args.json:
         print(json.dumps({"params": full, **result.to_dict()}, indent=2))
     else:

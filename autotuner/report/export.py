@@ -30,6 +30,7 @@ KEY_METRICS = (
     "peak_memory_mb",
     "accuracy_cosine",
     "accuracy_max_abs_error",
+    "accuracy_task",  # where the spec gives accuracy.metric
     "setup_s",
     # Where measured (a GPU with NVML, RAPL) or priced (the spec's cost): left out otherwise.
     "power_w",
@@ -86,12 +87,15 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
             )
     runner = runner_for(backend_of(config))
     spec_path = rec.study_attr(study, rec.SPEC_PATH, f"{spec.name}.yaml")
-    argv = ["autotune", "bench", spec_path] + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+    argv = ["autotune", "bench", spec_path, *sets]
+    evidence = _data_evidence(spec, trial, config, runner, spec_path, sets)
     return {
         "autotune_version": __version__,
         "model": spec.model.model_dump(mode="json", exclude_none=True),
         "params": config,
         "deploy": {"batch_size": config.get("batch_size", 1), **runner.deploy_settings(config)},
+        **evidence,
         "metrics": metrics,
         "constraints": constraints,
         "choice": {
@@ -141,6 +145,41 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
     }
 
 
+def _data_evidence(
+    spec: Spec, trial: Any, config: dict[str, Any], runner: Any, spec_path: str, sets: list[str]
+) -> dict[str, Any]:
+    """The data the accuracy was measured on (and the int8 calibrated on), and for static int8
+    how it was quantized and the command that re-creates the model."""
+    out: dict[str, Any] = {}
+    if spec.data is not None:
+        from autotuner.models.dataset import data_sets
+
+        try:
+            out["data"] = data_sets(spec).summary(spec)
+        except Exception as e:  # noqa: BLE001 - the data is not readable here: say so, keep the rest
+            out["data"] = {"source": spec.data.source, "note": f"not readable here ({e})"}
+        out["data"]["accuracy_on"] = "evaluation set"
+        if spec.accuracy.metric:
+            out["data"]["task_metric"] = spec.accuracy.metric
+    if runner.value(config, "precision") != "int8":
+        return out
+    info = rec.marker(trial, rec.INFO) or {}
+    record = dict(info.get("quantization") or {})
+    quant: dict[str, Any] = {"precision": "int8 (static, calibrated)"}
+    quant.update(record.pop("settings", {}))
+    quant.update(record)
+    if backend_of(config).startswith("onnxruntime-"):
+        argv = ["autotune", "quantize", spec_path, *sets, "-o", "model.int8.onnx"]
+        quant["recreate_command"] = shlex.join(argv)
+    else:
+        quant["recreate"] = (
+            "in the serving process: autotuner.models.quantization.quantize_torch(model, batches of the "
+            "data's calibration set, settings above)"
+        )
+    out["quantization"] = quant
+    return out
+
+
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write atomically: a reader never sees half a file."""
     header = f"# autotune best config for study {data['provenance']['study']}\n"
@@ -181,7 +220,7 @@ class OnnxDeployment:
     """What an onnxruntime config deploys: the ONNX file its trials ran and its deploy settings."""
 
     model: Path
-    precision: str  # of the ONNX file (a TensorRT config runs the fp32 graph, built fp16 by TensorRT)
+    precision: str  # of the ONNX file (TensorRT runs the fp32 graph, built fp16 by TensorRT, or int8's QDQ)
     settings: dict[str, Any]  # the runner's deploy_settings(config)["onnxruntime"]
 
     @property
@@ -206,8 +245,15 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
             "(restrict the spec's space.backend to onnxruntime-* to tune one, or use --format yaml)"
         )
     first = settings["providers"][0]["name"]
-    precision = "fp32" if first == TENSORRT_PROVIDER else str(runner.value(config, "precision"))
-    model = onnx_path(spec, precision)
+    precision = str(runner.value(config, "precision"))
+    quant = None
+    if precision == "int8":  # the calibrated QDQ model (TensorRT too: explicit quantization)
+        from autotuner.models.quantization import settings_of
+
+        quant = settings_of(runner.value, config, symmetric=first != "CPUExecutionProvider")
+    elif first == TENSORRT_PROVIDER:
+        precision = "fp32"
+    model = onnx_path(spec, precision, quant)
     if not model.is_file():  # a spec's own ONNX file, moved or on another machine
         raise UsageError(f"--format {fmt}: the model file {model} is not there (run from the spec's machine)")
     return OnnxDeployment(model, precision, settings)

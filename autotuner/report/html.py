@@ -192,6 +192,8 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
 
 
 def _summary(page: Page, d: StudyData) -> None:
+    from autotuner.spec.schema import Constraint
+
     env = d.environment
     states = Counter(t.state.name.lower() for t in d.trials)
     classes = Counter(rec.failure_class(t) for t in d.trials if rec.failure_class(t))
@@ -205,7 +207,7 @@ def _summary(page: Page, d: StudyData) -> None:
         ("objectives", ", ".join(f"{d_} {m}" for m, d_ in zip(d.objectives, d.directions, strict=False))),
         (
             "constraints",
-            ", ".join(f"{c['metric']} {c['op']} {c['bound']:g}" for c in d.constraints) or "none",
+            ", ".join(Constraint(**c).text for c in d.constraints) or "none",
         ),
         (
             "machine",

@@ -205,7 +205,9 @@ def _gpu_accelerators(dep: OnnxDeployment, inputs: list[Tensor], batching: Batch
     for p in dep.providers:
         options = {k: str(v) for k, v in (p.get("options") or {}).items()}
         if p["name"] == TENSORRT_PROVIDER:
-            params = {"precision_mode": "FP16" if options.pop("trt_fp16_enable", "0") == "1" else "FP32"}
+            fp16 = options.pop("trt_fp16_enable", "0") == "1"
+            int8 = options.pop("trt_int8_enable", "0") == "1"
+            params = {"precision_mode": "INT8" if int8 else "FP16" if fp16 else "FP32"}
             params |= {k: v for k, v in options.items() if k not in TRT_LEFT_OUT}
             params |= _trt_profile(inputs, batching)
             out.append({"name": "tensorrt", "parameters": _map(params)})
