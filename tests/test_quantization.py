@@ -479,3 +479,19 @@ def test_static_int8_runs_its_qdq_model_on_a_gpu(
     assert result.info["quantization"]["settings"]["activations"] == "int8-symmetric"
     assert result.info["node_placement"]["cpu_compute"] == []
     assert result.metrics["accuracy_cosine"] > 0.9
+
+
+def test_the_paraphrase_scores_grade_bent_embeddings() -> None:
+    from autotuner.models.tasks import paraphrase_margin, paraphrase_mrr
+
+    rng = np.random.default_rng(0)
+    pairs = {"pair": np.repeat(np.arange(32), 2)}
+    clean = np.repeat(rng.normal(size=(32, 16)), 2, axis=0) + 0.3 * rng.normal(size=(64, 16))
+    bent = clean + 0.6 * rng.normal(size=clean.shape)
+    assert paraphrase_mrr(clean, pairs) == 1.0  # every paraphrase is its sentence's nearest
+    assert paraphrase_mrr(bent, pairs) < 1.0
+    assert 0 < paraphrase_margin(bent, pairs) < paraphrase_margin(clean, pairs)
+    shuffled = {"pair": rng.permutation(pairs["pair"])}
+    assert paraphrase_margin(clean, shuffled) < 0  # labels that are not paraphrases: no margin
+    with pytest.raises(ValueError, match="needs a 'pair' label"):
+        paraphrase_margin(clean, {})
