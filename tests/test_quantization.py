@@ -217,6 +217,9 @@ def test_the_task_score_is_measured_on_the_evaluation_set_against_fp32s(tmp_path
     )
     assert int8.metrics["accuracy_cosine"] < 0.99999  # int8 really ran: its outputs moved
     assert int8.info["quantization"]["settings"]["calibration"] == "minmax"
+    # The data it was measured on travels with the trial (the best-config YAML reads it there).
+    assert int8.info["data"]["sha256"] == int8.info["quantization"]["data_sha256"]
+    assert int8.info["data"]["evaluation_samples"] == 32
     assert int8.info["model_file_mb"] < 0.6 * fp32.info["model_file_mb"]
 
 

@@ -54,3 +54,12 @@ def task_scores(spec: Spec, outputs: np.ndarray, reference: np.ndarray) -> dict[
             "needs a positive fp32 score"
         )
     return {"accuracy_task": task, "accuracy_task_vs_fp32": task / fp32}
+
+
+def data_info(spec: Spec) -> dict[str, object]:
+    """The data a trial's accuracy was measured on, for its info (the evidence travels with it)."""
+    if spec.data is None:
+        return {}
+    from autotuner.models.dataset import data_sets
+
+    return {"data": data_sets(spec).summary(spec)}

@@ -76,7 +76,7 @@ def run_serving_trial(
     block_s: float | None,
 ) -> TrialResult:
     """Setup, the load (and the max-rate bisection), then the accuracy check (a search trial only)."""
-    from autotuner.execution.accuracy import compare, task_scores
+    from autotuner.execution.accuracy import compare, data_info, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.inputs import chunks
 
@@ -134,7 +134,11 @@ def run_serving_trial(
         for inst in instances:
             inst.runner.teardown()
     samples = keep(np.asarray(latencies), spec.measurement.keep_samples if block_s is None else 0)
-    info = {**instances[0].runner.trial_info(), "instance_cores": [list(c) for c in cores]}
+    info = {
+        **instances[0].runner.trial_info(),
+        "instance_cores": [list(c) for c in cores],
+        **(data_info(spec) if block_s is None else {}),
+    }
     if curve:
         info["rate_curve"] = sorted(curve, key=lambda p: p["offered_rps"])
     return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=info)

@@ -114,7 +114,7 @@ def run_trial(
     re-measurement block measures for block_s seconds and skips the accuracy check (accuracy does
     not change between processes; the config's trial measured it).
     """
-    from autotuner.execution.accuracy import compare, task_scores
+    from autotuner.execution.accuracy import compare, data_info, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.builtins import model_inputs
     from autotuner.models.inputs import chunks, make_inputs
@@ -167,6 +167,7 @@ def run_trial(
             )
             metrics.update(compare(outs, ref))
             metrics.update(task_scores(spec, outs, ref))
+        info = {**runner.trial_info(), **(data_info(spec) if block_s is None else {})}
         runner.teardown()
     except TaskMetricError as e:
         return TrialResult.failure("invalid-metric", str(e))
@@ -174,7 +175,7 @@ def run_trial(
         return classify(e)
     finally:
         probe.close()
-    return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=runner.trial_info())
+    return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=info)
 
 
 def main(argv: list[str]) -> int:

@@ -151,19 +151,22 @@ def _data_evidence(
     """The data the accuracy was measured on (and the int8 calibrated on), and for static int8
     how it was quantized and the command that re-creates the model."""
     out: dict[str, Any] = {}
+    info = rec.marker(trial, rec.INFO) or {}
     if spec.data is not None:
-        from autotuner.models.dataset import data_sets
+        # As the trial recorded it; else read now (a study from before trials recorded it).
+        out["data"] = dict(info.get("data") or {})
+        if not out["data"]:
+            from autotuner.models.dataset import data_sets
 
-        try:
-            out["data"] = data_sets(spec).summary(spec)
-        except Exception as e:  # noqa: BLE001 - the data is not readable here: say so, keep the rest
-            out["data"] = {"source": spec.data.source, "note": f"not readable here ({e})"}
+            try:
+                out["data"] = data_sets(spec).summary(spec)
+            except Exception as e:  # noqa: BLE001 - not readable here: say so, keep the rest
+                out["data"] = {"source": spec.data.source, "note": f"not readable here ({e})"}
         out["data"]["accuracy_on"] = "evaluation set"
         if spec.accuracy.metric:
             out["data"]["task_metric"] = spec.accuracy.metric
     if runner.value(config, "precision") != "int8":
         return out
-    info = rec.marker(trial, rec.INFO) or {}
     record = dict(info.get("quantization") or {})
     quant: dict[str, Any] = {"precision": "int8 (static, calibrated)"}
     quant.update(record.pop("settings", {}))
