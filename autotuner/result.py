@@ -14,7 +14,9 @@ FAILURE_CLASSES: dict[str, str] = {
     "timeout": "the trial ran past measurement.trial_timeout_s and was killed",
     "crash": "the worker process died on a signal",
     "error": "the worker raised an exception",
-    "invalid-metric": "an objective or constraint metric is NaN, infinite or missing",
+    "invalid-metric": (
+        "an objective or constraint metric is NaN, infinite or missing, or accuracy.metric failed"
+    ),
     "interrupted": "the driver stopped (killed or Ctrl-C) while the trial ran; it is retried",
     "under-load": "other work loaded the trial's cores while it measured; kept, left out, measured again",
 }
