@@ -69,6 +69,11 @@ PATHS: list[tuple[str, dict[str, Any]]] = [
         "TensorRT fp16",
         {"backend": "onnxruntime-tensorrt", "batch_size": 8, "precision": "fp16", "tf32": True},
     ),
+    ("ORT CUDA int8 (static, QDQ)", {"backend": "onnxruntime-cuda", "batch_size": 8, "precision": "int8"}),
+    (
+        "TensorRT int8 (static, QDQ)",
+        {"backend": "onnxruntime-tensorrt", "batch_size": 8, "precision": "int8", "tf32": True},
+    ),
     ("llm sdpa", {"backend": "llm", "device": "cuda", "precision": "bf16", "attn_implementation": "sdpa"}),
     (
         "llm flash-attention",
@@ -77,6 +82,19 @@ PATHS: list[tuple[str, dict[str, Any]]] = [
 ]
 RAY_PATH = "Ray, one GPU per trial"
 LIBRARIES = ("torch", "onnxruntime-gpu", "onnxruntime", "nvidia-ml-py", "transformers", "ray", "flash-attn")
+
+
+def calibration_file() -> Any:
+    """Seeded token ids for the tiny transformer's static int8 (a temporary .npz, made once)."""
+    import tempfile
+
+    import numpy as np
+
+    path = Path(tempfile.gettempdir()) / "autotune-gpu-validation-ids.npz"
+    if not path.exists():
+        ids = np.random.default_rng(0).integers(0, MODEL["options"]["vocab"], size=(160, 64), dtype=np.int64)
+        np.savez(path, input_ids=ids)
+    return path
 
 
 def spec_for(config: dict[str, Any]) -> Any:
@@ -91,6 +109,8 @@ def spec_for(config: dict[str, Any]) -> Any:
         ],
         "measurement": MEASUREMENT,
     }
+    if config.get("precision") == "int8":  # static int8 calibrates on real inputs: seeded token ids here
+        d["data"] = {"file": str(calibration_file()), "calibration": 64, "evaluation": 64}
     if llm:
         d["workload"] = LLM_WORKLOAD
         d["space"].update(kv_budget_mb=16.0, max_batch_tokens=256, batch_size=4, page_size=16)
