@@ -498,3 +498,29 @@ def test_the_paraphrase_scores_grade_bent_embeddings() -> None:
     assert paraphrase_margin(clean, shuffled) < 0  # labels that are not paraphrases: no margin
     with pytest.raises(ValueError, match="needs a 'pair' label"):
         paraphrase_margin(clean, {})
+
+
+def test_a_study_resumed_on_changed_data_says_so(tmp_path: Path, cache: Path) -> None:
+    import io
+
+    from autotuner.api import check_model, load_spec, open_study
+    from autotuner.progress import Progress
+    from autotuner.study import records as rec
+
+    path = write(tmp_path, spec_dict(tmp_path), token_ids(80))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = load_spec(path)
+    check_model(spec)
+    study = open_study(spec, storage=url)
+    first = rec.study_attr(study, rec.DATA_SHA256)
+    assert first and len(first) == 64
+    out = io.StringIO()
+    open_study(spec, storage=url, progress=Progress(out))  # the same data: nothing to say
+    assert "data" not in out.getvalue()
+    write(tmp_path, spec_dict(tmp_path), token_ids(80, seed=1))
+    changed = load_spec(path)
+    check_model(changed)
+    open_study(changed, storage=url, progress=Progress(out))
+    assert (
+        f"the data's content changed since study 'q8' was created (sha256 {first[:12]} ->" in out.getvalue()
+    )

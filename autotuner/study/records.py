@@ -48,6 +48,7 @@ RUNNABLE = "runnable"  # the constraint that makes a refused config infeasible f
 SPEC = "spec"
 SPEC_PATH = "spec_path"
 SPEC_FINGERPRINT = "spec_fingerprint"
+DATA_SHA256 = "data_sha256"  # of the spec's data, where it has one (its content is not in the spec)
 SAMPLER_SEED = "sampler_seed"
 ENVIRONMENT = "environment"
 VERSION = "autotune_version"

@@ -109,6 +109,18 @@ def load_study(name: str, url: str, say: Callable[[str], None] = _stderr) -> opt
         raise StudyNotFound(f"no study named {name!r} in {redact(url)}{have}") from None
 
 
+def _data_sha256(spec: Spec) -> str | None:
+    """The content hash of the spec's data (read from the cache the model check filled), or None."""
+    if spec.data is None:
+        return None
+    from autotuner.models.dataset import data_sets
+
+    try:
+        return data_sets(spec).sha256
+    except Exception:  # noqa: BLE001 - unreadable here: the check before the study says why
+        return None
+
+
 def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
     """The spec's study: created with its attributes (spec, machine, sampler seed), or resumed."""
     storage = open_storage(storage_url, create=True, say=progress.say)
@@ -130,6 +142,12 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
             ) from None
         if rec.study_attr(study, rec.SPEC_FINGERPRINT) not in (None, spec.fingerprint()):
             progress.say(f"note: the spec changed since study {name!r} was created; resuming anyway")
+        was, now = rec.study_attr(study, rec.DATA_SHA256), _data_sha256(spec)
+        if was is not None and now is not None and was != now:
+            progress.say(
+                f"note: the data's content changed since study {name!r} was created (sha256 {was[:12]} "
+                f"-> {now[:12]}); resuming anyway: each trial's info names the data it was measured on"
+            )
         return study
     # optuna-dashboard and Optuna's plots label the objectives by these names. (Optuna calls the
     # method experimental; it has been stable since 3.2 and the names are only labels.)
@@ -142,6 +160,7 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
             rec.SAMPLER_SEED: spec.seed if spec.seed is not None else secrets.randbelow(2**31),
             rec.SPEC: spec_to_dict(spec),
             rec.SPEC_FINGERPRINT: spec.fingerprint(),
+            **({rec.DATA_SHA256: sha} if (sha := _data_sha256(spec)) else {}),
             rec.ENVIRONMENT: caps,
             rec.VERSION: __version__,
         },
