@@ -524,3 +524,44 @@ def test_a_study_resumed_on_changed_data_says_so(tmp_path: Path, cache: Path) ->
     assert (
         f"the data's content changed since study 'q8' was created (sha256 {first[:12]} ->" in out.getvalue()
     )
+
+
+def test_a_study_from_before_static_int8_exports_its_int8_as_dynamic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study stored by the version whose `int8` was dynamic quantization (emulated: a real study
+    whose every stored 'int8-dynamic' is rewritten to 'int8' in the database) still exports, and
+    says what was measured."""
+    import sqlite3
+
+    import autotuner
+    from autotuner.api import export
+
+    spec = {
+        "name": "old",
+        "model": TINY,
+        "space": {"backend": ["onnxruntime-cpu"], "precision": ["int8-dynamic"], "batch_size": [2, 4]},
+        "objectives": [{"metric": "throughput_items_s", "direction": "maximize"}],
+        "measurement": {"warmup_iters": 1, "min_iters": 3, "min_time_s": 0.05, "max_time_s": 0.2},
+        "pick": {"rounds": 0},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)
+    autotuner.run(tmp_path / "spec.yaml", trials=2)
+    db = tmp_path / "studies" / "old.db"
+    with sqlite3.connect(db) as conn:
+        for table in ("study_user_attributes", "trial_user_attributes"):
+            conn.execute(f"UPDATE {table} SET value_json = replace(value_json, 'int8-dynamic', 'int8')")
+        conn.execute(
+            "UPDATE trial_params SET distribution_json = replace(distribution_json, 'int8-dynamic', 'int8')"
+        )
+    import optuna
+
+    stored = optuna.load_study(study_name="old", storage=f"sqlite:///{db}")
+    assert stored.user_attrs["spec"]["space"]["precision"]["choices"] == ["int8"]  # as the old version wrote
+    assert {t.user_attrs["config"]["precision"] for t in stored.trials} == {"int8"}
+    path = export("old", output=str(tmp_path / "old.best.yaml"))
+    best = yaml.safe_load(Path(path).read_text())
+    assert best["params"]["precision"] == "int8-dynamic"
+    assert "quantize_dynamic" in best["deploy"]["onnxruntime"]["quantization"]
+    assert "quantization" not in best and "--set precision=int8-dynamic" in best["remeasure_command"]

@@ -46,6 +46,7 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
     config = dict(pick.config or rec.trial_config(trial))
     estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
     est = estimates.get(config_key(config)) or Estimate(config_key(config), config)
+    config = rec.config_now(study, config)  # as today's runners name it (a study's old int8)
     wanted = list(
         dict.fromkeys(
             [*(o.metric for o in spec.objectives), *(c.metric for c in spec.constraints), *KEY_METRICS]
@@ -274,7 +275,7 @@ def profile_shapes(shapes: dict[str, list[int]]) -> str:
 
 
 def chosen_config(study: optuna.Study, pick: Pick) -> dict[str, Any]:
-    return dict(pick.config or rec.trial_config(study.trials[pick.winner]))
+    return rec.config_now(study, dict(pick.config or rec.trial_config(study.trials[pick.winner])))
 
 
 def ort_config(

@@ -177,7 +177,10 @@ def arm_config(spec: Spec, best: dict[str, Any], shown: str) -> dict[str, Any]:
     model = spec.model.model_dump(mode="json", exclude_none=True)
     if "model" in best and best["model"] != model:
         raise UsageError(f"{shown}: its model {best['model']} is not the spec's ({model})")
-    params = best["params"]
+    params = dict(best["params"])
+    precisions = spec.space["precision"].values() or [] if "precision" in spec.space else []
+    if params.get("precision") == "int8" and spec.data is None and "int8-dynamic" in precisions:
+        params["precision"] = "int8-dynamic"  # a YAML from before static INT8, whose int8 was dynamic
     for k in params:
         if k not in spec.space:
             raise UsageError(

@@ -123,7 +123,64 @@ def last_beat(t: FrozenTrial) -> float:
 
 
 def stored_spec(study: optuna.Study) -> dict[str, Any]:
-    return dict(study.user_attrs.get(SPEC) or {})
+    """The spec the study was created with, in today's terms (see `legacy_int8`)."""
+    spec = dict(study.user_attrs.get(SPEC) or {})
+    if not legacy_int8(spec):
+        return spec
+    space = {}
+    for name, param in spec["space"].items():
+        if name == "precision":
+            param = _renamed(param)
+        elif isinstance(param, dict) and isinstance(param.get("when"), dict) and "precision" in param["when"]:
+            param = {**param, "when": {**param["when"], "precision": _renamed(param["when"]["precision"])}}
+        space[name] = param
+    spec["space"] = space
+    if isinstance(spec.get("baseline"), dict):
+        spec["baseline"] = _renamed(spec["baseline"])
+    return spec
+
+
+def legacy_int8(spec: Mapping[str, Any]) -> bool:
+    """A spec stored before static INT8 existed: its `int8` was dynamic quantization (now
+    `int8-dynamic`). Unambiguous: a spec that searches int8 today must have a data section."""
+    space = spec.get("space") or {}
+    precision = space.get("precision")
+    if spec.get("data") or precision is None or "int8" not in _values(precision):
+        return False
+    # Only the torch and onnxruntime runners changed; a program's own int8 (trtexec) did not.
+    backends = _values(space["backend"]) if "backend" in space else ["torch-eager"]
+    return all(str(b).startswith(("torch-", "onnxruntime-")) for b in backends if b is not None)
+
+
+def current_config(spec: Mapping[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config in today's terms: `int8` of a study from before static INT8 is int8-dynamic."""
+    if config.get("precision") == "int8" and legacy_int8(spec):
+        return {**config, "precision": LEGACY_INT8}
+    return config
+
+
+LEGACY_INT8 = "int8-dynamic"
+
+
+def config_now(study: optuna.Study, config: dict[str, Any]) -> dict[str, Any]:
+    """`current_config` against the spec as the study stored it."""
+    return current_config(study.user_attrs.get(SPEC) or {}, config)
+
+
+def _values(param: Any) -> list[Any]:
+    """The values a stored parameter takes (its choices, or its fixed value)."""
+    if isinstance(param, dict):
+        return list(param.get("choices") or []) + ([param["value"]] if param.get("value") is not None else [])
+    return list(param) if isinstance(param, list) else [param]
+
+
+def _renamed(v: Any) -> Any:
+    """int8 -> int8-dynamic in a stored parameter, a baseline or a condition's value list."""
+    if isinstance(v, dict):
+        return {k: (_renamed(x) if k in ("choices", "value", "precision") else x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_renamed(x) for x in v]
+    return LEGACY_INT8 if v == "int8" else v
 
 
 def environment(study: optuna.Study) -> dict[str, Any]:
