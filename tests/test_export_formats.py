@@ -296,7 +296,7 @@ def test_ort_json_of_a_tensorrt_config_keeps_the_measured_profile(in_study: dict
 
     config = {"backend": "onnxruntime-tensorrt", "precision": "fp16", "batch_size": 4, "tf32": True}
     pick: Any = SimpleNamespace(config=config, winner=0)
-    study: Any = SimpleNamespace(study_name="t")
+    study: Any = SimpleNamespace(study_name="t", user_attrs={})  # a study with no stored spec
     spec = spec_of(Path.cwd())
     dep = onnx_deployment(spec, chosen_config(study, pick), "ort")
     assert dep.precision == "fp32"  # TensorRT builds fp16 from the fp32 graph
