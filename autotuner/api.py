@@ -327,8 +327,7 @@ def quantize(
     if reason:
         raise UsageError(f"quantize: this config does not run here: {reason}")
     precision = str(cls.value(full, "precision"))
-    on_gpu = backend != "onnxruntime-cpu"
-    quant = settings_of(cls.value, full, symmetric=on_gpu) if precision == "int8" else None
+    quant = settings_of(cls.value, full) if precision == "int8" else None
     source = onnx_path(s, precision, quant)
     out = Path(output)
     atomic_write(out, lambda tmp: shutil.copyfile(source, tmp), ".onnx")

@@ -74,8 +74,8 @@ def torch_size_mb(config: dict[str, Any]) -> float:
     import torch
 
     from autotuner.models.builtins import build_torch_model, model_inputs
-    from autotuner.models.dataset import data_sets, model_batch
-    from autotuner.models.quantization import batches, quantize_torch
+    from autotuner.models.dataset import calibration_batches
+    from autotuner.models.quantization import QUANT_KNOBS, quantize_torch, settings_of
 
     spec = spec_for(config, {})
     model = build_torch_model(spec)
@@ -83,16 +83,8 @@ def torch_size_mb(config: dict[str, Any]) -> float:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     elif config["precision"] == "int8":
         specs = model_inputs(spec)
-        cal = (
-            tuple(torch.from_numpy(model_batch(b, specs)[s.name]) for s in specs)
-            for b in batches(data_sets(spec).calibration)
-        )
-        settings = {
-            "calibration": config.get("calibration", "minmax"),
-            "per_channel": config.get("per_channel", True),
-            "exclude": config.get("int8_exclude", "none"),
-        }
-        quantize_torch(model, cal, settings)
+        cal = (tuple(torch.from_numpy(b[s.name]) for s in specs) for b in calibration_batches(spec))
+        quantize_torch(model, cal, settings_of(lambda c, k: c.get(k, QUANT_KNOBS.get(k)), config))
     elif config["precision"] == "fp16":
         model = model.half()
     buf = io.BytesIO()

@@ -132,7 +132,7 @@ class OnnxRuntimeRunner(TimedRunner):
         self.quantization: dict[str, Any] | None = None
         if precision == "int8":
             # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
-            quant = settings_of(self.value, self.config, symmetric=self.provider != CPU)
+            quant = settings_of(self.value, self.config)
             path = onnx_path(self.spec, "int8", quant)
             from autotuner.models.artifacts import quantization_record
 
@@ -342,7 +342,7 @@ class OnnxRuntimeRunner(TimedRunner):
 
             settings["quantization"] = {
                 "method": "static, QDQ format (onnxruntime.quantization.quantize_static)",
-                **settings_of(cls.value, config, symmetric=PROVIDERS[backend] != CPU),
+                **settings_of(cls.value, config),
                 "op_types": ORT_OPS,
             }
         elif precision == "fp16" and backend != "onnxruntime-tensorrt":

@@ -119,23 +119,19 @@ class TorchRunner(TimedRunner):
     def _quantize_static(self, model: Any) -> dict[str, Any]:
         """Calibrate the Linear layers' input scales on the data's calibration set, in place."""
         from autotuner.models.builtins import model_inputs
-        from autotuner.models.dataset import data_sets, model_batch
-        from autotuner.models.quantization import batches, quantize_torch, settings_of
+        from autotuner.models.dataset import calibration_batches, data_sets
+        from autotuner.models.quantization import quantize_torch, settings_of
 
         specs = model_inputs(self.spec)
-        sets = data_sets(self.spec)
         torch = self.torch
-
-        def calibration() -> Iterator[tuple[Any, ...]]:
-            for b in batches(sets.calibration):
-                batch = model_batch(b, specs)
-                yield tuple(torch.from_numpy(batch[s.name]) for s in specs)
-
-        settings = settings_of(self.value, self.config, symmetric=False)
+        calibration = (
+            tuple(torch.from_numpy(b[s.name]) for s in specs) for b in calibration_batches(self.spec)
+        )
+        settings = settings_of(self.value, self.config)
         return {
-            **quantize_torch(model, calibration(), settings),
+            **quantize_torch(model, calibration, settings),
             "settings": settings,
-            "data_sha256": sets.sha256,
+            "data_sha256": data_sets(self.spec).sha256,
         }
 
     def trial_info(self) -> dict[str, Any]:
@@ -242,7 +238,7 @@ class TorchRunner(TimedRunner):
 
             settings["quantization"] = {
                 "method": "static, eager mode (each Linear in a QuantWrapper, calibrated, converted)",
-                **settings_of(cls.value, config, symmetric=False),
+                **settings_of(cls.value, config),
                 "code": "autotuner.models.quantization.quantize_torch(model, calibration_batches, settings)",
             }
         if cls.value(config, "backend") == "torch-compile":

@@ -127,13 +127,11 @@ def _export(spec: Spec, precision: str, path: Path, quant: dict[str, Any] | None
 
 def write_static_int8(spec: Spec, source: Path, path: Path, quant: dict[str, Any]) -> dict[str, Any]:
     """Calibrate on the data's calibration set and write the QDQ model to `path` (atomically)."""
-    from autotuner.models.builtins import model_inputs
-    from autotuner.models.dataset import data_sets, model_batch
-    from autotuner.models.quantization import batches, quantize_onnx
+    from autotuner.models.dataset import calibration_batches, data_sets
+    from autotuner.models.quantization import quantize_onnx
 
     sets = data_sets(spec)
-    specs = model_inputs(spec)
-    calibration = [model_batch(b, specs) for b in batches(sets.calibration)]
+    calibration = calibration_batches(spec)
     record: dict[str, Any] = {}
 
     def write(tmp: str) -> None:

@@ -67,16 +67,24 @@ def model_identity(spec: Spec) -> str:
     if m.onnx is not None:
         h.update(_file_hash(spec.resolve(m.onnx)))
     elif m.factory is not None:
-        module = m.factory.partition(":")[0]
-        with _on_path(spec.base_dir):
-            found = importlib.util.find_spec(module)
-        if found is not None and found.origin and os.path.exists(found.origin):
-            h.update(_file_hash(Path(found.origin)))
+        source = module_source(spec, m.factory)
+        if source is not None:
+            h.update(_file_hash(source))
     else:
         from autotuner._version import __version__
 
         h.update(__version__.encode())
     return h.hexdigest()[:24]
+
+
+def module_source(spec: Spec, target: str) -> Path | None:
+    """The source file of a 'module:function' target's module (found from the spec's folder, the
+    current one or sys.path), or None when it has none; what a cache key hashes for user code."""
+    with _on_path(spec.base_dir):
+        found = importlib.util.find_spec(target.partition(":")[0])
+    if found is not None and found.origin and os.path.exists(found.origin):
+        return Path(found.origin)
+    return None
 
 
 def build_torch_model(spec: Spec) -> Any:

@@ -62,10 +62,22 @@ def model_batch(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dic
     }
 
 
+def calibration_batches(spec: Spec) -> list[dict[str, np.ndarray]]:
+    """The calibration set in batches of CALIBRATION_BATCH, as the model takes them."""
+    from autotuner.models.builtins import model_inputs
+    from autotuner.models.quantization import batches
+
+    specs = model_inputs(spec)
+    return [model_batch(b, specs) for b in batches(data_sets(spec).calibration)]
+
+
 def check_data(spec: Spec) -> None:
     """FieldError at data.* when the data cannot serve the spec; the sets are cached for the trials."""
     if spec.data is not None:
         data_sets(spec)
+
+
+_READ: dict[Path, DataSets] = {}  # this process's sets by cache file: a trial asks several times
 
 
 def data_sets(spec: Spec) -> DataSets:
@@ -75,14 +87,18 @@ def data_sets(spec: Spec) -> DataSets:
     assert spec.data is not None
     specs = model_inputs(spec)
     path = cache_dir() / "data" / f"{_cache_key(spec, specs)}.npz"
+    if path in _READ:
+        return _READ[path]
     if path.exists():
         try:
-            return _read_cache(path)
+            _READ[path] = _read_cache(path)
+            return _READ[path]
         except (OSError, ValueError, KeyError):
             pass  # a cache file from another version, or damaged: made again below
     samples = read_samples(spec, specs)
     sets = split(spec, samples, specs)
     _write_cache(path, sets)
+    _READ[path] = sets
     return sets
 
 
@@ -340,17 +356,14 @@ def _cache_key(spec: Spec, specs: list[InputSpec]) -> str:
         if path.is_file():
             h.update(file_sha256(path).encode())
     elif data.factory is not None:
-        import importlib.util
+        from autotuner.models.builtins import module_source
 
-        from autotuner.models.builtins import _on_path
-
-        with _on_path(spec.base_dir):
-            try:
-                found = importlib.util.find_spec(data.factory.partition(":")[0])
-            except (ImportError, ValueError):
-                found = None
-        if found is not None and found.origin and Path(found.origin).is_file():
-            h.update(file_sha256(Path(found.origin)).encode())
+        try:
+            source = module_source(spec, data.factory)
+        except (ImportError, ValueError):
+            source = None  # reading it reports why, with the field
+        if source is not None and source.is_file():
+            h.update(file_sha256(source).encode())
     else:
         h.update(file_sha256(SENTENCES).encode())
     return h.hexdigest()[:24]

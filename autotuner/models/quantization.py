@@ -19,6 +19,7 @@ attention mask) gave a worst-sample cosine of 0.16 on real sentences.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,10 +69,13 @@ def knob_reason(
     return None
 
 
-def settings_of(
-    value: Callable[[dict[str, Any], str], Any], config: dict[str, Any], symmetric: bool
-) -> dict[str, Any]:
+# Where the QDQ model runs on a GPU: TensorRT (explicit quantization) wants symmetric activations.
+SYMMETRIC_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt")
+
+
+def settings_of(value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]) -> dict[str, Any]:
     """The static-quantization settings of a config (symmetric activations for TensorRT / CUDA)."""
+    symmetric = value(config, "backend") in SYMMETRIC_BACKENDS
     return {
         "calibration": value(config, "calibration"),
         "per_channel": bool(value(config, "per_channel")),
@@ -117,6 +121,7 @@ def excluded_onnx_nodes(model: Any, exclude: str) -> list[str]:
     return found
 
 
+@functools.cache
 def entropy_refusal() -> str | None:
     """Why this onnxruntime cannot calibrate by entropy as autotune does, or None."""
     import inspect

@@ -254,7 +254,7 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
     if precision == "int8":  # the calibrated QDQ model (TensorRT too: explicit quantization)
         from autotuner.models.quantization import settings_of
 
-        quant = settings_of(runner.value, config, symmetric=first != "CPUExecutionProvider")
+        quant = settings_of(runner.value, config)
     elif first == TENSORRT_PROVIDER:
         precision = "fp32"
     model = onnx_path(spec, precision, quant)
