@@ -62,15 +62,19 @@ def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> Spec:
     return bind(parse_spec(data, source), source)
 
 
-def check_model(spec: Spec, source: str = "<spec>") -> None:
-    """SpecError (exit 2) when the model's source cannot be loaded (a factory that is not there,
-    an ONNX file that is missing or not ONNX): before a study is created, not once per trial."""
+def check_model(spec: Spec, source: str = "<spec>") -> Spec:
+    """The spec with its model's and data's content hashes found (models.identity), which every
+    trial's artifacts are keyed on. SpecError (exit 2) when the model's source cannot be loaded (a
+    factory that is not there or raises, an ONNX file that is missing or not ONNX): before a study
+    is created, not once per trial."""
+    from autotuner.models.identity import with_digests
     from autotuner.models.sources import check_source
     from autotuner.spec.loading import field_error
     from autotuner.spec.schema import FieldError
 
     try:
         check_source(spec)
+        return with_digests(spec)
     except FieldError as e:
         raise field_error(source, e) from None
 
@@ -182,7 +186,7 @@ def run(
     if address is not None and executor != "ray":
         raise UsageError("--address applies to --executor ray")
     # Everything that would fail every trial, or the end of the run, is refused before a study exists.
-    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
     check_writable(Path(reports_dir), "reports")
     progress = progress or Progress()
     url = _url(s, None)
@@ -283,7 +287,7 @@ def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, An
     from autotuner.search.space import bench_config
 
     s = _spec(spec, None, None)
-    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
     full = bench_config(s, config)
     caps = probe()
     known = precheck(s, full, caps, [])
@@ -314,7 +318,7 @@ def quantize(
     from autotuner.search.space import bench_config
 
     s = _spec(spec, None, None)
-    check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
     full = bench_config(s, config)
     backend = backend_of(full)
     if not backend.startswith("onnxruntime-"):
@@ -373,7 +377,7 @@ def verify(
     if spec is not None and fp and fp != s.fingerprint():
         study = best_data["provenance"].get("study")
         progress.say(f"note: {spec} is not the spec study {study} ran; measuring with {spec}")
-    check_model(s, source)
+    s = check_model(s, source)
     cand = v.Arm("candidate", str(best), v.arm_config(s, best_data, str(best)))
     if other_data is not None:
         other = v.Arm("other", str(against), v.arm_config(s, other_data, str(against)))

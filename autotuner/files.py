@@ -118,6 +118,48 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def content_sha256(path: Path) -> str:
+    """file_sha256, remembered in the cache folder under the file's identity on disk (device,
+    inode, size, mtime and ctime in nanoseconds): a big model file is read once, not once a
+    run. Any write to the file changes its ctime (which no tool can set back), so a changed
+    file is always read again."""
+    import hashlib
+    import json
+
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo = cache_dir() / "file-hashes" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    try:
+        known = json.loads(memo.read_text())
+        if known.get("stamp") == stamp and known.get("path") == str(path):
+            return str(known["sha256"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass  # not remembered yet (or written by another version): read below
+    digest = file_sha256(path)
+    if path.stat().st_ctime_ns == st.st_ctime_ns:  # not written while it was read
+        try:
+            atomic_write_text(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": digest}))
+        except OSError:
+            pass  # a cache that cannot be written costs a re-read next time, nothing else
+    return digest
+
+
+def tree_sha256(folder: Path) -> str:
+    """One hash of a folder's files: each regular file's path below it and content, in name
+    order; hidden files and folders (.git, .cache) are left out."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0{content_sha256(f)}\0".encode())
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """Where artifacts (ONNX exports, reference outputs) and result journals are kept."""
     root = os.environ.get("AUTOTUNE_CACHE_DIR") or Path.home() / ".cache" / "autotune"

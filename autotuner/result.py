@@ -17,6 +17,10 @@ FAILURE_CLASSES: dict[str, str] = {
     "invalid-metric": (
         "an objective or constraint metric is NaN, infinite or missing, or accuracy.metric failed"
     ),
+    "reference-mismatch": (
+        "fp32 on this backend disagrees with the fp32 reference: it ran another model than the "
+        "reference was computed from; the backend is not measured again until the model changes"
+    ),
     "interrupted": "the driver stopped (killed or Ctrl-C) while the trial ran; it is retried",
     "under-load": "other work loaded the trial's cores while it measured; kept, left out, measured again",
 }

@@ -346,7 +346,7 @@ def load_causal_lm(spec: Spec) -> Any:
     from autotuner.models.builtins import tiny_llama
 
     if spec.model.hf is None:
-        return tiny_llama(spec.model.options)
+        return tiny_llama({**spec.model.options, "seed": spec.model_seed})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
 
@@ -481,13 +481,11 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
     from autotuner.files import cache_dir
 
     prompts = [r.prompt for r in reqs[:REFERENCE_REQUESTS]]
+    from autotuner.models.identity import artifact_key
+
     h = hashlib.sha256()
-    h.update(json.dumps(spec.model.model_dump(mode="json"), sort_keys=True).encode())
-    if spec.model.hf is not None:
-        for f in sorted(spec.resolve(spec.model.hf).glob("*")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps([prompts, REFERENCE_TOKENS, device, _versions()]).encode())
+    h.update(artifact_key(spec).encode())  # the model's content (an HF folder's files), not its path
+    h.update(json.dumps([prompts, REFERENCE_TOKENS, device]).encode())
     path = cache_dir() / "llm-reference" / f"{h.hexdigest()[:24]}.npz"
     if not path.exists():
         from autotuner.errors import AutotuneError
@@ -504,14 +502,6 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
     with np.load(path) as z:
         logits, tokens = z["logits"], z["tokens"]
     return {"logits": list(logits), "tokens": [[int(t) for t in row if t >= 0] for row in tokens]}
-
-
-def _versions() -> list[str]:
-    from importlib.metadata import version
-
-    from autotuner._version import __version__
-
-    return [__version__, version("torch"), version("transformers")]
 
 
 def _make_reference(spec: Spec, prompts: list[list[int]], device: str, path: str) -> None:

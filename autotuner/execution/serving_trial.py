@@ -76,7 +76,7 @@ def run_serving_trial(
     block_s: float | None,
 ) -> TrialResult:
     """Setup, the load (and the max-rate bisection), then the accuracy check (a search trial only)."""
-    from autotuner.execution.accuracy import compare, data_info, task_scores
+    from autotuner.execution.accuracy import check_reference, compare, data_info, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.inputs import chunks
 
@@ -128,6 +128,7 @@ def run_serving_trial(
                 ]
             )
             metrics.update(compare(outs, ref))
+            check_reference(backend_of(config), runner.value(runner.config, "precision"), metrics)
             metrics.update(task_scores(spec, outs, ref))
     finally:
         server.stop()

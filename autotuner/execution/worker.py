@@ -114,7 +114,13 @@ def run_trial(
     re-measurement block measures for block_s seconds and skips the accuracy check (accuracy does
     not change between processes; the config's trial measured it).
     """
-    from autotuner.execution.accuracy import compare, data_info, task_scores
+    from autotuner.execution.accuracy import (
+        ReferenceMismatch,
+        check_reference,
+        compare,
+        data_info,
+        task_scores,
+    )
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.builtins import model_inputs
     from autotuner.models.inputs import chunks, make_inputs
@@ -166,11 +172,14 @@ def run_trial(
                 [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
             )
             metrics.update(compare(outs, ref))
+            check_reference(backend_of(config), runner.value(runner.config, "precision"), metrics)
             metrics.update(task_scores(spec, outs, ref))
         info = {**runner.trial_info(), **(data_info(spec) if block_s is None else {})}
         runner.teardown()
     except TaskMetricError as e:
         return TrialResult.failure("invalid-metric", str(e))
+    except ReferenceMismatch as e:  # what it measured is kept, and says which model it was
+        return TrialResult(False, e.metrics, "reference-mismatch", str(e))
     except Exception as e:  # noqa: BLE001 - every failure becomes classified data
         return classify(e)
     finally:
@@ -190,7 +199,10 @@ def main(argv: list[str]) -> int:
     spec = parse_spec(request["spec"])
     device = Device.from_dict(request["device"])
     caps = request["caps"]
-    payload = run_trial(spec, request["config"], device, caps, request.get("block_s")).to_dict()
+    result = run_trial(spec, request["config"], device, caps, request.get("block_s"))
+    if spec.model_digest is not None:  # which model was measured: a retrained one is another
+        result.info.setdefault("model_sha256", spec.model_digest)
+    payload = result.to_dict()
     tmp = out_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, out_path)

@@ -1,4 +1,6 @@
-"""Artifacts shared by trials, made once in a child process and cached by content hash.
+"""Artifacts shared by trials, made once in a child process and cached by content hash: the
+key (models.identity.artifact_key) is what the model computes (its weights, not its source
+file), the data's content and the library versions that make the artifact.
 
 - the ONNX export of a torch model (and its fp16, int8-dynamic and static int8 variants, one per
   calibration setting and calibration data);
@@ -29,7 +31,7 @@ OPSET = 17
 def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -> Path:
     """The ONNX file for a precision, made on first use; static int8 takes its settings
     (models.quantization.settings_of) and is calibrated on the data's calibration set."""
-    from autotuner.models.builtins import model_identity
+    from autotuner.models.identity import artifact_key
 
     if spec.model.onnx is not None and precision == "fp32":
         return spec.resolve(spec.model.onnx)
@@ -41,7 +43,7 @@ def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -
         if quant is None or spec.data is None:
             raise AutotuneError("static int8 needs its calibration settings and the spec's data")
         variant = variant_name(quant, data_sets(spec).sha256)
-    path = cache_dir() / "onnx" / f"{model_identity(spec)}.{variant}.onnx"
+    path = cache_dir() / "onnx" / f"{artifact_key(spec)}.{variant}.onnx"
     if not path.exists():
         _in_child("onnx", spec, {"precision": precision, "path": str(path), "quant": quant})
     return path
@@ -57,17 +59,17 @@ def quantization_record(path: Path) -> dict[str, Any]:
 
 
 def reference_outputs(spec: Spec) -> np.ndarray:
-    from autotuner.models.builtins import model_identity
+    from autotuner.models.identity import artifact_key
 
     if spec.data is not None:
         from autotuner.models.dataset import data_sets
 
         sets = data_sets(spec)
         name = (
-            f"{model_identity(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
+            f"{artifact_key(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
         )
     else:
-        name = f"{model_identity(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
+        name = f"{artifact_key(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
     path = cache_dir() / "reference" / name
     if not path.exists():
         _in_child("reference", spec, {"path": str(path)})

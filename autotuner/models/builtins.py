@@ -5,11 +5,9 @@ torch and transformers are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import sys
 from pathlib import Path
@@ -58,25 +56,6 @@ def model_inputs(spec: Spec) -> list[InputSpec]:
     raise UsageError(f"builtin {spec.model.builtin!r} has no default inputs")  # pragma: no cover
 
 
-def model_identity(spec: Spec) -> str:
-    """A content hash of the model's definition: cache key for exports and reference outputs."""
-    m = spec.model
-    h = hashlib.sha256()
-    h.update(json.dumps(m.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(json.dumps([i.model_dump(mode="json") for i in model_inputs(spec)]).encode())
-    if m.onnx is not None:
-        h.update(_file_hash(spec.resolve(m.onnx)))
-    elif m.factory is not None:
-        source = module_source(spec, m.factory)
-        if source is not None:
-            h.update(_file_hash(source))
-    else:
-        from autotuner._version import __version__
-
-        h.update(__version__.encode())
-    return h.hexdigest()[:24]
-
-
 def module_source(spec: Spec, target: str) -> Path | None:
     """The source file of a 'module:function' target's module (found from the spec's folder, the
     current one or sys.path), or None when it has none; what a cache key hashes for user code."""
@@ -93,11 +72,11 @@ def build_torch_model(spec: Spec) -> Any:
     if m.onnx is not None:
         raise UsageError("an ONNX model has no torch module")
     if m.builtin == "tiny-transformer":
-        module = _tiny_transformer(**{**TINY_DEFAULTS, **m.options})
+        module = _tiny_transformer(**{**TINY_DEFAULTS, **m.options, "seed": spec.model_seed})
     elif m.builtin == "minilm":
         module = _minilm()
     elif m.builtin == "tiny-llama":
-        module = tiny_llama(m.options)
+        module = tiny_llama({**m.options, "seed": spec.model_seed})
     else:
         module = _call_factory(spec)
     return module.eval()
@@ -120,10 +99,11 @@ def _call_factory(spec: Spec) -> Any:
         inspect.signature(fn).bind(**spec.model.options)
     except TypeError as e:
         raise UsageError(f"model.options do not fit {target}: {e}") from None
-    # Seeded, so that a factory that draws random weights builds the same model in every
-    # process (the fp32 reference is computed in another process than the trial).
+    # Seeded with the model's seed (never the sampler's), so that a factory that draws random
+    # weights builds the same model in every process (the fp32 reference is computed in another
+    # process than the trial) and in every tuning run.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.data_seed)
+        torch.manual_seed(spec.model_seed)
         module = fn(**spec.model.options)
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"model.factory {target} returned {type(module).__name__}, not nn.Module")
@@ -142,13 +122,6 @@ class _on_path:
         for d in self.added:
             if d in sys.path:
                 sys.path.remove(d)
-
-
-def _file_hash(path: Path) -> bytes:
-    try:
-        return hashlib.sha256(path.read_bytes()).digest()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _tiny_transformer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.files import atomic_write, cache_dir, file_sha256
+from autotuner.files import atomic_write, cache_dir
 from autotuner.spec.fields import FieldError
 from autotuner.spec.schema import InputSpec, Spec
 
@@ -115,8 +116,7 @@ def read_samples(spec: Spec, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             return _checked(_read_npz(path, where), specs, where, path.name, batch_axis=True)
         return _checked(_read_jsonl(path, specs, where), specs, where, path.name, batch_axis=False)
     if data.factory is not None:
-        where = ("data", "factory")
-        return _checked(_from_factory(spec, where), specs, where, data.factory, batch_axis=True)
+        return _factory_samples(spec)[1]
     where = ("data", "builtin")
     return _checked(_sentences(spec, where), specs, where, "builtin sentences", batch_axis=False)
 
@@ -351,22 +351,50 @@ def _cache_key(spec: Spec, specs: list[InputSpec]) -> str:
     h.update(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
     h.update(json.dumps([s.model_dump(mode="json") for s in specs]).encode())
     h.update(f"{spec.data_seed}:{__version__}".encode())
+    h.update(data_digest(spec).encode())
+    return h.hexdigest()[:24]
+
+
+_FACTORY_SAMPLES: dict[str, tuple[str, dict[str, np.ndarray]]] = {}  # this process's factory reads
+
+
+def data_digest(spec: Spec, fresh: bool = False) -> str:
+    """What the data source holds, as a hash: the spec's (found by the process that started the
+    trial), else found now. A file: its content; the builtin sentences: the shipped file and the
+    tokenizer's package; a factory: the samples it returns (it is called: its code may read
+    anything)."""
+    from autotuner.files import content_sha256
+
+    if spec.data_digest is not None and not fresh:
+        return spec.data_digest
+    data = spec.data
+    assert data is not None
     if data.file is not None:
         path = spec.resolve(data.file)
-        if path.is_file():
-            h.update(file_sha256(path).encode())
-    elif data.factory is not None:
-        from autotuner.models.builtins import module_source
+        return content_sha256(path) if path.is_file() else "unreadable"  # reading it says why
+    if data.factory is not None:
+        return _factory_samples(spec, fresh)[0]
+    from autotuner.models.identity import library_versions
 
-        try:
-            source = module_source(spec, data.factory)
-        except (ImportError, ValueError):
-            source = None  # reading it reports why, with the field
-        if source is not None and source.is_file():
-            h.update(file_sha256(source).encode())
-    else:
-        h.update(file_sha256(SENTENCES).encode())
-    return h.hexdigest()[:24]
+    return hashlib.sha256(f"{content_sha256(SENTENCES)}:{library_versions()}".encode()).hexdigest()
+
+
+def _factory_samples(spec: Spec, fresh: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+    """The factory's checked samples and their content hash, read once in this process."""
+    from autotuner.models.builtins import model_inputs
+
+    specs = model_inputs(spec)
+    key = json.dumps(
+        [spec.model_dump(mode="json")["data"], os.path.abspath(spec.base_dir), os.getcwd()],
+        sort_keys=True,
+        default=str,
+    )
+    if fresh or key not in _FACTORY_SAMPLES:
+        where: tuple[str | int, ...] = ("data", "factory")
+        shown = spec.data.factory if spec.data is not None and spec.data.factory else "data.factory"
+        samples = _checked(_from_factory(spec, where), specs, where, shown, batch_axis=True)
+        _FACTORY_SAMPLES[key] = (_content_hash(samples), samples)
+    return _FACTORY_SAMPLES[key]
 
 
 def _write_cache(path: Path, sets: DataSets) -> None:

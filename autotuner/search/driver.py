@@ -120,6 +120,9 @@ def precheck(
             predicted_mb=memory[0] / 2**20,
             device_mb=memory[1] / 2**20,
         )
+    mismatch = reference_mismatch(spec, backend_of(config), trials)
+    if mismatch is not None:
+        return mismatch
     rest = {k: v for k, v in config.items() if k != "batch_size"}
     for t in trials:
         cls_ = rec.failure_class(t)
@@ -138,6 +141,25 @@ def precheck(
     return None
 
 
+def reference_mismatch(spec: Spec, backend: str, trials: list[FrozenTrial]) -> TrialResult | None:
+    """The backend's fp32 disagreed with the fp32 reference on this model: every config of it is
+    refused, free, until the model changes (another model digest)."""
+    for t in trials:
+        if rec.failure_class(t) != "reference-mismatch" or rec.failed_before(t) is not None:
+            continue
+        if backend_of(rec.trial_config(t)) != backend:
+            continue
+        if rec.info(t).get("model_sha256") != spec.model_digest:
+            continue  # measured on another model: that one may have been the broken export
+        return TrialResult.failure(
+            "reference-mismatch",
+            f"not run: fp32 on {backend} disagreed with the fp32 reference in trial #{t.number}, so "
+            f"{backend} runs another model than the reference; fix the model or its export and rerun",
+            **{rec.FAILED_BEFORE: t.number},
+        )
+    return None
+
+
 def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -> tuple[str, str | None]:
     """Store every metric and end the trial, in one transaction. Returns (summary, failure class)."""
     attrs = rec.result_attrs(result)
@@ -151,6 +173,8 @@ def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -
             message = f"{bad[0]} is {'missing' if bad[0] not in result.metrics else 'not finite'}"
     if failure:
         attrs.update({rec.FAILURE_CLASS: failure, rec.FAILURE_MESSAGE: message})
+        if result.info.get(rec.FAILED_BEFORE) is not None:  # refused as the failure of an earlier trial
+            attrs[rec.FAILED_BEFORE] = result.info[rec.FAILED_BEFORE]
         if failure in NOT_LAUNCHED:
             # Known without running: PRUNED and infeasible, so that samplers which read only
             # COMPLETE and PRUNED trials (TPE, NSGA-II) rank it last and steer away from it.

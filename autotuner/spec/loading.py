@@ -125,7 +125,11 @@ def field_error(source: str, error: FieldError) -> SpecError:
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
     """A plain dict that crosses a process boundary and validates back to the same Spec."""
-    return {**spec.model_dump(mode="json"), **spec.sections, "base_dir": spec.base_dir}
+    out = {**spec.model_dump(mode="json"), **spec.sections, "base_dir": spec.base_dir}
+    for key in ("model_digest", "data_digest"):
+        if getattr(spec, key) is not None:
+            out[key] = getattr(spec, key)
+    return out
 
 
 

@@ -91,6 +91,10 @@ class ModelSpec(_Strict):
     # A local Hugging Face causal-LM directory (the llm backend); read offline.
     hf: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # The seed of random weights, apart from the sampler's `seed`: a factory is called under
+    # torch.manual_seed(seed), the built-in models draw their weights from it (their option
+    # `seed`, where given, says the same). Changing the sampler's seed never changes the model.
+    seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -412,6 +416,11 @@ class Spec(_Strict):
     sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
     # Where the spec came from; relative model paths resolve against it. Not a YAML field.
     base_dir: str = Field(default=".", exclude=True)
+    # What the model computes and what the data holds, as hashes (models.identity), found once
+    # by the process that starts the trials and handed to them: every cached artifact is keyed
+    # on them. Not YAML fields; None until found.
+    model_digest: str | None = Field(default=None, exclude=True)
+    data_digest: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -630,6 +639,11 @@ class Spec(_Strict):
                 )
 
     @property
+    def model_seed(self) -> int:
+        """The seed of the model's random weights: a builtin's option `seed`, else model.seed."""
+        return int(self.model.options.get("seed", self.model.seed))
+
+    @property
     def data_seed(self) -> int:
         """The seed of the model inputs and accuracy samples (stable when the sampler's is not)."""
         return self.seed if self.seed is not None else 0
@@ -663,6 +677,8 @@ class Spec(_Strict):
             del data["data"]  # likewise
         if data["accuracy"].get("metric") is None:
             data["accuracy"].pop("metric", None)  # likewise
+        if data["model"].get("seed") == 0:
+            del data["model"]["seed"]  # likewise
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

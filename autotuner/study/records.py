@@ -49,6 +49,7 @@ SPEC = "spec"
 SPEC_PATH = "spec_path"
 SPEC_FINGERPRINT = "spec_fingerprint"
 DATA_SHA256 = "data_sha256"  # of the spec's data, where it has one (its content is not in the spec)
+MODEL_SHA256 = "model_sha256"  # what the model computes (models.identity): its weights, not its name
 SAMPLER_SEED = "sampler_seed"
 ENVIRONMENT = "environment"
 VERSION = "autotune_version"
@@ -99,6 +100,11 @@ def under_load(t: FrozenTrial) -> bool:
 
 def pooled_from(t: FrozenTrial) -> list[int] | None:
     return t.user_attrs.get(POOLED_FROM)
+
+
+def info(t: FrozenTrial) -> dict[str, Any]:
+    """What the trial's runner said of how it ran (the model and data it measured, ...)."""
+    return dict(t.user_attrs.get(INFO) or {})
 
 
 def failed_before(t: FrozenTrial) -> int | None:

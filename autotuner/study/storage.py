@@ -121,6 +121,15 @@ def _data_sha256(spec: Spec) -> str | None:
         return None
 
 
+def stored_spec(spec: Spec) -> dict[str, Any]:
+    """The spec as a study keeps it: without the digests of this run's model and data (the
+    study records them apart, and a later reader finds them anew from the model it has)."""
+    data = spec_to_dict(spec)
+    data.pop("model_digest", None)
+    data.pop("data_digest", None)
+    return data
+
+
 def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Progress) -> optuna.Study:
     """The spec's study: created with its attributes (spec, machine, sampler seed), or resumed."""
     storage = open_storage(storage_url, create=True, say=progress.say)
@@ -148,6 +157,12 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
                 f"note: the data's content changed since study {name!r} was created (sha256 {was[:12]} "
                 f"-> {now[:12]}); resuming anyway: each trial's info names the data it was measured on"
             )
+        was, now = rec.study_attr(study, rec.MODEL_SHA256), spec.model_digest
+        if was is not None and now is not None and was != now:
+            progress.say(
+                f"note: the model changed since study {name!r} was created (its weights or graph: sha256 "
+                f"{was[:12]} -> {now[:12]}); resuming anyway: each trial's info names the model it measured"
+            )
         return study
     # optuna-dashboard and Optuna's plots label the objectives by these names. (Optuna calls the
     # method experimental; it has been stable since 3.2 and the names are only labels.)
@@ -158,9 +173,10 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
         study,
         **{
             rec.SAMPLER_SEED: spec.seed if spec.seed is not None else secrets.randbelow(2**31),
-            rec.SPEC: spec_to_dict(spec),
+            rec.SPEC: stored_spec(spec),
             rec.SPEC_FINGERPRINT: spec.fingerprint(),
             **({rec.DATA_SHA256: sha} if (sha := _data_sha256(spec)) else {}),
+            **({rec.MODEL_SHA256: spec.model_digest} if spec.model_digest else {}),
             rec.ENVIRONMENT: caps,
             rec.VERSION: __version__,
         },
