@@ -234,3 +234,6 @@ def test_an_export_of_other_weights_trips_the_backstop_and_the_backend_is_refuse
     torch_trials = [t for t in study.trials if t not in ort]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in torch_trials)
     assert "reference-mismatch" in out.stdout + out.stderr
+    best = yaml.safe_load((folder / "reports" / "w.best.yaml").read_text())
+    assert best["params"]["backend"] == "torch-eager"
+    assert best["provenance"]["model_sha256"] == spec.model_digest, "the export names the model measured"

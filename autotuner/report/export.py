@@ -141,9 +141,18 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "autotune_version": __version__,
             "spec_fingerprint": rec.study_attr(study, rec.SPEC_FINGERPRINT),
+            # What the model computed when this config was measured (its weights and graph, not its
+            # name): a retrained model has another.
+            **({"model_sha256": m} if (m := _model_sha256(study, trial)) else {}),
         },
         "remeasure_command": shlex.join(argv),
     }
+
+
+def _model_sha256(study: Any, trial: Any) -> str | None:
+    """The measured model's digest: as the trial recorded it, else as the study did."""
+    info = rec.marker(trial, rec.INFO) or {}
+    return info.get("model_sha256") or rec.study_attr(study, rec.MODEL_SHA256)
 
 
 def _data_evidence(
