@@ -79,6 +79,19 @@ def check_model(spec: Spec, source: str = "<spec>") -> Spec:
         raise field_error(source, e) from None
 
 
+def check_space(spec: Spec, caps: dict[str, Any], source: str = "<spec>") -> None:
+    """SpecError (exit 2) when every config of the space is refused before launch on a machine
+    with these capabilities: said before a study exists, with a change that would make one run."""
+    from autotuner.search.runnable import check_runnable
+    from autotuner.spec.loading import field_error
+    from autotuner.spec.schema import FieldError
+
+    try:
+        check_runnable(spec, caps)
+    except FieldError as e:
+        raise field_error(source, e) from None
+
+
 def probe() -> dict[str, Any]:
     """What this machine offers (cores, GPUs, providers, library versions), probed in a child."""
     from autotuner.execution.capabilities import probe as _probe
@@ -197,6 +210,7 @@ def run(
     if ex.caps_note:
         progress.say(ex.caps_note)
     try:
+        check_space(s, caps, str(spec) if isinstance(spec, str | Path) else "<spec>")
         st = open_study(s, storage=url, caps=caps, progress=progress)
         if isinstance(spec, str | Path):
             rec.set_spec_path(st, str(spec))

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
 from helpers import FAST_MEASUREMENT
 
 AUTOTUNE = [sys.executable, "-m", "autotuner.cli"]

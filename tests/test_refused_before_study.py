@@ -152,8 +152,99 @@ def test_a_factory_bound_in_a_branch_or_by_import_passes_the_check(tmp_path: Pat
     (tmp_path / "mymod.py").write_text(
         "try:\n    from torch.nn import Linear as build\nexcept ImportError:\n    build = None\n"
     )
+    # The model is built once to hash its weights: options that fit it are given.
+    model = {**SPEC["model"], "options": {"in_features": 16, "out_features": 4}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "model": model}))
+    assert check_model(load_spec(tmp_path / "spec.yaml")).model_digest
+
+
+def test_a_factory_that_cannot_build_its_model_is_refused_before_a_study(tmp_path: Path) -> None:
+    (tmp_path / "mymod.py").write_text("def build():\n    raise RuntimeError('no weights.pt here')\n")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    check_model(load_spec(tmp_path / "spec.yaml"))
+    _refused(
+        _cli(tmp_path, "run", "spec.yaml"),
+        tmp_path,
+        "spec.yaml: model.factory: building the model to hash its weights failed: "
+        "RuntimeError: no weights.pt here",
+    )
+
+
+TINY = {"builtin": "tiny-transformer", "options": {"layers": 1, "hidden": 32, "heads": 2, "seq_len": 8}}
+
+
+def _tiny(space: dict, **extra: object) -> dict:
+    return {**SPEC, "model": TINY, "inputs": None, "space": space, **extra}
+
+
+# Issue 24: input that used to start a study (a crash after it, every trial refused, or a section
+# ignored in silence), each now one line before a study exists.
+STARTED_A_STUDY = [
+    pytest.param(
+        _tiny({"backend": ["torch-eager"], "batch_size": {"low": 1, "high": 10**12}}),
+        "space.batch_size.high: the range 1 to 1,000,000,000,000 holds 1,000,000,000,000 values; an int "
+        "range holds at most 1,000,000 (give log: true, a larger step, or a lower high)",
+        id="huge-int-range",
+    ),
+    pytest.param(
+        _tiny({"backend": ["torch-eager"], "batch_size": {"low": 1, "high": 10**12, "log": True}}),
+        "space.batch_size.high: 1,000,000,000,000 is above 16,777,216, the most batch_size may be",
+        id="huge-log-batch-range",
+    ),
+    pytest.param(
+        _tiny({"backend": ["torch-eager"], "threads": [1, 100000]}),
+        "space.threads: 100000 is above 4,096, the most threads may be",
+        id="threads-beyond-any-machine",
+    ),
+    pytest.param(
+        _tiny(
+            {
+                "backend": ["onnxruntime-cpu"],
+                "precision": ["fp32"],
+                "calibration": ["entropy"],
+                "batch_size": [1, 2],
+            }
+        ),
+        "space: no config of the space can run here: all 2 configs are refused before launch (e.g. "
+        "backend=onnxruntime-cpu precision=fp32 calibration=entropy batch_size=1: calibration applies to "
+        "precision int8 (static, calibrated)); it would run with calibration left out of the space (or "
+        "given a `when` condition)",
+        id="condition-never-met",
+    ),
+    pytest.param(
+        _tiny({"backend": ["torch-eager"], "threads": [64]}),
+        "space: no config of the space can run here: all 1 configs are refused before launch (e.g. "
+        "backend=torch-eager threads=64: threads=64 exceeds the",
+        id="threads-beyond-this-machine",
+    ),
+    pytest.param(
+        _tiny({"backend": ["torch-eager"], "batch_size": [1]}, workload={"requests": 8}),
+        "workload: is read by the llm backend only; this spec searches torch-eager (remove the section or "
+        "add a backend that reads it)",
+        id="section-no-backend-reads",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), STARTED_A_STUDY)
+def test_input_that_used_to_start_a_study_is_refused_before_one(
+    tmp_path: Path, spec: dict, expected: str
+) -> None:
+    spec = {k: v for k, v in spec.items() if v is not None}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    _refused(_cli(tmp_path, "run", "spec.yaml"), tmp_path, "spec.yaml: " + expected)
+
+
+def test_a_grid_over_a_wide_range_is_sized_without_listing_it() -> None:
+    from autotuner.search.space import grid_size, random_config
+    from autotuner.spec.loading import parse_spec
+
+    space = {"backend": ["torch-eager"], "batch_size": {"low": 1, "high": 10**6}, "threads": [1, 2]}
+    spec = parse_spec({k: v for k, v in _tiny(space).items() if v is not None})
+    assert grid_size(spec) == 2 * 10**6
+    import random
+
+    draws = {random_config(spec, random.Random(i))["batch_size"] for i in range(50)}
+    assert len(draws) > 40 and all(1 <= b <= 10**6 for b in draws)
 
 
 UNWRITABLE = "/proc/autotune-no-such/out"  # /proc refuses new folders, root or not
@@ -253,4 +344,4 @@ def test_the_default_connect_timeout_applies_without_one_in_the_url(
 
 def test_the_corpus_of_malformed_input_holds_150_cases() -> None:
     # The spec files (tests/test_spec_errors.py), the model sources and the command lines here.
-    assert len(CASES) + len(MODEL_CASES) + len(CLI_CASES) >= 150
+    assert len(CASES) + len(MODEL_CASES) + len(CLI_CASES) + len(STARTED_A_STUDY) >= 150

@@ -63,8 +63,14 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
             if cls.settings_required and used and not given:
                 backends = " or ".join(cls.backends)
                 raise FieldError(key, f"required when space.backend includes {backends}")
-            if cls.settings_required and given and not used:
-                raise FieldError(key, f"applies only when space.backend includes {' or '.join(cls.backends)}")
+            if given and not used:
+                # Read by no backend of the space: silently ignoring what a user wrote is how
+                # tuning results get misread.
+                raise FieldError(
+                    key,
+                    f"is read by the {' or '.join(cls.backends)} backend only; this spec searches "
+                    f"{', '.join(spec.backends)} (remove the section or add a backend that reads it)",
+                )
             if (used or given) and cls.Settings is not None:
                 # A section given is checked even where no backend reads it (as the schema did).
                 settings = validate(cls.Settings, spec.sections.get(key) or {}, source, (key,))
@@ -75,8 +81,10 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
     return spec
 
 
-# Knobs every runner reads as a whole number of at least one.
-_COUNTS = ("batch_size", "threads", "max_batch_size", "instances")
+# Knobs every runner reads as a whole number of at least one, and the most each can mean: a
+# batch of 16.7 million items in one call, or more threads, instances or cores than any machine
+# has, is a typo (a range up to 10**12 was one), refused before a study.
+_COUNTS = {"batch_size": 1 << 24, "threads": 4096, "max_batch_size": 1 << 24, "instances": 1024}
 
 
 def _scenario(spec: Spec, classes: list[type[Runner]]) -> None:
@@ -157,13 +165,19 @@ def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
     if name in _COUNTS:
         if param.type == "float":
             raise FieldError(where, "must be whole numbers: give an int range (integer low and high)")
+        most = _COUNTS[name]
         if param.type == "int":
             if param.low is not None and param.low < 1:
                 raise FieldError((*where, "low"), f"{param.low:g} is below 1; {name} is at least 1")
+            if param.high is not None and param.high > most:
+                high = int(param.high)
+                raise FieldError((*where, "high"), f"{high:,} is above {most:,}, the most {name} may be")
             return
         for v in param.values() or []:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FieldError(where, f"{v!r} is not a valid {name}; use whole numbers of at least 1")
+            if v > most:
+                raise FieldError(where, f"{v} is above {most:,}, the most {name} may be")
         return
     if name == "precision":
         values: list[object] = sorted({p for c in readers for p in c.precisions})

@@ -123,6 +123,7 @@ class _Grid(optuna.samplers.BruteForceSampler):
 def grid_size(spec: Spec) -> int | None:
     """How many distinct configs the space holds, conditions included; None if unbounded."""
     names = order(spec.space)
+    read = {dep for p in spec.space.values() for dep in (p.when or {})}  # by some condition
 
     def count(i: int, config: dict[str, Any]) -> int | None:
         if i == len(names):
@@ -130,6 +131,9 @@ def grid_size(spec: Spec) -> int | None:
         p = spec.space[names[i]]
         if not active(p, config):
             return count(i + 1, config)
+        if names[i] not in read:  # no condition reads it: its values multiply, unlisted
+            size, rest = p.size(), count(i + 1, config)
+            return None if size is None or rest is None else size * rest
         values = p.values()
         if values is None:
             return None
@@ -176,17 +180,16 @@ def random_config(spec: Spec, rng: Any) -> dict[str, Any]:
         p = spec.space[name]
         if not active(p, config):
             continue
-        values = p.values()
         if p.type == "fixed":
             config[name] = p.value
-        elif values is not None:
-            config[name] = rng.choice(values)
+        elif p.type == "categorical":
+            config[name] = rng.choice(p.choices)
         elif p.type == "int":
             lo, hi = int(p.low), int(p.high)  # type: ignore[arg-type]
             if p.log:
                 config[name] = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
-            else:
-                config[name] = rng.randint(lo, hi)
+            else:  # a step of the range, drawn without listing the range
+                config[name] = lo + int(p.step or 1) * rng.randrange(p.size() or 1)
         else:
             lo_f, hi_f = float(p.low), float(p.high)  # type: ignore[arg-type]
             config[name] = (

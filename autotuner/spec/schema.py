@@ -149,6 +149,11 @@ class InputSpec(_Strict):
         return self
 
 
+# An int range without log holds at most this many values: the grid, the covering design and the
+# condition checks enumerate finite ranges, and a wider one cannot be searched as given.
+MAX_RANGE_VALUES = 1_000_000
+
+
 class ParamSpec(_Strict):
     type: Literal["categorical", "int", "float", "fixed"]
     choices: list[Scalar] | None = None
@@ -225,7 +230,24 @@ class ParamSpec(_Strict):
                     raise FieldError(
                         "step", f"{self.step:g} is not an integer; an int range needs an integer step"
                     )
+            if t == "int" and not self.log:
+                count = (int(self.high) - int(self.low)) // int(self.step or 1) + 1  # type: ignore[arg-type]
+                if count > MAX_RANGE_VALUES:
+                    raise FieldError(
+                        "high",
+                        f"the range {int(self.low):,} to {int(self.high):,} holds {count:,} values; an int "
+                        f"range holds at most {MAX_RANGE_VALUES:,} (give log: true, a larger step, or a "
+                        "lower high)",
+                    )
         return self
+
+    def size(self) -> int | None:
+        """How many values the parameter can take (without listing them), None if unbounded."""
+        if self.type in ("categorical", "fixed"):
+            return len(self.choices or []) if self.type == "categorical" else 1
+        if self.type == "int" and not self.log:
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1  # type: ignore[arg-type]
+        return None
 
     def values(self) -> list[Scalar] | None:
         """Every value the parameter can take, where that set is finite."""
