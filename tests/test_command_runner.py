@@ -102,12 +102,15 @@ def test_non_zero_exit_fails_with_the_stderr_tail(in_tmp: Path) -> None:
         assert "the device is not ready" in t.user_attrs["failure_message"]
 
 
-def test_a_missing_program_is_unsupported_before_launch(in_tmp: Path) -> None:
+def test_a_missing_program_is_refused_before_a_study(in_tmp: Path) -> None:
+    # Every config of the space is refused before launch: a spec error, not a study of refusals.
     d = spec_dict(in_tmp)
     d["command"]["argv"][0] = "no-such-benchmark-program"
-    run(spec_from_dict(d), progress=QUIET)
-    for t in _trials():
-        assert t.state == TrialState.PRUNED and "not on PATH" in t.user_attrs["failure_message"]
+    with pytest.raises(SpecError) as e:
+        run(spec_from_dict(d), progress=QUIET)
+    assert "no config of the space can run here" in str(e.value)
+    assert "program 'no-such-benchmark-program' is not on PATH here" in str(e.value)
+    assert not (in_tmp / "studies").exists()
 
 
 @pytest.mark.parametrize(
