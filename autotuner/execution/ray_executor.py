@@ -20,7 +20,7 @@ from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
-from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
 
 GRACE_S = 60.0
@@ -168,7 +168,7 @@ class RayExecutor(Executor):
                 runtime_env=env,
                 configure_logging=False,
             )
-        self.spec_dict = spec_to_dict(spec)
+        self.spec_dict = public_spec_dict(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())

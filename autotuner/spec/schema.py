@@ -24,6 +24,7 @@ from autotuner.metrics import names as metric_names
 from autotuner.spec.data import DataSpec
 from autotuner.spec.fields import FieldError, function_path
 from autotuner.spec.serving import ServingSpec
+from autotuner.spec.urls import redact
 
 
 def value_kind(v: Any) -> str:
@@ -663,6 +664,9 @@ class Spec(_Strict):
             del data["data"]  # likewise
         if data["accuracy"].get("metric") is None:
             data["accuracy"].pop("metric", None)  # likewise
+        if data["storage"]:
+            # A short hash of a known spec would let anyone holding the study try passwords offline.
+            data["storage"] = redact(data["storage"])
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

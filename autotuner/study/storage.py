@@ -19,8 +19,9 @@ from sqlalchemy.exc import ArgumentError
 from autotuner._version import __version__
 from autotuner.errors import StudyNotFound, UsageError
 from autotuner.progress import Progress
-from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.spec.urls import redact
 from autotuner.study import records as rec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,14 +30,6 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 def default_url(study: str) -> str:
     return f"sqlite:///studies/{study}.db"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparseable storage URL>"
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -158,7 +151,7 @@ def open_study(spec: Spec, storage_url: str, caps: dict[str, Any], progress: Pro
         study,
         **{
             rec.SAMPLER_SEED: spec.seed if spec.seed is not None else secrets.randbelow(2**31),
-            rec.SPEC: spec_to_dict(spec),
+            rec.SPEC: public_spec_dict(spec),
             rec.SPEC_FINGERPRINT: spec.fingerprint(),
             **({rec.DATA_SHA256: sha} if (sha := _data_sha256(spec)) else {}),
             rec.ENVIRONMENT: caps,
