@@ -19,7 +19,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
-from helpers import make_spec_dict, write_spec
+from helpers import dump, make_spec_dict, write_spec
 
 from autotuner.progress import Progress
 
@@ -61,21 +61,6 @@ def _spec(**overrides: object) -> dict[str, object]:
         "pick": PICK,
     }
     return make_spec_dict(**{**base, **overrides})
-
-
-def dump(url: str) -> str:
-    """Every row of every table in the database, as text."""
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            tables = sqlalchemy.inspect(conn).get_table_names()
-            rows = {t: conn.execute(sqlalchemy.text(f'SELECT * FROM "{t}"')).all() for t in tables}
-            return "\n".join(
-                f"{t} ({len(r)} rows): " + " | ".join(str(cell) for row in r for cell in row)
-                for t, r in rows.items()
-            )
-    finally:
-        engine.dispose()
 
 
 def files_holding(root: Path, secret: str) -> list[Path]:
