@@ -10,6 +10,7 @@ functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,11 +120,15 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     with hold_cores(threads, _node_cpus()) as cores, visible_gpus(gpu_ids):
+        held_from = time.time()
         payload["device"]["cores"] = list(cores)
         out = run_worker(payload, timeout_s, threads)
+        held_until = time.time()
     result = out.to_dict() if isinstance(out, TrialResult) else out
     info = result.setdefault("info", {})
     info["node"] = ctx.get_node_id()
+    # The cores this trial held (its worker was pinned to them) and when, on the node's clock.
+    info["cores"] = {"held": list(cores), "from": held_from, "until": held_until}
     info["gpu_ids"] = gpu_ids
     info["ray_resources"] = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
     return result
