@@ -113,3 +113,21 @@ def wait_for_trials(log: Path, proc: subprocess.Popen[bytes], finished: int, tim
             return
         time.sleep(0.1)
     raise AssertionError(f"no {finished + 1}th trial running within {timeout_s:g} s")
+
+
+def dump(url: str) -> str:
+    """Every row of every table in a study database, as text: what a reader of the database
+    itself (optuna-dashboard, SQL) sees, to compare before and after or to search."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = sqlalchemy.inspect(conn).get_table_names()
+            rows = {t: conn.execute(sqlalchemy.text(f'SELECT * FROM "{t}"')).all() for t in tables}
+            return "\n".join(
+                f"{t} ({len(r)} rows): " + " | ".join(str(cell) for row in r for cell in row)
+                for t, r in rows.items()
+            )
+    finally:
+        engine.dispose()

@@ -12,12 +12,15 @@ import torch
 from torch import nn
 
 _GRANDCHILD: subprocess.Popen | None = None
+_LAUNCHED = False
 
 
 class Misbehaving(nn.Module):
     """Behaves by batch size: 1 fine, 2 SIGSEGV, 3 raise, 4 hang, 5 NaN, 6 allocate 1 PiB,
     7 report its pids and wait (for kill drills). With AUTOTUNE_TEST_GRANDCHILD=N set, its first
-    forward starts `sleep N` in a child of its own first (for the drills of leftover processes)."""
+    forward starts `sleep N` in a child of its own first (for the drills of leftover processes),
+    and appends "BATCH PID" of it to the file AUTOTUNE_TEST_GRANDCHILD_LOG names, if set. With
+    AUTOTUNE_TEST_LAUNCH_LOG set, each process's first forward appends "BATCH PID" to that file."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,9 +28,17 @@ class Misbehaving(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        global _GRANDCHILD
+        global _GRANDCHILD, _LAUNCHED
+        if os.environ.get("AUTOTUNE_TEST_LAUNCH_LOG") and not _LAUNCHED:
+            _LAUNCHED = True  # once a process: which batch each worker was launched for
+            with open(os.environ["AUTOTUNE_TEST_LAUNCH_LOG"], "a") as f:
+                f.write(f"{b} {os.getpid()}\n")
         if os.environ.get("AUTOTUNE_TEST_GRANDCHILD") and _GRANDCHILD is None:
             _GRANDCHILD = subprocess.Popen(["sleep", os.environ["AUTOTUNE_TEST_GRANDCHILD"]])
+            if os.environ.get("AUTOTUNE_TEST_GRANDCHILD_LOG"):
+                # The drill's evidence that the grandchild started: its pid, and the batch.
+                with open(os.environ["AUTOTUNE_TEST_GRANDCHILD_LOG"], "a") as f:
+                    f.write(f"{b} {_GRANDCHILD.pid}\n")
         if b == 2:
             os.kill(os.getpid(), signal.SIGSEGV)
         if b == 3:

@@ -199,3 +199,38 @@ def test_wall_time_budget_stops_asking(in_tmp: Path) -> None:
     spec = write_spec(in_tmp, budget={"trials": 50, "wall_time_s": 1})
     run(spec, progress=QUIET)
     assert 1 <= len(_study().trials) <= 2
+
+
+def test_the_driver_starts_with_a_covering_design_then_samples_then_refines(in_tmp: Path) -> None:
+    """The three phases of a search, in one real run: the covering start (queued by the driver),
+    the sampler's own draws, and the last refine_share of the budget around the leaders. Each
+    trial records how it was drawn."""
+    from autotuner.search.estimates import uses_budget
+
+    spec = write_spec(
+        in_tmp,
+        model={"factory": "models_for_tests:mlp"},
+        inputs=[{"name": "x", "shape": ["batch", 16]}],
+        space={"backend": ["torch-eager"], "batch_size": [1, 2, 4, 8, 16, 32], "threads": [1, 2]},
+        objectives=[{"metric": "throughput_items_s", "direction": "maximize"}],
+        constraints=[],
+        sampler={"type": "random", "n_startup_trials": 3, "refine_share": 0.25},
+        budget={"trials": 8},
+        pick={"rounds": 0},
+        seed=3,
+    )
+    run(spec, progress=QUIET)
+    measured = [t for t in _study().trials if uses_budget(t)]
+    drawn = [t.user_attrs.get("drawn", "sampler") for t in measured]
+    # 3 design trials, then the sampler (where it proposes a repeat twice in a row, the driver
+    # draws an unmeasured config itself), then ceil(0.25 * 8) = 2 refinements.
+    assert drawn[:3] == ["initial design"] * 3 and drawn[6:] == ["refinement"] * 2, drawn
+    assert set(drawn[3:6]) <= {"sampler", "unmeasured"} and "sampler" in drawn[3:6], drawn
+    configs = [t.user_attrs["config"] for t in measured]
+    design = configs[:3]
+    assert len({tuple(sorted(c.items())) for c in design}) == 3
+    assert {c["threads"] for c in design} == {1, 2}, "the start covers each value of a parameter"
+    # A refinement measures a config not measured before it (a neighbour of a leader, or the
+    # refinement model's pick), never one the search already has.
+    for i in (6, 7):
+        assert configs[i] not in configs[:i], (i, configs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from helpers import FAST_MEASUREMENT, write_spec
+import pytest
+from helpers import FAST_MEASUREMENT, PLAIN_RANDOM, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -57,3 +58,64 @@ def test_each_failure_class_is_recorded_and_the_study_goes_on(in_tmp: Path) -> N
     # The one good config wins.
     assert out.pick is not None and out.pick.winner == by_config[("torch-eager", 1)].number
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_a_config_that_failed_before_is_stored_as_the_same_failure_free(
+    in_tmp: Path, caps: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler proposes configs that already failed (queued here in the driver's own way,
+    so that the order is known): none is launched again. An error is told again as the same
+    failure (failed_before); the same config as an out-of-memory trial is that oom again; a larger
+    batch with the same other settings is predicted-oom. The torch runner has no memory model:
+    only the trials it ran can tell the driver about memory."""
+    from autotuner import api
+    from autotuner.search.space import sampled_params
+    from autotuner.study import records as rec
+
+    launches = in_tmp / "launches"
+    monkeypatch.setenv("AUTOTUNE_TEST_LAUNCH_LOG", str(launches))
+    spec = api.load_spec(
+        write_spec(
+            in_tmp,
+            model={"factory": "models_for_tests:misbehaving"},
+            inputs=[{"name": "x", "shape": ["batch", 16]}],
+            space={"backend": ["torch-eager"], "batch_size": [1, 3, 6, 7, 8], "threads": [1]},
+            objectives=[{"metric": "throughput_items_s", "direction": "maximize"}],
+            constraints=[],
+            sampler=PLAIN_RANDOM,
+            pick={"rounds": 0},
+        )
+    )
+    study = api.open_study(spec, caps=caps)
+    order = [3, 6, 3, 6, 7, 1]
+    for b in order:
+        rec.queue(study, sampled_params(spec, {"backend": "torch-eager", "batch_size": b, "threads": 1}))
+    with api.make_executor("local", spec, caps) as ex:
+        api.search(spec, study, ex, trials=3, caps=caps)  # three measured: batch 3, 6 and 1
+    # Three measured (batch 3, 6 and 1) fill the budget of three: the free ones take none of it.
+    trials = [t for t in study.get_trials() if t.state != TrialState.WAITING]
+    assert [t.user_attrs.get("config", {}).get("batch_size") for t in trials] == order
+    error, oom, again, same_oom, bigger, good = trials
+    assert error.user_attrs["failure_class"] == "error" and oom.user_attrs["failure_class"] == "oom"
+
+    assert again.state == TrialState.FAIL and again.user_attrs["failed_before"] == error.number
+    assert again.user_attrs["failure_class"] == "error"
+    assert again.user_attrs["failure_message"].startswith(f"not run again: trial #{error.number} failed (")
+
+    assert same_oom.state == TrialState.FAIL and same_oom.user_attrs["failure_class"] == "oom"
+    assert same_oom.user_attrs["failure_message"].startswith(f"same config as trial #{oom.number}: ")
+    assert same_oom.user_attrs["failed_before"] == oom.number  # so the budget does not count it
+
+    assert bigger.state == TrialState.PRUNED and bigger.user_attrs["failure_class"] == "predicted-oom"
+    assert bigger.user_attrs["failure_message"] == (
+        f"trial #{oom.number} ran out of memory at batch_size=6 with the same other settings"
+    )
+    assert bigger.constraints == {"runnable": 1.0}  # infeasible, so that samplers steer away from it
+    assert good.state == TrialState.COMPLETE
+
+    # Free: no worker was launched for them, and no measurement is stored.
+    # (A batch of 16 is the fp32 reference of the accuracy check, computed once in a child.)
+    launched = sorted(int(line.split()[0]) for line in launches.read_text().splitlines())
+    assert [b for b in launched if b != 16] == [1, 3, 6], launched
+    for t in (again, same_oom, bigger):
+        assert "measure_s" not in t.user_attrs and "latency_p50_ms" not in t.user_attrs

@@ -88,15 +88,22 @@ def _misbehaving(in_tmp: Path, batches: list[int], **extra: object) -> Path:
 
 def test_a_grandchild_never_outlives_its_trial(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seconds = _unique_sleep()
+    started = in_tmp / "grandchildren"
     monkeypatch.setenv("AUTOTUNE_TEST_GRANDCHILD", seconds)
+    monkeypatch.setenv("AUTOTUNE_TEST_GRANDCHILD_LOG", str(started))
     spec = _misbehaving(in_tmp, [1, 3])  # 1 ends normally, 3 raises: both started a `sleep`
     run(spec, progress=QUIET)
+    # Each trial's worker did start its grandchild (a test of their end needs them to begin).
+    logged = [tuple(map(int, line.split())) for line in started.read_text().splitlines()]
+    assert {batch for batch, _ in logged} >= {1, 3}, logged  # other batches (accuracy) may add theirs
     study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
     by_batch = {t.user_attrs["config"]["batch_size"]: t for t in study.trials}
     assert by_batch[1].state == TrialState.COMPLETE
     assert by_batch[3].user_attrs["failure_class"] == "error"
-    # The race re-measures the winner in more workers; each started its own sleep. None is left.
+    # The race re-measures the winner in more workers; each started its own sleep. None is left:
+    # no pid logged is a live `sleep N` (a pid reused since by another process does not count).
     assert _sleepers(seconds) == []
+    assert [pid for _, pid in logged if _alive(pid) and _processes().get(pid) == ["sleep", seconds]] == []
 
 
 def test_kill_9_of_the_driver_ends_its_hanging_worker_and_the_next_run_sweeps(

@@ -40,6 +40,19 @@ def test_trials_run_side_by_side_on_disjoint_cores(in_tmp: Path) -> None:
     spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), "no two trials overlapped"
     assert all(t.user_attrs.get("info", {}).get("node") for t in done)
+    # Each trial held one core (threads: 1), and two trials that held theirs at the same time
+    # (by the node's clock, from taking them to giving them back) held different ones.
+    held = {t.number: t.user_attrs["info"]["cores"] for t in done}
+    assert all(len(h["held"]) == 1 for h in held.values()), held
+    at_once = [
+        (a, b)
+        for a in held
+        for b in held
+        if a < b and held[a]["from"] < held[b]["until"] and held[b]["from"] < held[a]["until"]
+    ]
+    assert at_once, f"no two trials held cores at the same time: {held}"
+    for a, b in at_once:
+        assert not set(held[a]["held"]) & set(held[b]["held"]), (a, b, held)
 
 
 def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path, monkeypatch) -> None:

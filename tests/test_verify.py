@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import make_spec_dict, write_spec
+from helpers import dump, make_spec_dict, write_spec
 
 from autotuner.api import spec_from_dict
 from autotuner.search.verify import Arm, judge
@@ -56,8 +56,11 @@ def best(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_identical_configs_show_no_difference(best: Path) -> None:
+    url = f"sqlite:///{best / 'studies' / 't.db'}"
+    stored = dump(url)
     out = cli("verify", "reports/t.best.yaml", "--against", "reports/t.best.yaml", cwd=best)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "trials (0 rows)" not in stored and dump(url) == stored, "verify writes nothing to a study"
     lines = out.stdout.splitlines()
     assert lines[-1] == "no significant difference (exit 0)"
     assert any(line.startswith("throughput_items_s ") for line in lines)

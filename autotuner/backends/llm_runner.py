@@ -490,9 +490,9 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
     if not path.exists():
         from autotuner.errors import AutotuneError
         from autotuner.processes import ChildFailed, run_module
-        from autotuner.spec.loading import spec_to_dict
+        from autotuner.spec.loading import public_spec_dict
 
-        payload = {"spec": spec_to_dict(spec), "prompts": prompts, "device": device, "path": str(path)}
+        payload = {"spec": public_spec_dict(spec), "prompts": prompts, "device": device, "path": str(path)}
         try:
             run_module("autotuner.backends.llm_runner", payload)
         except ChildFailed as e:

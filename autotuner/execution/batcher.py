@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 ACCEPTED, REJECTED, CLOSED = "accepted", "rejected", "closed"
@@ -35,8 +36,15 @@ class Request:
 
 
 class Batcher:
-    def __init__(self, max_batch_size: int, timeout_s: float, queue_limit: int) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        timeout_s: float,
+        queue_limit: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.max_batch_size = max_batch_size
+        self._clock = clock  # seconds; the tests give a fake one to read the rules off exact times
         self.timeout_s = timeout_s
         self.queue_limit = queue_limit
         self.rejected = 0
@@ -54,7 +62,7 @@ class Batcher:
             if len(self._queue) >= self.queue_limit:
                 self.rejected += 1
                 return REJECTED
-            request.enqueued_s = time.perf_counter()
+            request.enqueued_s = self._clock()
             self._queue.append(request)
             self.depths.append(len(self._queue))
             self._cond.notify_all()
@@ -70,19 +78,34 @@ class Batcher:
         """The next batch (blocks until one is due), or None once closed and drained."""
         with self._cond:
             while True:
+                now = self._clock()
+                batch = self._due(now)
+                if batch is not None:
+                    return batch
                 if self._queue:
-                    now = time.perf_counter()
-                    due = self._queue[0].enqueued_s + self.timeout_s
-                    if len(self._queue) >= self.max_batch_size or now >= due or self._closed:
-                        n = min(self.max_batch_size, len(self._queue))
-                        batch = [self._queue.popleft() for _ in range(n)]
-                        for row, r in enumerate(batch):
-                            r.batch, r.row = self.batches, row
-                        self.batches += 1
-                        self._cond.notify_all()  # what is left may be another instance's batch
-                        return batch
-                    self._cond.wait(due - now)
+                    self._cond.wait(self._queue[0].enqueued_s + self.timeout_s - now)
                 elif self._closed:
                     return None
                 else:
                     self._cond.wait()
+
+    def poll(self) -> list[Request] | None:
+        """The batch due now, without waiting; None when none is."""
+        with self._cond:
+            return self._due(self._clock())
+
+    def _due(self, now: float) -> list[Request] | None:
+        """The batch due at `now` (taken off the queue), or None: the queue is empty, or it holds
+        fewer than max_batch_size, the oldest has waited less than timeout_s, and the load goes on."""
+        if not self._queue:
+            return None
+        due = self._queue[0].enqueued_s + self.timeout_s
+        if len(self._queue) < self.max_batch_size and now < due and not self._closed:
+            return None
+        n = min(self.max_batch_size, len(self._queue))
+        batch = [self._queue.popleft() for _ in range(n)]
+        for row, r in enumerate(batch):
+            r.batch, r.row = self.batches, row
+        self.batches += 1
+        self._cond.notify_all()  # what is left may be another instance's batch
+        return batch

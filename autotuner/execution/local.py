@@ -11,7 +11,7 @@ from autotuner.execution.process import run_worker
 from autotuner.processes import nvidia_smi
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
-from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
 
 
@@ -28,7 +28,7 @@ class LocalExecutor(Executor):
         super().__init__(spec, caps)
         self.cores = tuple(sorted(os.sched_getaffinity(0)))
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-trial")
-        self.spec_dict = spec_to_dict(spec)
+        self.spec_dict = public_spec_dict(spec)
 
     def device_for(self, config: dict[str, Any]) -> Device:
         cuda = trial_gpus(self.spec, config) > 0

@@ -10,6 +10,7 @@ functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
-from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
 
 GRACE_S = 60.0
@@ -119,11 +120,15 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     with hold_cores(threads, _node_cpus()) as cores, visible_gpus(gpu_ids):
+        held_from = time.time()
         payload["device"]["cores"] = list(cores)
         out = run_worker(payload, timeout_s, threads)
+        held_until = time.time()
     result = out.to_dict() if isinstance(out, TrialResult) else out
     info = result.setdefault("info", {})
     info["node"] = ctx.get_node_id()
+    # The cores this trial held (its worker was pinned to them) and when, on the node's clock.
+    info["cores"] = {"held": list(cores), "from": held_from, "until": held_until}
     info["gpu_ids"] = gpu_ids
     info["ray_resources"] = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
     return result
@@ -168,7 +173,7 @@ class RayExecutor(Executor):
                 runtime_env=env,
                 configure_logging=False,
             )
-        self.spec_dict = spec_to_dict(spec)
+        self.spec_dict = public_spec_dict(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())

@@ -22,7 +22,7 @@ import numpy as np
 
 from autotuner.errors import AutotuneError
 from autotuner.files import atomic_write, cache_dir
-from autotuner.spec.loading import parse_spec, spec_to_dict
+from autotuner.spec.loading import parse_spec, public_spec_dict
 from autotuner.spec.schema import Spec
 
 OPSET = 17
@@ -93,7 +93,7 @@ def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
     from autotuner.processes import ChildFailed, run_module
 
     try:
-        run_module("autotuner.models.artifacts", {"kind": kind, "spec": spec_to_dict(spec), **extra})
+        run_module("autotuner.models.artifacts", {"kind": kind, "spec": public_spec_dict(spec), **extra})
     except ChildFailed as e:
         raise AutotuneError(f"preparing the {kind} failed (exit {e.code}): {e.last_line}") from None
 

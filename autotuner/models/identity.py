@@ -125,10 +125,10 @@ def _factory_digest(spec: Spec) -> str:
     there, not in the driver)."""
     from autotuner.processes import ChildFailed, run_module
     from autotuner.spec.fields import FieldError
-    from autotuner.spec.loading import spec_to_dict
+    from autotuner.spec.loading import public_spec_dict
 
     try:
-        out = run_module("autotuner.models.identity", {"spec": spec_to_dict(spec)})
+        out = run_module("autotuner.models.identity", {"spec": public_spec_dict(spec)})
     except ChildFailed as e:
         raise FieldError(
             ("model", "factory"), f"building the model to hash its weights failed: {e.last_line}"

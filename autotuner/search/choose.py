@@ -21,7 +21,8 @@ def choose(
     spec: Spec, study: optuna.Study, rule_text: str | None, executor: Any, progress: Progress
 ) -> Pick | None:
     """Pick the winner from the configs' pooled estimates. With an executor, race the contenders
-    first (interleaved rounds, a fresh process per block); without one, read the last race."""
+    first (interleaved rounds, a fresh process per block) and record the pick; without one, read
+    the last race and write nothing."""
     from autotuner.search.estimates import pool
     from autotuner.search.race import contenders, race_block_record, run_race
 
@@ -106,7 +107,11 @@ def choose(
                 "text": "the baseline was not measured beside the winner, so no gain over it is claimed",
                 "significant": False,
             }
-    rec.save_pick(study, pick.to_dict())
+    if executor is not None:
+        # Only the run that raced records its choice: export and report read the study only,
+        # so an export by another rule neither writes (a read-only database user can export)
+        # nor replaces the run's choice that `show` and the report name.
+        rec.save_pick(study, pick.to_dict())
     return pick
 
 

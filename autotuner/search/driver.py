@@ -130,7 +130,12 @@ def precheck(
             continue
         other = rec.trial_config(t)
         if other == config:
-            return TrialResult.failure(cls_, f"same config as trial #{t.number}: {rec.failure_message(t)}")
+            # Stored as that failure again, and free: no budget for a measurement never taken.
+            return TrialResult.failure(
+                cls_,
+                f"same config as trial #{t.number}: {rec.failure_message(t)}",
+                **{rec.FAILED_BEFORE: t.number},
+            )
         if cls_ == "oom" and {k: v for k, v in other.items() if k != "batch_size"} == rest:
             if int(config.get("batch_size", 1)) >= int(other.get("batch_size", 1)):
                 return TrialResult.failure(
@@ -173,8 +178,8 @@ def record(spec: Spec, study: optuna.Study, trial: Trial, result: TrialResult) -
             message = f"{bad[0]} is {'missing' if bad[0] not in result.metrics else 'not finite'}"
     if failure:
         attrs.update({rec.FAILURE_CLASS: failure, rec.FAILURE_MESSAGE: message})
-        if result.info.get(rec.FAILED_BEFORE) is not None:  # refused as the failure of an earlier trial
-            attrs[rec.FAILED_BEFORE] = result.info[rec.FAILED_BEFORE]
+        if (before := result.info.get(rec.FAILED_BEFORE)) is not None:
+            attrs[rec.FAILED_BEFORE] = before  # the budget does not count it (uses_budget)
         if failure in NOT_LAUNCHED:
             # Known without running: PRUNED and infeasible, so that samplers which read only
             # COMPLETE and PRUNED trials (TPE, NSGA-II) rank it last and steer away from it.

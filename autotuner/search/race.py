@@ -100,6 +100,7 @@ def run_race(
                 why = constraint_check(c)
                 if why:
                     c.dropped = f"breaks a constraint on the re-measured numbers: {why}"
+                    say(f"  trial #{c.trial} leaves the race: {c.dropped}")
             racing = [c for c in racing if c.dropped is None]
         looks = p.max_rounds - max(p.rounds, 2) + 1
         done = settle(racing, rule, p.confidence, p.tie_tolerance, looks)

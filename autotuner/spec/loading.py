@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from autotuner.errors import SpecError
 from autotuner.spec.schema import FieldError, Spec, value_kind
+from autotuner.spec.urls import redact
 
 _UNION_TAGS = {"int", "float", "str", "bool", "list", "dict", "none"}
 # A spec is a few kilobytes; a file a thousand times that is a mistake (a model or a data file
@@ -130,6 +131,15 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
         if getattr(spec, key) is not None:
             out[key] = getattr(spec, key)
     return out
+
+
+def public_spec_dict(spec: Spec) -> dict[str, Any]:
+    """spec_to_dict with the storage URL's password hidden: what is kept in a study, or handed to
+    a worker, a child or a Ray task (they never open the database), carries no secret."""
+    data = spec_to_dict(spec)
+    if spec.storage:
+        data["storage"] = redact(spec.storage)
+    return data
 
 
 

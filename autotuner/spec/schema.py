@@ -24,6 +24,7 @@ from autotuner.metrics import names as metric_names
 from autotuner.spec.data import DataSpec
 from autotuner.spec.fields import FieldError, function_path
 from autotuner.spec.serving import ServingSpec
+from autotuner.spec.urls import redact
 
 
 def value_kind(v: Any) -> str:
@@ -701,6 +702,9 @@ class Spec(_Strict):
             data["accuracy"].pop("metric", None)  # likewise
         if data["model"].get("seed") == 0:
             del data["model"]["seed"]  # likewise
+        if data["storage"]:
+            # A short hash of a known spec would let anyone holding the study try passwords offline.
+            data["storage"] = redact(data["storage"])
         blob = json.dumps({**data, **self.sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotuner.metrics import is_number
 from autotuner.result import TrialResult
+from autotuner.spec.urls import redact
 
 # Trial user attributes.
 CONFIG = "config"
@@ -129,8 +130,11 @@ def last_beat(t: FrozenTrial) -> float:
 
 
 def stored_spec(study: optuna.Study) -> dict[str, Any]:
-    """The spec the study was created with, in today's terms (see `legacy_int8`)."""
+    """The spec the study was created with, in today's terms (see `legacy_int8`). Its storage URL
+    shows no password, also in a study stored before autotune hid it there."""
     spec = dict(study.user_attrs.get(SPEC) or {})
+    if spec.get("storage"):
+        spec["storage"] = redact(str(spec["storage"]))
     if not legacy_int8(spec):
         return spec
     space = {}

@@ -19,8 +19,9 @@ from sqlalchemy.exc import ArgumentError
 from autotuner._version import __version__
 from autotuner.errors import StudyNotFound, UsageError
 from autotuner.progress import Progress
-from autotuner.spec.loading import spec_to_dict
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.spec.urls import redact
 from autotuner.study import records as rec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,14 +30,6 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 def default_url(study: str) -> str:
     return f"sqlite:///studies/{study}.db"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparseable storage URL>"
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -124,7 +117,7 @@ def _data_sha256(spec: Spec) -> str | None:
 def stored_spec(spec: Spec) -> dict[str, Any]:
     """The spec as a study keeps it: without the digests of this run's model and data (the
     study records them apart, and a later reader finds them anew from the model it has)."""
-    data = spec_to_dict(spec)
+    data = public_spec_dict(spec)
     data.pop("model_digest", None)
     data.pop("data_digest", None)
     return data
