@@ -18,6 +18,7 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
+from autotuner.execution.ray_cluster import describe, join, session_name
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import spec_to_dict
@@ -81,11 +82,18 @@ def trial_options(threads: int | None, gpus: int, per_trial: int, gpu_share: int
     return {"num_cpus": max(1, cpus), "num_gpus": int(gpus)}
 
 
+def fits(node: Node, shape: dict[str, int]) -> bool:
+    """Whether the node holds one trial of this shape (its CPUs and its GPUs, on the one node)."""
+    return node.cpus >= shape["num_cpus"] and node.gpus >= shape["num_gpus"]
+
+
 def slot_count(nodes: Iterable[Node], shapes: Iterable[dict[str, int]]) -> int:
     """How many trials can run at once: per node, as many of the space's biggest GPU trial as its
     GPUs and CPUs hold, then as many of its biggest CPU trial as the CPUs left hold. Never more
-    than the cluster runs at once, so that no trial waits in Ray's queue on its deadline."""
-    shapes = list(shapes)
+    than the cluster runs at once, so that no trial waits in Ray's queue on its deadline. A shape
+    that no node holds is refused (`RayExecutor.refusal`), so it sizes nothing."""
+    nodes = list(nodes)
+    shapes = [s for s in shapes if any(fits(n, s) for n in nodes)]
     gpu = [s for s in shapes if s["num_gpus"] > 0]
     cpu = [s for s in shapes if s["num_gpus"] == 0]
     g_gpus = max((s["num_gpus"] for s in gpu), default=0)
@@ -97,6 +105,21 @@ def slot_count(nodes: Iterable[Node], shapes: Iterable[dict[str, int]]) -> int:
         left = n.cpus - on_gpus * g_cpus
         total += on_gpus + (left // c_cpus if c_cpus else 0)
     return max(1, total)
+
+
+def refusal(nodes: Iterable[Node], shape: dict[str, int]) -> str | None:
+    """Why no node of the cluster can hold a trial of this shape (Ray would queue its task until
+    the deadline), or None."""
+    nodes = list(nodes)
+    if any(fits(n, shape) for n in nodes):
+        return None
+    cpus, gpus = shape["num_cpus"], shape["num_gpus"]
+    most_gpus = max((n.gpus for n in nodes), default=0)
+    if gpus > most_gpus:
+        return f"the config holds {gpus} GPU(s); no node of the Ray cluster has more than {most_gpus}"
+    held = ", ".join(f"{n.ip or n.node_id[:12]}: {n.cpus} CPU(s), {n.gpus} GPU(s)" for n in nodes)
+    asks = f"{cpus} CPU(s)" + (f" and {gpus} GPU(s)" if gpus else "")
+    return f"the config needs {asks} on one node (threads); no node of the Ray cluster holds that ({held})"
 
 
 def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> dict[str, Any]:
@@ -124,6 +147,8 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     result = out.to_dict() if isinstance(out, TrialResult) else out
     info = result.setdefault("info", {})
     info["node"] = ctx.get_node_id()
+    info["node_ip"] = ray.util.get_node_ip_address()
+    info["ray_session"] = session_name(ray)
     info["gpu_ids"] = gpu_ids
     info["ray_resources"] = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
     return result
@@ -157,24 +182,28 @@ class RayExecutor(Executor):
             env["working_dir"] = spec.base_dir
             env["excludes"] = ["studies/", "reports/", ".venv/", ".git/", "*.db"]
         if self.started:
-            ray.init(
-                # No --address: a cluster of this run's own. Ray would otherwise attach to
-                # RAY_ADDRESS or to the last `ray start` cluster of this machine, even a dead one.
-                address=address or "local",
-                ignore_reinit_error=True,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="ERROR",
-                runtime_env=env,
-                configure_logging=False,
+            join(
+                ray,
+                address,
+                {
+                    "ignore_reinit_error": True,
+                    "include_dashboard": False,
+                    "log_to_driver": False,
+                    "logging_level": "ERROR",
+                    "runtime_env": env,
+                    "configure_logging": False,
+                },
             )
         self.spec_dict = spec_to_dict(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())
+        self.cluster_note = describe(ray, address, self.nodes)
         if any(n.gpus for n in self.nodes):
             self.caps_note = self._probe_gpu_node()
-        self.per_trial = max_threads(spec, int(self.caps.get("cpu_cores", 1)))
+        # A CPU trial whose config sets no threads takes the driver's cores, as many as a node holds.
+        biggest = max((n.cpus for n in self.nodes), default=1)
+        self.per_trial = min(max_threads(spec, int(self.caps.get("cpu_cores", 1))), max(1, biggest))
         self.gpu_share = cpus_per_gpu(self.nodes)
         self.slots = slot_count(self.nodes, self._shapes())
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="autotune-ray")
@@ -226,12 +255,8 @@ class RayExecutor(Executor):
         return trial_options(config.get("threads"), gpus, self.per_trial, self.gpu_share)
 
     def refusal(self, config: dict[str, Any]) -> str | None:
-        """Why no node can hold the config's GPUs (its task would wait forever), or None."""
-        n = trial_gpus(self.spec, config)
-        most = max((node.gpus for node in self.nodes), default=0)
-        if n > most:
-            return f"the config holds {n} GPU(s); no node of the Ray cluster has more than {most}"
-        return None
+        """Why no node can hold the config's CPUs and GPUs (its task would wait forever), or None."""
+        return refusal(self.nodes, self.options_for(config))
 
     def _payload(self, config: dict[str, Any], mode: str, **extra: Any) -> dict[str, Any]:
         gpu = trial_gpus(self.spec, config) > 0
@@ -306,8 +331,10 @@ __all__ = [
     "RayExecutor",
     "cluster_nodes",
     "cpus_per_gpu",
+    "fits",
     "max_threads",
     "merge_caps",
+    "refusal",
     "slot_count",
     "trial_options",
 ]
