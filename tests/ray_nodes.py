@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def marked(mark: str) -> dict[int, str]:
     return out
 
 
-def kill_marked(mark: str, grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after grace_s, every process that carries the marker."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def kill_marked(mark: str, grace_s: float = 5.0, hard: bool = False) -> None:
+    """SIGTERM, then SIGKILL after grace_s (hard: SIGKILL at once), every process that carries
+    the marker."""
+    for sig in (signal.SIGKILL,) if hard else (signal.SIGTERM, signal.SIGKILL):
         for pid in marked(mark):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
@@ -179,3 +181,59 @@ class RayNode:
 
     def left(self) -> dict[int, str]:
         return marked(self.mark)
+
+
+@dataclass
+class Host:
+    """A network namespace joined to another by a veth pair: a machine of its own to Ray."""
+
+    netns: str
+    ip: str
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+def netns_refusal() -> str | None:
+    """Why two hosts cannot be made here (not root, no `ip`, namespaces not allowed), or None."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    name = f"atprobe{uuid.uuid4().hex[:6]}"
+    try:
+        _ip("netns", "add", name)
+    except (subprocess.CalledProcessError, OSError) as e:
+        why = getattr(e, "stderr", "") or str(e)
+        return f"`ip netns add` is not allowed here: {why.strip()[:200]}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+    return None
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[tuple[Host, Host]]:
+    """Two hosts, A and B, on a private /24 joined by veth; removed (with their links) at the end."""
+    tag = uuid.uuid4().hex[:6]
+    net = f"10.{random.randrange(100, 250)}.{random.randrange(0, 250)}"
+    hosts = (Host(f"at{tag}a", f"{net}.1"), Host(f"at{tag}b", f"{net}.2"))
+    veth = (f"va{tag}", f"vb{tag}")
+    try:
+        for h in hosts:
+            _ip("netns", "add", h.netns)
+            _ip("-n", h.netns, "link", "set", "lo", "up")
+        _ip("link", "add", veth[0], "netns", hosts[0].netns, "type", "veth", "peer", "name", veth[1],
+            "netns", hosts[1].netns)  # fmt: skip
+        for h, dev in zip(hosts, veth, strict=True):
+            _ip("-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", dev)
+            _ip("-n", h.netns, "link", "set", dev, "up")
+        yield hosts
+    finally:
+        for h in hosts:  # a namespace's removal removes its end of the pair, and so the pair
+            subprocess.run(["ip", "netns", "del", h.netns], capture_output=True, timeout=30)
+
+
+def netns_left(host: Host) -> bool:
+    return host.netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

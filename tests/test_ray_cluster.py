@@ -79,3 +79,12 @@ def test_address_needs_the_ray_executor(in_tmp: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip() == "autotune: error: --address applies to --executor ray"
+
+
+def test_the_node_a_node_died_error_names() -> None:
+    from autotuner.execution.ray_executor import dead_node
+
+    node = "f779989f2e56a1c49b4fc2bc2abdf1cbda2c68667dd1eeb5c2c8b8c5"
+    msg = f"Task failed because the node it was running on is dead. Node IP: 10.0.0.2, node ID: {node}. This"
+    assert dead_node(msg) == node
+    assert dead_node("the node died") is None

@@ -10,6 +10,8 @@ functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned 
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -206,6 +208,9 @@ class RayExecutor(Executor):
         self.per_trial = min(max_threads(spec, int(self.caps.get("cpu_cores", 1))), max(1, biggest))
         self.gpu_share = cpus_per_gpu(self.nodes)
         self.slots = slot_count(self.nodes, self._shapes())
+        self.pool_size = self.slots
+        self.lock = threading.Lock()
+        self.lost: set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="autotune-ray")
         self.trial = ray.remote(max_retries=0)(_trial_task)
 
@@ -294,14 +299,37 @@ class RayExecutor(Executor):
         except ray.exceptions.WorkerCrashedError as e:
             return TrialResult.failure("crash", f"the Ray worker died mid-trial: {_first(e)}")
         except ray.exceptions.NodeDiedError as e:
-            return TrialResult.failure("crash", f"the Ray node died mid-trial: {_first(e)}")
+            left = self._recount(dead_node(str(e)))
+            why = _first(e).split(". This can happen")[0]  # Ray's guesses at a cause follow
+            return TrialResult.failure("crash", f"the Ray node died mid-trial: {why} ({left})")
         except ray.exceptions.RayError as e:
             return TrialResult.failure("error", f"Ray: {type(e).__name__}: {_first(e)}")
+
+    def _recount(self, dead: str | None) -> str:
+        """Count the slots again from the nodes still alive (the driver reads `slots` before each
+        submit), so that trials do not queue in Ray for a node that is gone. Ray's node table says
+        a node is dead only after its health checks fail (seconds later): the node the error names
+        is left out at once. Returns what is left."""
+        with self.lock:
+            if dead:
+                self.lost.add(dead)
+            alive = [n for n in cluster_nodes(self.ray.nodes()) if n.node_id not in self.lost]
+            if alive:
+                self.nodes = alive
+                self.slots = min(self.pool_size, slot_count(alive, self._shapes()))
+            cpus = sum(n.cpus for n in self.nodes)
+            return f"the cluster now has {len(self.nodes)} node(s), {cpus} CPU(s): {self.slots} at once"
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         if self.started:
             self.ray.shutdown()
+
+
+def dead_node(message: str) -> str | None:
+    """The node ID a NodeDiedError names ("... node ID: 3f2a..."), or None."""
+    m = re.search(r"node ID: ([0-9a-f]{16,})", message)
+    return m.group(1) if m else None
 
 
 def _node_cpus() -> int | None:
