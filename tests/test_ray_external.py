@@ -7,6 +7,7 @@ machine's Ray is touched. Slow on a small machine: two trials, no race.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from helpers import FAST_MEASUREMENT, write_spec
 from optuna.trial import TrialState
 from ray_nodes import MARK_VAR, RayNode, marked, ray_cli
@@ -24,11 +26,12 @@ pytest.importorskip("ray", reason="pip install 'autotune[ray]'")
 pytestmark = pytest.mark.skipif(ray_cli() is None, reason="no `ray` command on PATH")
 
 TOKEN = secrets.token_hex(32)
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[RayNode]:
-    node = RayNode(head=True, num_cpus=2, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
+    node = RayNode(head=True, num_cpus=2, env=AUTH)
     try:
         node.start()
         yield node
@@ -83,7 +86,7 @@ def test_a_driver_without_the_token_is_one_line_and_exit_2_before_a_study(
 
 def test_trials_run_on_the_cluster_named_and_land_once_each(head: RayNode, in_tmp: Path) -> None:
     _spec(in_tmp, 2)
-    out = _driver(head, in_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+    out = _driver(head, in_tmp, **AUTH)
     assert out.returncode == 0, out.stdout + out.stderr
     first = out.stdout.splitlines()[0]
     session = head.session()
@@ -99,3 +102,42 @@ def test_trials_run_on_the_cluster_named_and_land_once_each(head: RayNode, in_tm
     assert {i["ray_session"] for i in infos} == {session}, "trials ran on another cluster"
     # The driver is gone and so is every trial worker: only the head's own daemons are left.
     assert not [cmd for cmd in marked(head.mark).values() if "autotuner" in cmd]
+
+
+# A driver of its own (Ray reads RAY_AUTH_MODE once per process): an executor on the cluster, one
+# trial submitted, what came back printed as JSON.
+SUBMIT = """
+import json, sys
+from autotuner.api import load_spec, probe
+from autotuner.execution.base import TrialRequest
+from autotuner.execution.ray_executor import RayExecutor
+ex = RayExecutor(load_spec("spec.yaml"), probe(), address=sys.argv[1])
+try:
+    res = ex.submit(TrialRequest(0, json.loads(sys.argv[2]))).result(timeout=60)
+    print(json.dumps({"slots": ex.slots, **res.to_dict()}))
+finally:
+    ex.close()
+"""
+
+
+def test_a_trial_no_node_holds_is_refused_at_once_and_sizes_no_slot(head: RayNode, in_tmp: Path) -> None:
+    """4 threads on a cluster whose one node has 2 CPUs: unsupported with the reason, not a task
+    queued in Ray until its deadline; and 2 at once (the 4-thread trials made it 2 // 4 = 1)."""
+    spec = _spec(in_tmp, 1)
+    data = yaml.safe_load(spec.read_text())
+    data["space"]["threads"] = [1, 4]
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = {"backend": "torch-eager", "batch_size": 1, "threads": 4}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run(
+        [sys.executable, "-c", SUBMIT, f"127.0.0.1:{head.port}", json.dumps(config)],
+        cwd=in_tmp,
+        env={**base, "HOME": str(in_tmp), MARK_VAR: head.mark, **AUTH},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["slots"] == 2
+    assert res["failure_class"] == "unsupported", res
+    assert res["failure_message"].startswith("the config needs 4 CPU(s) on one node (threads)")
+    assert res["failure_message"].endswith(": 2 CPU(s), 0 GPU(s))")
