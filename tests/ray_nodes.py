@@ -120,10 +120,27 @@ class RayNode:
         return self.base_port
 
     def environment(self) -> dict[str, str]:
-        home = self.temp_dir / "home"
+        home = self.home()
         home.mkdir(exist_ok=True)
         keep = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         return {**keep, "HOME": str(home), MARK_VAR: self.mark, **self.env}
+
+    def home(self) -> Path:
+        return self.temp_dir / "home"
+
+    def generate_token(self) -> str:
+        """`ray get-auth-token --generate`, as a user makes the token on the head: it lands in
+        this node's ~/.ray/auth_token. Returns it."""
+        cli = ray_cli()
+        assert cli, "no ray command"
+        subprocess.run(
+            [*self.prefix, cli, "get-auth-token", "--generate"],
+            env=self.environment(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return (self.home() / ".ray" / "auth_token").read_text().strip()
 
     def start(self) -> None:
         cli = ray_cli()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,14 +25,14 @@ from ray_nodes import MARK_VAR, RayNode, marked, ray_cli
 pytest.importorskip("ray", reason="pip install 'autotune[ray]'")
 pytestmark = pytest.mark.skipif(ray_cli() is None, reason="no `ray` command on PATH")
 
-TOKEN = secrets.token_hex(32)
-AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
-
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[RayNode]:
-    node = RayNode(head=True, num_cpus=2, env=AUTH)
+    """The README's steps: `ray get-auth-token --generate`, then `RAY_AUTH_MODE=token ray start
+    --head`, the token read from ~/.ray/auth_token."""
+    node = RayNode(head=True, num_cpus=2, env={"RAY_AUTH_MODE": "token"})
     try:
+        node.generate_token()
         node.start()
         yield node
     finally:
@@ -86,7 +86,10 @@ def test_a_driver_without_the_token_is_one_line_and_exit_2_before_a_study(
 
 def test_trials_run_on_the_cluster_named_and_land_once_each(head: RayNode, in_tmp: Path) -> None:
     _spec(in_tmp, 2)
-    out = _driver(head, in_tmp, **AUTH)
+    # The token file copied to the driver's machine, as the README says.
+    (in_tmp / "home" / ".ray").mkdir(parents=True)
+    shutil.copy(head.home() / ".ray" / "auth_token", in_tmp / "home" / ".ray" / "auth_token")
+    out = _driver(head, in_tmp, RAY_AUTH_MODE="token")
     assert out.returncode == 0, out.stdout + out.stderr
     first = out.stdout.splitlines()[0]
     session = head.session()
@@ -128,11 +131,13 @@ def test_a_trial_no_node_holds_is_refused_at_once_and_sizes_no_slot(head: RayNod
     data["space"]["threads"] = [1, 4]
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     config = {"backend": "torch-eager", "batch_size": 1, "threads": 4}
+    token = (head.home() / ".ray" / "auth_token").read_text().strip()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # the token's other way in
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     out = subprocess.run(
         [sys.executable, "-c", SUBMIT, f"127.0.0.1:{head.port}", json.dumps(config)],
         cwd=in_tmp,
-        env={**base, "HOME": str(in_tmp), MARK_VAR: head.mark, **AUTH},
+        env={**base, "HOME": str(in_tmp), MARK_VAR: head.mark, **auth},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
