@@ -88,3 +88,19 @@ def test_the_node_a_node_died_error_names() -> None:
     msg = f"Task failed because the node it was running on is dead. Node IP: 10.0.0.2, node ID: {node}. This"
     assert dead_node(msg) == node
     assert dead_node("the node died") is None
+
+
+def test_address_auto_reads_ray_address_and_says_when_nothing_answers(in_tmp: Path) -> None:
+    pytest.importorskip("ray", reason="pip install 'autotune[ray]'")
+    import os
+
+    spec = write_spec(in_tmp, budget={"trials": 1})
+    port = _closed_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "autotuner.cli", "run", str(spec), "--executor", "ray", "--address", "auto"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f":{port} does not answer (Connection refused)" in lines[0], lines
+    assert not (in_tmp / "studies" / "t.db").exists()
