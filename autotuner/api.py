@@ -207,6 +207,8 @@ def run(
     ex = make_executor(executor, s, caps, address)
     # Where trials run: the executor's (a Ray cluster's GPU node's GPU facts), not the driver's.
     caps = ex.caps
+    if ex.cluster_note:
+        progress.say(ex.cluster_note)
     if ex.caps_note:
         progress.say(ex.caps_note)
     try:

@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--study", help="study name (default: the spec's study or name)")
     r.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db)")
     r.add_argument("--executor", default="local", help="where trials run: local (default) or ray")
-    r.add_argument("--address", help="with --executor ray: an existing cluster ('auto' or ray://host:port)")
+    r.add_argument(
+        "--address",
+        help="with --executor ray: an existing cluster, HEAD:PORT of `ray start --head` (or 'auto', "
+        "the one started on this machine; or ray://HOST:PORT)",
+    )
     common(r)
 
     e = sub.add_parser("export", help="write the best-config YAML of a study again")
@@ -139,7 +143,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from autotuner.api import run
 
         out = run(
-            args.spec, trials=args.trials, study=args.study, storage=args.storage, executor=args.executor
+            args.spec,
+            trials=args.trials,
+            study=args.study,
+            storage=args.storage,
+            executor=args.executor,
+            address=args.address,
         )
         return 0 if out.pick is not None else 1
     if args.command == "export":

@@ -36,6 +36,8 @@ class Executor(ABC):
     slots: int = 1
     # Whose capabilities the runners' checks read, when not the driver's (a Ray GPU node's).
     caps_note: str | None = None
+    # Where trials run, when it is worth saying (the Ray cluster joined and what it holds).
+    cluster_note: str | None = None
 
     def __init__(self, spec: Spec, caps: dict[str, Any]) -> None:
         self.spec = spec

@@ -10,6 +10,8 @@ functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned 
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +21,7 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
+from autotuner.execution.ray_cluster import describe, join, session_name
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -82,11 +85,18 @@ def trial_options(threads: int | None, gpus: int, per_trial: int, gpu_share: int
     return {"num_cpus": max(1, cpus), "num_gpus": int(gpus)}
 
 
+def fits(node: Node, shape: dict[str, int]) -> bool:
+    """Whether the node holds one trial of this shape (its CPUs and its GPUs, on the one node)."""
+    return node.cpus >= shape["num_cpus"] and node.gpus >= shape["num_gpus"]
+
+
 def slot_count(nodes: Iterable[Node], shapes: Iterable[dict[str, int]]) -> int:
     """How many trials can run at once: per node, as many of the space's biggest GPU trial as its
     GPUs and CPUs hold, then as many of its biggest CPU trial as the CPUs left hold. Never more
-    than the cluster runs at once, so that no trial waits in Ray's queue on its deadline."""
-    shapes = list(shapes)
+    than the cluster runs at once, so that no trial waits in Ray's queue on its deadline. A shape
+    that no node holds is refused (`RayExecutor.refusal`), so it sizes nothing."""
+    nodes = list(nodes)
+    shapes = [s for s in shapes if any(fits(n, s) for n in nodes)]
     gpu = [s for s in shapes if s["num_gpus"] > 0]
     cpu = [s for s in shapes if s["num_gpus"] == 0]
     g_gpus = max((s["num_gpus"] for s in gpu), default=0)
@@ -98,6 +108,21 @@ def slot_count(nodes: Iterable[Node], shapes: Iterable[dict[str, int]]) -> int:
         left = n.cpus - on_gpus * g_cpus
         total += on_gpus + (left // c_cpus if c_cpus else 0)
     return max(1, total)
+
+
+def refusal(nodes: Iterable[Node], shape: dict[str, int]) -> str | None:
+    """Why no node of the cluster can hold a trial of this shape (Ray would queue its task until
+    the deadline), or None."""
+    nodes = list(nodes)
+    if any(fits(n, shape) for n in nodes):
+        return None
+    cpus, gpus = shape["num_cpus"], shape["num_gpus"]
+    most_gpus = max((n.gpus for n in nodes), default=0)
+    if gpus > most_gpus:
+        return f"the config holds {gpus} GPU(s); no node of the Ray cluster has more than {most_gpus}"
+    held = ", ".join(f"{n.ip or n.node_id[:12]}: {n.cpus} CPU(s), {n.gpus} GPU(s)" for n in nodes)
+    asks = f"{cpus} CPU(s)" + (f" and {gpus} GPU(s)" if gpus else "")
+    return f"the config needs {asks} on one node (threads); no node of the Ray cluster holds that ({held})"
 
 
 def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> dict[str, Any]:
@@ -129,6 +154,8 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
     info["node"] = ctx.get_node_id()
     # The cores this trial held (its worker was pinned to them) and when, on the node's clock.
     info["cores"] = {"held": list(cores), "from": held_from, "until": held_until}
+    info["node_ip"] = ray.util.get_node_ip_address()
+    info["ray_session"] = session_name(ray)
     info["gpu_ids"] = gpu_ids
     info["ray_resources"] = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
     return result
@@ -162,26 +189,33 @@ class RayExecutor(Executor):
             env["working_dir"] = spec.base_dir
             env["excludes"] = ["studies/", "reports/", ".venv/", ".git/", "*.db"]
         if self.started:
-            ray.init(
-                # No --address: a cluster of this run's own. Ray would otherwise attach to
-                # RAY_ADDRESS or to the last `ray start` cluster of this machine, even a dead one.
-                address=address or "local",
-                ignore_reinit_error=True,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="ERROR",
-                runtime_env=env,
-                configure_logging=False,
+            join(
+                ray,
+                address,
+                {
+                    "ignore_reinit_error": True,
+                    "include_dashboard": False,
+                    "log_to_driver": False,
+                    "logging_level": "ERROR",
+                    "runtime_env": env,
+                    "configure_logging": False,
+                },
             )
         self.spec_dict = public_spec_dict(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())
+        self.cluster_note = describe(ray, address, self.nodes)
         if any(n.gpus for n in self.nodes):
             self.caps_note = self._probe_gpu_node()
-        self.per_trial = max_threads(spec, int(self.caps.get("cpu_cores", 1)))
+        # A CPU trial whose config sets no threads takes the driver's cores, as many as a node holds.
+        biggest = max((n.cpus for n in self.nodes), default=1)
+        self.per_trial = min(max_threads(spec, int(self.caps.get("cpu_cores", 1))), max(1, biggest))
         self.gpu_share = cpus_per_gpu(self.nodes)
         self.slots = slot_count(self.nodes, self._shapes())
+        self.pool_size = self.slots
+        self.lock = threading.Lock()
+        self.lost: set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="autotune-ray")
         self.trial = ray.remote(max_retries=0)(_trial_task)
 
@@ -231,12 +265,8 @@ class RayExecutor(Executor):
         return trial_options(config.get("threads"), gpus, self.per_trial, self.gpu_share)
 
     def refusal(self, config: dict[str, Any]) -> str | None:
-        """Why no node can hold the config's GPUs (its task would wait forever), or None."""
-        n = trial_gpus(self.spec, config)
-        most = max((node.gpus for node in self.nodes), default=0)
-        if n > most:
-            return f"the config holds {n} GPU(s); no node of the Ray cluster has more than {most}"
-        return None
+        """Why no node can hold the config's CPUs and GPUs (its task would wait forever), or None."""
+        return refusal(self.nodes, self.options_for(config))
 
     def _payload(self, config: dict[str, Any], mode: str, **extra: Any) -> dict[str, Any]:
         gpu = trial_gpus(self.spec, config) > 0
@@ -274,14 +304,37 @@ class RayExecutor(Executor):
         except ray.exceptions.WorkerCrashedError as e:
             return TrialResult.failure("crash", f"the Ray worker died mid-trial: {_first(e)}")
         except ray.exceptions.NodeDiedError as e:
-            return TrialResult.failure("crash", f"the Ray node died mid-trial: {_first(e)}")
+            left = self._recount(dead_node(str(e)))
+            why = _first(e).split(". This can happen")[0]  # Ray's guesses at a cause follow
+            return TrialResult.failure("crash", f"the Ray node died mid-trial: {why} ({left})")
         except ray.exceptions.RayError as e:
             return TrialResult.failure("error", f"Ray: {type(e).__name__}: {_first(e)}")
+
+    def _recount(self, dead: str | None) -> str:
+        """Count the slots again from the nodes still alive (the driver reads `slots` before each
+        submit), so that trials do not queue in Ray for a node that is gone. Ray's node table says
+        a node is dead only after its health checks fail (seconds later): the node the error names
+        is left out at once. Returns what is left."""
+        with self.lock:
+            if dead:
+                self.lost.add(dead)
+            alive = [n for n in cluster_nodes(self.ray.nodes()) if n.node_id not in self.lost]
+            if alive:
+                self.nodes = alive
+                self.slots = min(self.pool_size, slot_count(alive, self._shapes()))
+            cpus = sum(n.cpus for n in self.nodes)
+            return f"the cluster now has {len(self.nodes)} node(s), {cpus} CPU(s): {self.slots} at once"
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         if self.started:
             self.ray.shutdown()
+
+
+def dead_node(message: str) -> str | None:
+    """The node ID a NodeDiedError names ("... node ID: 3f2a..."), or None."""
+    m = re.search(r"node ID: ([0-9a-f]{16,})", message)
+    return m.group(1) if m else None
 
 
 def _node_cpus() -> int | None:
@@ -311,8 +364,10 @@ __all__ = [
     "RayExecutor",
     "cluster_nodes",
     "cpus_per_gpu",
+    "fits",
     "max_threads",
     "merge_caps",
+    "refusal",
     "slot_count",
     "trial_options",
 ]
