@@ -143,6 +143,8 @@ class OnnxRuntimeRunner(TimedRunner):
         self.model_file = path
         self.ort = ort
         self.binding: Any = None
+        # One binding per batch size (serving binds 1..max_batch_size): (binding, inputs, outputs).
+        self._bound: dict[int, tuple[Any, dict[str, Any], list[Any]]] = {}
         self.placement: dict[str, Any] | None = None
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
@@ -224,36 +226,43 @@ class OnnxRuntimeRunner(TimedRunner):
         return step
 
     def _bind(self, batch: dict[str, np.ndarray]) -> Any:
-        """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph)."""
+        """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph);
+        kept as this batch size's binding."""
         ort, sess, idx = self.ort, self.session, self._device_index
         binding = sess.io_binding()
-        self._inputs = {}
+        inputs: dict[str, Any] = {}
+        outputs: list[Any] = []
         for name, arr in batch.items():
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", idx)
             binding.bind_ortvalue_input(name, value)
-            self._inputs[name] = value
+            inputs[name] = value
         if self.value(self.config, "cuda_graph"):
             shapes = output_shapes(
                 [(i.name, i.shape) for i in sess.get_inputs()],
                 [(o.name, o.shape) for o in sess.get_outputs()],
                 {k: tuple(v.shape) for k, v in batch.items()},
             )
-            self._outputs = []
             for out in sess.get_outputs():
                 value = ort.OrtValue.ortvalue_from_shape_and_type(
                     shapes[out.name], numpy_type(out.type), "cuda", idx
                 )
                 binding.bind_ortvalue_output(out.name, value)
-                self._outputs.append(value)
+                outputs.append(value)
         else:
             for out in sess.get_outputs():
                 binding.bind_output(out.name, "cuda", idx)
+        self._bound[_rows(batch)] = (binding, inputs, outputs)
         self.binding = binding
         return binding
 
     def _read_placement(self) -> dict[str, Any]:
         if self._profile_dir is None:  # a CUDA graph: ORT refuses a session with compute elsewhere
-            return {"by_provider": {}, "cpu_compute": [], "note": f"CUDA graph: compute on {self.provider}"}
+            return {
+                "by_provider": {},
+                "cpu_compute": [],
+                "cpu_scalars": [],
+                "note": f"CUDA graph: compute on {self.provider}",
+            }
         try:
             events = json.loads(Path(self.session.end_profiling()).read_text())
         finally:
@@ -269,12 +278,16 @@ class OnnxRuntimeRunner(TimedRunner):
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if not self._on_gpu:
             return np.asarray(self.session.run(None, batch)[0], dtype=np.float32)
-        if self.binding is None:
+        # Its own binding, the one of this batch's size: never the last served step's, whose
+        # inputs hold other rows (serving binds every size from 1 to max_batch_size).
+        if _rows(batch) not in self._bound:
             self.prepare(batch)
+        binding, inputs, _ = self._bound[_rows(batch)]
         for name, arr in batch.items():  # same buffers: a CUDA graph replays on these addresses
-            self._inputs[name].update_inplace(np.ascontiguousarray(arr))
-        self.session.run_with_iobinding(self.binding)
-        return np.asarray(self.binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+            inputs[name].update_inplace(np.ascontiguousarray(arr))
+        self.session.run_with_iobinding(binding)
+        self.binding = binding
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
     def synchronize(self) -> None:
         if self.binding is not None:
@@ -300,6 +313,7 @@ class OnnxRuntimeRunner(TimedRunner):
     def teardown(self) -> None:
         self.session = None
         self.binding = None
+        self._bound = {}
         if self._engine is not None:  # never published (the first run did not happen)
             shutil.rmtree(self._engine[0], ignore_errors=True)
         if self._profile_dir is not None:
@@ -350,6 +364,11 @@ class OnnxRuntimeRunner(TimedRunner):
                 "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"
             )
         return {"onnxruntime": settings}
+
+
+def _rows(batch: dict[str, np.ndarray]) -> int:
+    """A batch's size: the leading dimension of its inputs."""
+    return int(next(iter(batch.values())).shape[0])
 
 
 def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) -> str | None:

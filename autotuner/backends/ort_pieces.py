@@ -224,12 +224,37 @@ def _is_float(type_name: str) -> bool:
     return "float" in type_name or type_name == "double"
 
 
+# A CPU node whose float outputs all have at most this many elements is shape arithmetic (the
+# attention scale sqrt(head_dim) that the TorchScript exporter computes from Shape, per layer),
+# which ONNX Runtime places on the CPU on purpose when every input is a CPU tensor; it is no CPU
+# share of the model's compute.
+CPU_SCALAR_ELEMENTS = 64
+
+
+def _float_elements(output_type_shape: list[dict[str, Any]]) -> list[int | None]:
+    """The element count of each floating-point output (None where a dimension is not a number)."""
+    counts: list[int | None] = []
+    for out in output_type_shape:
+        for type_name, dims in out.items():
+            if not _is_float(type_name):
+                continue
+            try:
+                counts.append(int(np.prod([int(d) for d in dims or []], dtype=np.int64)))
+            except (TypeError, ValueError):
+                counts.append(None)
+    return counts
+
+
 def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Where the nodes of a profiled run ran: a count per provider, and the op of every node that
-    computed a floating-point tensor on the CPU. Integer shape arithmetic that ORT places on the
-    CPU on purpose (Shape, Gather, Concat of int64 shapes) does not count as a CPU share."""
+    """Where the nodes of a profiled run ran: a count per provider, the op of every node that
+    computed a floating-point tensor on the CPU (`cpu_compute`), and the ops of the CPU nodes
+    exempted as scalar shape arithmetic (`cpu_scalars`: every float tensor they read or write has
+    at most CPU_SCALAR_ELEMENTS elements). Integer shape arithmetic (Shape, Gather, Concat of
+    int64 shapes) and float scalars computed from shapes (Cast, Sqrt, Div of the attention scale)
+    do not count as a CPU share; a float tensor of unknown size does."""
     by_provider: dict[str, int] = {}
     cpu_compute: list[str] = []
+    cpu_scalars: list[str] = []
     for e in events:
         args = e.get("args") or {}
         if (
@@ -240,11 +265,19 @@ def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             continue
         provider = str(args["provider"])
         by_provider[provider] = by_provider.get(provider, 0) + 1
-        if provider == CPU:
-            types = [t for out in args.get("output_type_shape") or [] for t in out]
-            if any(_is_float(t) for t in types):
-                cpu_compute.append(str(args.get("op_name", e.get("name"))))
-    return {"by_provider": by_provider, "cpu_compute": cpu_compute}
+        if provider != CPU:
+            continue
+        outputs = _float_elements(args.get("output_type_shape") or [])
+        if not outputs:
+            continue
+        op = str(args.get("op_name", e.get("name")))
+        # Inputs too: a Gemm from a [batch, hidden] activation to a few logits is compute.
+        read_written = outputs + _float_elements(args.get("input_type_shape") or [])
+        if all(n is not None and n <= CPU_SCALAR_ELEMENTS for n in read_written):
+            cpu_scalars.append(op)
+        else:
+            cpu_compute.append(op)
+    return {"by_provider": by_provider, "cpu_compute": cpu_compute, "cpu_scalars": cpu_scalars}
 
 
 def refusal_of(message: str, provider: str) -> str | None:
