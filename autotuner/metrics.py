@@ -19,7 +19,12 @@ METRICS: dict[str, str] = {
         "peak memory of the trial's device (MiB). On a GPU: gpu_peak_memory_mb where NVML is available "
         "(for a workload runner only when it reports none of its own), else the runner's own figure "
         "(torch: max allocated; onnxruntime: the process's nvidia-smi use), else absent: host memory is "
-        "never reported as GPU memory. On CPU: host_rss_mb"
+        "never reported as GPU memory. On CPU: host_rss_mb. The llm runner on a GPU: gpu_peak_memory_mb "
+        "over its run, like the command runner (torch_allocated_mb only where NVML reads nothing)"
+    ),
+    "torch_allocated_mb": (
+        "the llm runner on a GPU: torch.cuda.max_memory_allocated over the run (MiB; no CUDA context, "
+        "no allocator reserve), kept apart from peak_memory_mb"
     ),
     "host_rss_mb": "peak resident set size of the worker process (MiB)",
     # Device telemetry (autotuner.execution.telemetry), sampled every 20 ms; absent where unreadable.

@@ -265,11 +265,15 @@ class LlmRunner(WorkloadRunner):
             preemptions=float(n_preempted),
             host_rss_mb=host_peak_rss_mb(),
         )
-        metrics["peak_memory_mb"] = (
-            self.torch.cuda.max_memory_allocated(self.dev) / 2**20
-            if self.dev.type == "cuda"
-            else metrics["host_rss_mb"]
-        )
+        if self.dev.type == "cuda":
+            # peak_memory_mb is the NVML device figure, as for every GPU runner (the worker sets
+            # it); torch's allocated peak (no context, no allocator reserve) is kept apart, and
+            # stands in only where NVML reads nothing (the window's probe is off).
+            metrics["torch_allocated_mb"] = self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+            if getattr(self.window, "why_off", "no probe"):
+                metrics["peak_memory_mb"] = metrics["torch_allocated_mb"]
+        else:
+            metrics["peak_memory_mb"] = metrics["host_rss_mb"]
         gc.collect()
         if self.dev.type == "cuda":
             self.torch.cuda.empty_cache()

@@ -203,7 +203,12 @@ class TorchRunner(TimedRunner):
             self.torch.set_num_threads(int(threads))
         if self.dev is not None:
             # After the first (compiling) call: max-autotune's benchmarking buffers are not the
-            # steady state's peak.
+            # steady state's peak, neither in torch's count nor in NVML's (which sees the
+            # caching allocator's reserve, so the freed blocks go back to the driver first).
+            import gc
+
+            gc.collect()
+            self.torch.cuda.empty_cache()
             self.torch.cuda.reset_peak_memory_stats(self.dev)
 
     def device_peak_memory_mb(self) -> float | None:

@@ -115,7 +115,9 @@ class Probe:
 
     def end(self) -> None: ...
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
+        """The window's figures. energy_j_per_item is the window's energy over `items` (the items
+        run inside it) where given, else power_w / items_s (a rate over the same window)."""
         return {}
 
     def close(self) -> None: ...
@@ -175,14 +177,14 @@ class GpuProbe(Probe):
             self.thread = None
         self.gpu.close()
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
         with self.lock:
             samples = list(self.samples)
         if self.window is None:  # a workload runner: its run as a whole, memory only
             return _memory(samples, self.baseline)
         lo, hi = self.window
         out = _memory(samples[lo : hi + 1], self.baseline)
-        out.update(window_figures(samples[lo : hi + 1], items_s))
+        out.update(window_figures(samples[lo : hi + 1], items_s, items))
         return out
 
 
@@ -198,9 +200,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vs) / len(vs) if vs else None
 
 
-def window_figures(samples: list[Sample], items_s: float | None) -> dict[str, float]:
+def window_figures(
+    samples: list[Sample], items_s: float | None, items: float | None = None
+) -> dict[str, float]:
     """Utilisation, SM clock, power, energy per item and throttle reasons over a timed window
-    (its samples, the first and last taken at its bounds)."""
+    (its samples, the first and last taken at its bounds). Energy per item is the window's energy
+    over the items run in it when `items` is given: power_w / items_s would scale it by busy over
+    wall time where items_s counts the steps' own time only."""
     out: dict[str, float] = {}
     for name, value in (
         ("gpu_util_pct", _mean([s.util_pct for s in samples])),
@@ -211,7 +217,10 @@ def window_figures(samples: list[Sample], items_s: float | None) -> dict[str, fl
     power = mean_power_w(samples)
     if power is not None:
         out["power_w"] = power
-        if items_s and items_s > 0:
+        span = samples[-1].t - samples[0].t if len(samples) >= 2 else 0.0
+        if items and items > 0 and span > 0:
+            out["energy_j_per_item"] = power * span / items
+        elif items_s and items_s > 0:
             out["energy_j_per_item"] = power / items_s
     reasons = [s.throttle for s in samples if s.throttle is not None]
     if reasons:
@@ -295,12 +304,14 @@ class RaplProbe(Probe):
         self.joules = sum(z.joules(x, y) for z, x, y in zip(self.zones, a, b, strict=True))
         self.span = t1 - t0
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
         if self.joules is None or self.span <= 0:
             return {}
         power = self.joules / self.span
         out = {"power_w": power}
-        if items_s and items_s > 0:
+        if items and items > 0:
+            out["energy_j_per_item"] = self.joules / items
+        elif items_s and items_s > 0:
             out["energy_j_per_item"] = power / items_s
         return out
 
