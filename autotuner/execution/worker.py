@@ -155,7 +155,8 @@ def run_trial(
             metrics = runner.run_workload()
             metrics = {**metrics, "measure_s": time.perf_counter() - started}
             metrics["foreign_load"] = meter.stop()
-            return TrialResult(ok=True, metrics=derived(spec, metrics, probe, windowed=False))
+            metrics = derived(spec, metrics, probe, windowed=False)
+            return TrialResult(ok=True, metrics=metrics, info=runner.trial_info())
         assert isinstance(runner, TimedRunner), f"{type(runner).__name__} is neither timed nor a workload"
         batch_size = int(runner.value(runner.config, "batch_size"))
         specs = model_inputs(spec)
