@@ -19,7 +19,7 @@ from helpers import make_spec_dict
 
 from autotuner.api import spec_from_dict
 from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
-from autotuner.backends.ort_pieces import CPU, CUDA, node_placement
+from autotuner.backends.ort_pieces import CPU, CUDA, TENSORRT, node_placement
 from autotuner.runners.base import Device
 
 SPEC = spec_from_dict(make_spec_dict())
@@ -217,3 +217,99 @@ def test_ort_cuda_serving_accuracy_after_a_one_row_batch(caps: dict) -> None:
     np.testing.assert_allclose(out, _cpu_session().run(None, _batch(4))[0], rtol=1e-3, atol=1e-3)
     runner.teardown()
 
+
+# --- H4: the GPU libraries are loaded, and each provider's load is probed --------------------
+
+
+def _fake_build(monkeypatch: pytest.MonkeyPatch, providers: list[str]) -> Any:
+    """The real onnxruntime (CPU build) claiming to be built with the given providers."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(providers))
+    return ort
+
+
+def test_a_provider_built_in_but_not_loading_is_recorded_with_what_ort_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autotuner.runners.gpu_libraries import provider_load_probe
+
+    real = provider_load_probe()  # this machine: CPU only, nothing to explain
+    assert CPU in real["ort_providers_loaded"] and real["ort_provider_errors"] == {}
+    ort = _fake_build(monkeypatch, [TENSORRT, CUDA, CPU])
+    probed = provider_load_probe(ort)
+    assert probed["ort_providers_loaded"] == [CPU]  # a real session got neither GPU provider
+    assert set(probed["ort_provider_errors"]) == {CUDA, TENSORRT}
+    assert "CUDAExecutionProvider" in probed["ort_provider_errors"][CUDA]  # ORT's own words
+
+
+def test_check_refuses_a_provider_that_does_not_load_with_the_cause() -> None:
+    caps = {
+        "cpu_cores": 4,
+        "cuda_devices": 1,
+        "ort_providers": [TENSORRT, CUDA, CPU],
+        "ort_providers_loaded": [CUDA, CPU],
+        "ort_provider_errors": {TENSORRT: "libnvinfer.so.10: cannot open shared object file"},
+    }
+    config = {"backend": "onnxruntime-tensorrt", "precision": "fp32", "tf32": True}
+    reason = OnnxRuntimeRunner.check(SPEC, config, caps)
+    assert reason is not None and "does not load" in reason and "libnvinfer.so.10" in reason
+    assert (
+        OnnxRuntimeRunner.check(SPEC, {**config, "backend": "onnxruntime-cuda", "tf32": False}, caps) is None
+    )
+    # Caps from before the load probe: the built-in list decides, as before.
+    old = {k: v for k, v in caps.items() if k not in ("ort_providers_loaded", "ort_provider_errors")}
+    assert OnnxRuntimeRunner.check(SPEC, {k: v for k, v in config.items()}, old) is None
+
+
+def test_the_libraries_are_preloaded_once_where_onnxruntime_has_a_gpu_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from autotuner.runners import gpu_libraries
+
+    calls: list[str] = []
+    gpu_ort = SimpleNamespace(
+        get_available_providers=lambda: [CUDA, CPU], preload_dlls=lambda: calls.append("x")
+    )
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    assert "preload_dlls()" in gpu_libraries.load_ort_libraries(gpu_ort)
+    gpu_libraries.load_ort_libraries(gpu_ort)
+    assert calls == ["x"]  # once a process
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    cpu_ort = SimpleNamespace(get_available_providers=lambda: [CPU], preload_dlls=lambda: calls.append("y"))
+    assert "nothing to load" in gpu_libraries.load_ort_libraries(cpu_ort) and calls == ["x"]
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    old_ort = SimpleNamespace(get_available_providers=lambda: [CUDA, CPU])  # onnxruntime < 1.21
+    assert "torch imported first" in gpu_libraries.load_ort_libraries(old_ort)
+
+
+def test_tensorrt_libraries_of_the_wheel_are_loaded_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import sys
+
+    from autotuner.runners.gpu_libraries import _load_tensorrt_libs
+
+    assert _load_tensorrt_libs() is None  # no tensorrt wheel here
+    libm = next(
+        (p for p in (Path("/lib/x86_64-linux-gnu/libm.so.6"), Path("/usr/lib64/libm.so.6")) if p.exists()),
+        None,
+    )
+    if libm is None:
+        pytest.skip("no libm.so.6 to stand in for libnvinfer")
+    folder = tmp_path / "tensorrt_libs"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    shutil.copy(libm, folder / "libnvinfer.so.10")  # a real shared object under TensorRT's name
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt_libs", raising=False)
+    said = _load_tensorrt_libs()
+    assert said is not None and "libnvinfer.so.10" in said and str(folder) in said
+
+
+def test_the_probe_records_the_providers_that_load(caps: dict) -> None:
+    assert CPU in caps["ort_providers_loaded"] and "ort_provider_errors" in caps
+    assert "ort_libraries" in caps

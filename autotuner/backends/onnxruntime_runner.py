@@ -100,6 +100,10 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"{provider} is not available in onnxruntime {version} here "
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
+        loaded = caps.get("ort_providers_loaded")
+        if loaded is not None and provider not in loaded:
+            why = (caps.get("ort_provider_errors") or {}).get(provider, "no reason printed")
+            return f"{provider} is built into onnxruntime here but does not load: {why}"
         precision = cls.value(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
@@ -129,6 +133,10 @@ class OnnxRuntimeRunner(TimedRunner):
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
         self.provider = PROVIDERS[backend]
+        if self.provider != CPU:  # CUDA / cuDNN / TensorRT of pip wheels, before the session
+            from autotuner.runners.gpu_libraries import load_ort_libraries
+
+            load_ort_libraries(ort)
         self.quantization: dict[str, Any] | None = None
         if precision == "int8":
             # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.

@@ -14,7 +14,19 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-_LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "optuna", "numpy", "transformers")
+_LIBS = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "optuna",
+    "numpy",
+    "transformers",
+    "tensorrt-cu13",
+    "tensorrt",
+    "flash-attn",
+    "nvidia-ml-py",
+)
 
 
 def probe(timeout_s: float = 120.0) -> dict[str, Any]:
@@ -71,7 +83,11 @@ def _live() -> dict[str, Any]:
     try:
         import onnxruntime as ort
 
-        caps["ort_providers"] = list(ort.get_available_providers())
+        from autotuner.runners.gpu_libraries import load_ort_libraries, provider_load_probe
+
+        caps["ort_providers"] = list(ort.get_available_providers())  # built in, not yet loaded
+        caps["ort_libraries"] = load_ort_libraries(ort)
+        caps.update(provider_load_probe(ort))  # the providers a session really gets
     except ImportError:
         pass
     caps["nvidia_driver"] = _nvidia_driver()
