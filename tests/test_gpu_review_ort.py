@@ -313,3 +313,65 @@ def test_tensorrt_libraries_of_the_wheel_are_loaded_from_its_folder(
 def test_the_probe_records_the_providers_that_load(caps: dict) -> None:
     assert CPU in caps["ort_providers_loaded"] and "ort_provider_errors" in caps
     assert "ort_libraries" in caps
+
+
+# --- M1: TensorRT in serving: one engine for batch 1..max_batch_size ---------------------------
+
+
+def _serving_spec() -> Any:
+    return spec_from_dict(
+        make_spec_dict(
+            scenario="serving",
+            serving={"rate_rps": 100, "duration_s": 0.6, "slo_p95_ms": 50},
+            space={"backend": "onnxruntime-tensorrt", "max_batch_size": [8], "tf32": [True]},
+            objectives=[{"metric": "request_latency_p95_ms", "direction": "minimize"}],
+        )
+    )
+
+
+class _TrtSession:
+    """What a TensorRT session reports (the GPU-only part): the providers it was created with."""
+
+    made: list[list[tuple[str, dict[str, str]]]] = []
+
+    def __init__(self, path: str, so: Any, providers: list[tuple[str, dict[str, str]]]) -> None:
+        self.providers = providers
+        _TrtSession.made.append(providers)
+
+    def get_providers(self) -> list[str]:
+        return [name for name, _ in self.providers]
+
+
+def test_a_serving_tensorrt_session_gets_one_profile_for_every_batch_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnxruntime as ort
+
+    spec = _serving_spec()
+    monkeypatch.setattr(ort, "InferenceSession", _TrtSession)
+    _TrtSession.made = []
+    config = {"backend": "onnxruntime-tensorrt", "precision": "fp32", "tf32": True, "max_batch_size": 8}
+    runner = OnnxRuntimeRunner(spec, config, Device("cuda", (0,), 0))
+    runner.setup()  # the real setup: export, engine folder, options; the session is faked
+    trt = dict(_TrtSession.made[-1])[TENSORRT]
+    assert trt["trt_profile_min_shapes"].startswith("input_ids:1x")
+    assert trt["trt_profile_opt_shapes"] == trt["trt_profile_max_shapes"]
+    assert trt["trt_profile_max_shapes"].startswith("input_ids:8x")
+    assert runner._engine is not None and "-fp32-b1-8-" in runner._engine[1].name
+    runner.teardown()
+    deploy = OnnxRuntimeRunner.deploy_settings(config)["onnxruntime"]["trt_profile_shapes"]
+    assert "at batch 1, opt = max = at batch 8" in deploy
+
+
+def test_a_batch_engine_keeps_min_opt_max_at_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "InferenceSession", _TrtSession)
+    config = {"backend": "onnxruntime-tensorrt", "precision": "fp32", "tf32": True, "batch_size": 4}
+    runner = OnnxRuntimeRunner(SPEC, config, Device("cuda", (0,), 0))
+    runner.setup()
+    trt = dict(_TrtSession.made[-1])[TENSORRT]
+    assert trt["trt_profile_min_shapes"] == trt["trt_profile_opt_shapes"] == trt["trt_profile_max_shapes"]
+    assert trt["trt_profile_max_shapes"].startswith("input_ids:4x")
+    assert runner._engine is not None and "-fp32-b4-" in runner._engine[1].name
+    runner.teardown()

@@ -167,13 +167,16 @@ class OnnxRuntimeRunner(TimedRunner):
         so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
         so.log_severity_level = 3
         shapes = input_shapes(self.spec, int(self.value(self.config, "batch_size")))
+        min_shapes = None
+        if self.spec.scenario == "serving":
+            # The batcher runs every size from 1 to max_batch_size: one engine for that range,
+            # tuned for the full batch, instead of a rebuild at each new size.
+            shapes = input_shapes(self.spec, int(self.value(self.config, "max_batch_size")))
+            min_shapes = input_shapes(self.spec, 1)
         cache = Path()
         if self.provider == TENSORRT:
-            final = (
-                cache_dir()
-                / "tensorrt"
-                / engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__)
-            )
+            name = engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__, min_shapes)
+            final = cache_dir() / "tensorrt" / name
             cache = claim_engine_dir(final)
             if cache != final:
                 self._engine = (cache, final)
@@ -182,7 +185,7 @@ class OnnxRuntimeRunner(TimedRunner):
             self._profile_dir = Path(tempfile.mkdtemp(prefix="autotune-ort-profile-"))
             so.enable_profiling = True
             so.profile_file_prefix = str(self._profile_dir / "first-run")
-        providers = provider_options(self.config, self._device_index, cache, shapes)
+        providers = provider_options(self.config, self._device_index, cache, shapes, min_shapes)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -348,7 +351,13 @@ class OnnxRuntimeRunner(TimedRunner):
         }
         if PROVIDERS[backend] != CPU:
             settings["transfer_policy"] = DEVICE_RESIDENT
-        if backend == "onnxruntime-tensorrt":
+        if backend == "onnxruntime-tensorrt" and any(k in config for k in SERVING_KNOBS):
+            top = int(cls.value(config, "max_batch_size"))
+            settings["trt_profile_shapes"] = (
+                f"min = each input's shape at batch 1, opt = max = at batch {top} (max_batch_size) "
+                "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
+            )
+        elif backend == "onnxruntime-tensorrt":
             batch = int(cls.value(config, "batch_size"))
             settings["trt_profile_shapes"] = (
                 f"min = opt = max = each input's shape at batch {batch} "

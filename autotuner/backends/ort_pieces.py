@@ -63,12 +63,14 @@ def provider_options(
     device_index: int,
     cache_root: Path,
     input_shapes: dict[str, tuple[int, ...]] | None,
+    min_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """The providers (with their options, as the strings ORT parses) a config's session registers.
 
     TensorRT is registered with CUDA under it, so that nodes TensorRT does not take run on the
     GPU; `cache_root` is this config's own engine folder (see engine_folder_name), and
-    `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max.
+    `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max;
+    with `min_shapes` (serving: batch 1) the profile is min = min_shapes, opt = max = input_shapes.
     """
     value = _value()
     provider = PROVIDERS[str(value(config, "backend"))]
@@ -97,8 +99,9 @@ def provider_options(
         trt["trt_timing_cache_path"] = str(cache_root)
     if input_shapes:
         profile = profile_shapes(input_shapes)
-        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
-            trt[key] = profile
+        trt["trt_profile_min_shapes"] = profile_shapes(min_shapes) if min_shapes else profile
+        trt["trt_profile_opt_shapes"] = profile
+        trt["trt_profile_max_shapes"] = profile
     return [(TENSORRT, trt), (CUDA, cuda)]
 
 
@@ -117,10 +120,15 @@ def input_shapes(spec: Spec, batch_size: int) -> dict[str, tuple[int, ...]]:
 
 
 def engine_folder_name(
-    model_sha256: str, config: dict[str, Any], input_shapes: dict[str, tuple[int, ...]], ort_version: str
+    model_sha256: str,
+    config: dict[str, Any],
+    input_shapes: dict[str, tuple[int, ...]],
+    ort_version: str,
+    min_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> str:
     """One TensorRT cache folder per engine: model content, precision, batch profile and the
-    options that change what TensorRT builds."""
+    options that change what TensorRT builds. A serving engine (min_shapes at batch 1) is named
+    b1-N for its batch range."""
     value = _value()
     precision = str(value(config, "precision"))
     key = {
@@ -131,9 +139,18 @@ def engine_folder_name(
         "builder_optimization_level": int(value(config, "trt_builder_optimization_level")),
         "onnxruntime": ort_version,
     }
+    if min_shapes:
+        key["min_profile"] = profile_shapes(min_shapes)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    batch = int(value(config, "batch_size"))
+    if min_shapes:
+        batch = f"{_batch_of(min_shapes)}-{_batch_of(input_shapes)}"
+    else:
+        batch = str(int(value(config, "batch_size")))
     return f"{model_sha256[:12]}-{precision}-b{batch}-{digest}"
+
+
+def _batch_of(shapes: dict[str, tuple[int, ...]]) -> int:
+    return int(next(iter(shapes.values()))[0]) if shapes else 1
 
 
 
