@@ -33,8 +33,10 @@ from autotuner.backends.ort_pieces import (
     PROVIDERS,
     TENSORRT,
     TRT_OPT_LEVELS,
+    FolderLock,
     claim_engine_dir,
     engine_folder_name,
+    gpu_model,
     input_shapes,
     node_placement,
     numpy_type,
@@ -43,12 +45,22 @@ from autotuner.backends.ort_pieces import (
     provider_options,
     publish_engine_dir,
     refusal_of,
+    tensorrt_version,
+    timing_folder_name,
 )
 from autotuner.errors import UnsupportedConfig
 from autotuner.files import file_sha256
 from autotuner.models.quantization import ORT_CALIBRATIONS, QUANT_KNOBS, knob_reason, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
+
+# ORT's QDQ fusions (QLinearMatMul and friends) are CPU-provider transforms: the CUDA provider
+# runs DequantizeLinear and then the fp32 kernel, so int8 there is measured as deployed, slower
+# than fp32 (TensorRT fuses the QDQ model into int8 kernels).
+INT8_ON_CUDA = (
+    "simulated on onnxruntime-cuda: DequantizeLinear then fp32 kernels (no int8 GEMM), so slower "
+    "than fp32; TensorRT runs the same QDQ model with int8 kernels"
+)
 
 
 class OnnxRuntimeRunner(TimedRunner):
@@ -174,9 +186,19 @@ class OnnxRuntimeRunner(TimedRunner):
             shapes = input_shapes(self.spec, int(self.value(self.config, "max_batch_size")))
             min_shapes = input_shapes(self.spec, 1)
         cache = Path()
+        timing_root: Path | None = None
+        self._timing_lock: FolderLock | None = None
         if self.provider == TENSORRT:
-            name = engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__, min_shapes)
-            final = cache_dir() / "tensorrt" / name
+            env = self._build_env()
+            sha = file_sha256(path)
+            final = cache_dir() / "tensorrt" / engine_folder_name(
+                sha, self.config, shapes, ort.__version__, min_shapes, env
+            )
+            if self.value(self.config, "trt_timing_cache"):
+                shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)
+                lock = FolderLock(shared)
+                if lock.acquire():  # held until the engine is built (the first run)
+                    timing_root, self._timing_lock = shared, lock
             cache = claim_engine_dir(final)
             if cache != final:
                 self._engine = (cache, final)
@@ -185,7 +207,7 @@ class OnnxRuntimeRunner(TimedRunner):
             self._profile_dir = Path(tempfile.mkdtemp(prefix="autotune-ort-profile-"))
             so.enable_profiling = True
             so.profile_file_prefix = str(self._profile_dir / "first-run")
-        providers = provider_options(self.config, self._device_index, cache, shapes, min_shapes)
+        providers = provider_options(self.config, self._device_index, cache, shapes, min_shapes, timing_root)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -199,6 +221,14 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"onnxruntime created the session on {active[0] if active else 'nothing'} "
                 f"instead of {self.provider}; not accepted as a silent fallback"
             )
+
+    def _build_env(self) -> dict[str, str | None]:
+        """What an engine depends on beyond the model and the options: TensorRT and the GPU."""
+        from autotuner.processes import nvidia_smi
+
+        rows = nvidia_smi("gpu", "index,uuid,name")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return {"tensorrt": tensorrt_version(), "gpu": gpu_model(rows, visible, self._device_index)}
 
     @property
     def _on_gpu(self) -> bool:
@@ -285,6 +315,13 @@ class OnnxRuntimeRunner(TimedRunner):
         if self._engine is not None:
             publish_engine_dir(*self._engine)
             self._engine = None
+        self._release_timing()
+
+    def _release_timing(self) -> None:
+        lock = getattr(self, "_timing_lock", None)
+        if lock is not None:
+            lock.release()
+            self._timing_lock = None
 
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if not self._on_gpu:
@@ -317,6 +354,8 @@ class OnnxRuntimeRunner(TimedRunner):
             info["node_placement"] = self.placement
         if getattr(self, "quantization", None):
             info["quantization"] = self.quantization
+            if getattr(self, "provider", None) == CUDA:
+                info["int8_note"] = INT8_ON_CUDA
         if getattr(self, "model_file", None) is not None and self.model_file.exists():
             info["model_file_mb"] = round(self.model_file.stat().st_size / 2**20, 2)
         return info
@@ -327,6 +366,7 @@ class OnnxRuntimeRunner(TimedRunner):
         self._bound = {}
         if self._engine is not None:  # never published (the first run did not happen)
             shutil.rmtree(self._engine[0], ignore_errors=True)
+        self._release_timing()
         if self._profile_dir is not None:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
 

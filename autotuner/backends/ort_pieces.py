@@ -64,6 +64,7 @@ def provider_options(
     cache_root: Path,
     input_shapes: dict[str, tuple[int, ...]] | None,
     min_shapes: dict[str, tuple[int, ...]] | None = None,
+    timing_root: Path | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """The providers (with their options, as the strings ORT parses) a config's session registers.
 
@@ -71,6 +72,8 @@ def provider_options(
     GPU; `cache_root` is this config's own engine folder (see engine_folder_name), and
     `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max;
     with `min_shapes` (serving: batch 1) the profile is min = min_shapes, opt = max = input_shapes.
+    `timing_root` is the timing cache shared by every config on this GPU model and TensorRT
+    version (timing_folder_name); without it the timing cache lives in the engine folder.
     """
     value = _value()
     provider = PROVIDERS[str(value(config, "backend"))]
@@ -96,7 +99,7 @@ def provider_options(
         "trt_cuda_graph_enable": _flag(value(config, "cuda_graph")),
     }
     if timing:
-        trt["trt_timing_cache_path"] = str(cache_root)
+        trt["trt_timing_cache_path"] = str(timing_root or cache_root)
     if input_shapes:
         profile = profile_shapes(input_shapes)
         trt["trt_profile_min_shapes"] = profile_shapes(min_shapes) if min_shapes else profile
@@ -125,10 +128,12 @@ def engine_folder_name(
     input_shapes: dict[str, tuple[int, ...]],
     ort_version: str,
     min_shapes: dict[str, tuple[int, ...]] | None = None,
+    build_env: dict[str, str | None] | None = None,
 ) -> str:
-    """One TensorRT cache folder per engine: model content, precision, batch profile and the
-    options that change what TensorRT builds. A serving engine (min_shapes at batch 1) is named
-    b1-N for its batch range."""
+    """One TensorRT cache folder per engine: model content, precision, batch profile, the
+    options that change what TensorRT builds, and `build_env` (the TensorRT version and GPU
+    model: an engine of another TensorRT does not deserialize, and H100 and H200 are both sm90).
+    A serving engine (min_shapes at batch 1) is named b1-N for its batch range."""
     value = _value()
     precision = str(value(config, "precision"))
     key = {
@@ -141,6 +146,8 @@ def engine_folder_name(
     }
     if min_shapes:
         key["min_profile"] = profile_shapes(min_shapes)
+    if build_env:
+        key.update({f"build_{k}": v for k, v in build_env.items()})
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     if min_shapes:
         batch = f"{_batch_of(min_shapes)}-{_batch_of(input_shapes)}"
@@ -153,6 +160,79 @@ def _batch_of(shapes: dict[str, tuple[int, ...]]) -> int:
     return int(next(iter(shapes.values()))[0]) if shapes else 1
 
 
+
+
+def timing_folder_name(build_env: dict[str, str | None], ort_version: str) -> str:
+    """The TensorRT timing cache folder every config on one GPU model and TensorRT version
+    shares (layer timings do not depend on the model or the config)."""
+    key = json.dumps({**build_env, "onnxruntime": ort_version}, sort_keys=True)
+    return "timing-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+_TRT_DISTRIBUTIONS = (
+    "tensorrt-cu13",
+    "tensorrt_cu13_libs",
+    "tensorrt-cu12",
+    "tensorrt_cu12_libs",
+    "tensorrt",
+)
+
+
+def tensorrt_version() -> str | None:
+    """The TensorRT of the pip wheels, or None (a system TensorRT, or none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in _TRT_DISTRIBUTIONS:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_model(rows: list[list[str]] | None, visible: str | None, cuda_index: int) -> str | None:
+    """The name of CUDA device `cuda_index` from `nvidia-smi --query-gpu=index,uuid,name` rows,
+    through CUDA_VISIBLE_DEVICES (`visible`: indices or UUIDs; PCI order, see worker_env)."""
+    if not rows:
+        return None
+    shown = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    entry = shown[cuda_index] if cuda_index < len(shown) else (None if shown else str(cuda_index))
+    for row in rows:
+        if len(row) >= 3 and entry is not None and entry in (row[0], row[1]):
+            return row[2]
+    return None
+
+
+class FolderLock:
+    """An exclusive lock (flock) on a folder's `.lock` file: the shared TensorRT timing cache is
+    read when an engine is built and written after it, by one session at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float = 300.0, poll_s: float = 0.2) -> bool:
+        import fcntl
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(poll_s)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 _TMP_SUFFIX = ".tmp"
@@ -300,7 +380,9 @@ def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def refusal_of(message: str, provider: str) -> str | None:
     """An ORT session error that means this config cannot run as asked (not a crash), in words."""
     text = message.lower()
-    if "cuda graph" in text:
+    # Older releases say "CUDA Graph", newer ones "cannot use the graph capture feature ... not
+    # been partitioned to the CUDAExecutionProvider" (a CPU node, such as a Memcpy, in the graph).
+    if "cuda graph" in text or "graph capture" in text:
         return f"cuda_graph: ONNX Runtime cannot capture this model on {provider} ({message.strip()[:200]})"
     return None
 
