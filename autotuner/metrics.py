@@ -19,10 +19,16 @@ METRICS: dict[str, str] = {
         "peak memory of the trial's device (MiB). On a GPU: gpu_peak_memory_mb where NVML is available "
         "(for a workload runner only when it reports none of its own), else the runner's own figure "
         "(torch: max allocated; onnxruntime: the process's nvidia-smi use), else absent: host memory is "
-        "never reported as GPU memory. On CPU: host_rss_mb"
+        "never reported as GPU memory. On CPU: host_rss_mb. The llm runner on a GPU: gpu_peak_memory_mb "
+        "over its run, like the command runner (torch_allocated_mb only where NVML reads nothing)"
+    ),
+    "torch_allocated_mb": (
+        "the llm runner on a GPU: torch.cuda.max_memory_allocated over the run (MiB; no CUDA context, "
+        "no allocator reserve), kept apart from peak_memory_mb"
     ),
     "host_rss_mb": "peak resident set size of the worker process (MiB)",
-    # Device telemetry (autotuner.execution.telemetry), sampled every 20 ms; absent where unreadable.
+    # Device telemetry (autotuner.execution.telemetry), sampled every 50 ms; absent where unreadable;
+    # a trial holding several GPUs (a command's resources.gpus) reads their sum.
     "gpu_peak_memory_mb": (
         "most device memory in use (NVML, whole GPU, sampled) during the timed window, minus the use "
         "before setup: weights, CUDA context, allocator caches and working memory, the same for every "
@@ -34,8 +40,9 @@ METRICS: dict[str, str] = {
         "mean power over the timed window: the GPU's (NVML energy counter, else sampled power integrated), "
         "or on CPU the packages' (RAPL, every core of the socket)"
     ),
-    "energy_j_per_item": "power_w / throughput_items_s: joules per item in steady state (LLM serving: "
-    "per generated token, power_w / output_tokens_s over the served requests)",
+    "energy_j_per_item": "the timed window's energy over the items run in it (batch: batch_size x "
+    "n_iterations), joules per item in steady state (serving: power_w / the rate; LLM serving: per "
+    "generated token, power_w / output_tokens_s over the served requests)",
     "gpu_throttle": (
         "NVML clock-event (throttle) reason bits seen in the timed window, OR-ed, idle bit dropped; 0: none"
     ),

@@ -194,7 +194,7 @@ def _event(op: str, provider: str, out_type: str) -> dict[str, Any]:
     return {
         "cat": "Node",
         "name": f"/{op}_0_kernel_time",
-        "args": {"op_name": op, "provider": provider, "output_type_shape": [{out_type: [4, 16]}]},
+        "args": {"op_name": op, "provider": provider, "output_type_shape": [{out_type: [4, 16, 64]}]},
     }
 
 

@@ -253,8 +253,9 @@ class RecordingProbe(telemetry.Probe):
     def end(self) -> None:
         self.calls.append("end")
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
         self.calls.append(f"result({items_s is not None})")
+        self.items = items
         return self.figures
 
     def close(self) -> None:
@@ -277,11 +278,17 @@ def test_the_worker_times_the_window_after_the_first_call_and_activate(
 ) -> None:
     result, calls = _worker_run(monkeypatch, {"gpu_peak_memory_mb": 42.0, "power_w": 200.0})
     assert result.ok, result.failure_message
-    # The peak reset (activate) follows the first, compiling call; the window follows both.
+    # The peak reset (activate) follows the first, compiling call; then the warm-up (at least
+    # 0.2 s on a GPU); the window begins after both, at the first timed call.
     first = calls.index("step")
     assert calls[:first] == ["setup", "prepare"]
-    assert calls[first + 1 : first + 3] == ["activate", "begin"]
+    assert calls[first + 1] == "activate"
+    begin = calls.index("begin")
+    warm_up = calls[first + 2 : begin]
+    assert len(warm_up) >= 3 and set(warm_up) == {"step"}
     assert calls[-3:] == ["end", "result(True)", "close"]
+    timed = calls[begin + 1 : calls.index("end")]
+    assert set(timed) == {"step"} and result.metrics["n_iterations"] == len(timed)
     assert result.metrics["peak_memory_mb"] == 42.0  # the sampled GPU memory, for every backend
     assert result.metrics["gpu_peak_memory_mb"] == 42.0 and result.metrics["power_w"] == 200.0
 
@@ -296,13 +303,22 @@ def test_the_torch_peak_reset_comes_at_activate() -> None:
     from autotuner.backends.torch_runner import TorchRunner
 
     resets: list[Any] = []
-    fake_cuda = type("Cuda", (), {"reset_peak_memory_stats": staticmethod(resets.append)})
+    fake_cuda = type(
+        "Cuda",
+        (),
+        {
+            "reset_peak_memory_stats": staticmethod(resets.append),
+            # M3: the caching allocator's free blocks go back to the driver, so NVML's window
+            # does not keep what compilation reserved.
+            "empty_cache": staticmethod(lambda: resets.append("empty_cache")),
+        },
+    )
     fake_torch = type("Torch", (), {"cuda": fake_cuda, "set_num_threads": staticmethod(lambda n: None)})
     spec = spec_from_dict(make_spec_dict())
     runner = TorchRunner(spec, {"backend": "torch-compile", "device": "cuda"}, Device("cuda", (0,), 0))
     runner.torch, runner.dev = fake_torch, "cuda:0"
     runner.activate()
-    assert resets == ["cuda:0"]
+    assert resets == ["empty_cache", "cuda:0"]
 
 
 COST = {"usd_per_hour": 2.1}

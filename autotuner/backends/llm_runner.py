@@ -187,7 +187,11 @@ class LlmRunner(WorkloadRunner):
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         mm = memory_model(self.spec, self.config)
+        self.decode_path, max_blocks = decode_path(
+            str(self.value(self.config, "attn_implementation")), int(self.value(self.config, "page_size"))
+        )
         return ContinuousBatchingConfig(
+            max_blocks_per_request=max_blocks,
             page_size=int(self.value(self.config, "page_size")),
             num_blocks=mm["pages"],
             max_batch_tokens=int(self.value(self.config, "max_batch_tokens")),
@@ -265,11 +269,15 @@ class LlmRunner(WorkloadRunner):
             preemptions=float(n_preempted),
             host_rss_mb=host_peak_rss_mb(),
         )
-        metrics["peak_memory_mb"] = (
-            self.torch.cuda.max_memory_allocated(self.dev) / 2**20
-            if self.dev.type == "cuda"
-            else metrics["host_rss_mb"]
-        )
+        if self.dev.type == "cuda":
+            # peak_memory_mb is the NVML device figure, as for every GPU runner (the worker sets
+            # it); torch's allocated peak (no context, no allocator reserve) is kept apart, and
+            # stands in only where NVML reads nothing (the window's probe is off).
+            metrics["torch_allocated_mb"] = self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+            if getattr(self.window, "why_off", "no probe"):
+                metrics["peak_memory_mb"] = metrics["torch_allocated_mb"]
+        else:
+            metrics["peak_memory_mb"] = metrics["host_rss_mb"]
         gc.collect()
         if self.dev.type == "cuda":
             self.torch.cuda.empty_cache()
@@ -290,6 +298,10 @@ class LlmRunner(WorkloadRunner):
                 r.prompt, request_id=f"r{i}", max_new_tokens=r.output_len, record_timestamps=True
             )
         return _collect(manager, {f"r{i}" for i in range(len(reqs))}, self.spec.measurement.trial_timeout_s)
+
+    def trial_info(self) -> dict[str, Any]:
+        path = getattr(self, "decode_path", None)
+        return {"decode_path": path} if path else {}
 
     def _restore_attention(self) -> None:
         """The plain (uncached) forward needs the attention the model was loaded with, not the
@@ -339,6 +351,20 @@ class LlmRunner(WorkloadRunner):
             "dtype": cls.value(config, "precision"),
             "tf32": bool(cls.value(config, "tf32")),
         }
+
+
+# flash-attn 2's paged KV cache (flash_attn_with_kvcache with a block table) takes pages whose
+# size is a multiple of this ("Paged KV cache block size must be divisible by 256").
+FLASH_PAGED_BLOCK = 256
+
+
+def decode_path(attn: str, page_size: int) -> tuple[str, int | None]:
+    """The decode path a config runs, and the max_blocks_per_request that chooses it: the block
+    table fast path (None: the library's default) only for flash_attention_2 with a page size
+    flash-attn 2 accepts, else 0 (the varlen path, as transformers resolves it for sdpa/eager)."""
+    if attn == "flash_attention_2" and page_size % FLASH_PAGED_BLOCK == 0:
+        return "block-table", None
+    return "varlen", 0
 
 
 def load_causal_lm(spec: Spec) -> Any:

@@ -33,8 +33,10 @@ from autotuner.backends.ort_pieces import (
     PROVIDERS,
     TENSORRT,
     TRT_OPT_LEVELS,
+    FolderLock,
     claim_engine_dir,
     engine_folder_name,
+    gpu_model,
     input_shapes,
     node_placement,
     numpy_type,
@@ -43,12 +45,22 @@ from autotuner.backends.ort_pieces import (
     provider_options,
     publish_engine_dir,
     refusal_of,
+    tensorrt_version,
+    timing_folder_name,
 )
 from autotuner.errors import UnsupportedConfig
 from autotuner.files import file_sha256
 from autotuner.models.quantization import ORT_CALIBRATIONS, QUANT_KNOBS, knob_reason, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
 from autotuner.spec.schema import Spec
+
+# ORT's QDQ fusions (QLinearMatMul and friends) are CPU-provider transforms: the CUDA provider
+# runs DequantizeLinear and then the fp32 kernel, so int8 there is measured as deployed, slower
+# than fp32 (TensorRT fuses the QDQ model into int8 kernels).
+INT8_ON_CUDA = (
+    "simulated on onnxruntime-cuda: DequantizeLinear then fp32 kernels (no int8 GEMM), so slower "
+    "than fp32; TensorRT runs the same QDQ model with int8 kernels"
+)
 
 
 class OnnxRuntimeRunner(TimedRunner):
@@ -100,6 +112,10 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"{provider} is not available in onnxruntime {version} here "
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
+        loaded = caps.get("ort_providers_loaded")
+        if loaded is not None and provider not in loaded:
+            why = (caps.get("ort_provider_errors") or {}).get(provider, "no reason printed")
+            return f"{provider} is built into onnxruntime here but does not load: {why}"
         precision = cls.value(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
@@ -129,6 +145,10 @@ class OnnxRuntimeRunner(TimedRunner):
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
         self.provider = PROVIDERS[backend]
+        if self.provider != CPU:  # CUDA / cuDNN / TensorRT of pip wheels, before the session
+            from autotuner.runners.gpu_libraries import load_ort_libraries
+
+            load_ort_libraries(ort)
         self.quantization: dict[str, Any] | None = None
         if precision == "int8":
             # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
@@ -143,6 +163,8 @@ class OnnxRuntimeRunner(TimedRunner):
         self.model_file = path
         self.ort = ort
         self.binding: Any = None
+        # One binding per batch size (serving binds 1..max_batch_size): (binding, inputs, outputs).
+        self._bound: dict[int, tuple[Any, dict[str, Any], list[Any]]] = {}
         self.placement: dict[str, Any] | None = None
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
@@ -157,13 +179,26 @@ class OnnxRuntimeRunner(TimedRunner):
         so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
         so.log_severity_level = 3
         shapes = input_shapes(self.spec, int(self.value(self.config, "batch_size")))
+        min_shapes = None
+        if self.spec.scenario == "serving":
+            # The batcher runs every size from 1 to max_batch_size: one engine for that range,
+            # tuned for the full batch, instead of a rebuild at each new size.
+            shapes = input_shapes(self.spec, int(self.value(self.config, "max_batch_size")))
+            min_shapes = input_shapes(self.spec, 1)
         cache = Path()
+        timing_root: Path | None = None
+        self._timing_lock: FolderLock | None = None
         if self.provider == TENSORRT:
-            final = (
-                cache_dir()
-                / "tensorrt"
-                / engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__)
+            env = self._build_env()
+            sha = file_sha256(path)
+            final = cache_dir() / "tensorrt" / engine_folder_name(
+                sha, self.config, shapes, ort.__version__, min_shapes, env
             )
+            if self.value(self.config, "trt_timing_cache"):
+                shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)
+                lock = FolderLock(shared)
+                if lock.acquire():  # held until the engine is built (the first run)
+                    timing_root, self._timing_lock = shared, lock
             cache = claim_engine_dir(final)
             if cache != final:
                 self._engine = (cache, final)
@@ -172,7 +207,7 @@ class OnnxRuntimeRunner(TimedRunner):
             self._profile_dir = Path(tempfile.mkdtemp(prefix="autotune-ort-profile-"))
             so.enable_profiling = True
             so.profile_file_prefix = str(self._profile_dir / "first-run")
-        providers = provider_options(self.config, self._device_index, cache, shapes)
+        providers = provider_options(self.config, self._device_index, cache, shapes, min_shapes, timing_root)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -186,6 +221,14 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"onnxruntime created the session on {active[0] if active else 'nothing'} "
                 f"instead of {self.provider}; not accepted as a silent fallback"
             )
+
+    def _build_env(self) -> dict[str, str | None]:
+        """What an engine depends on beyond the model and the options: TensorRT and the GPU."""
+        from autotuner.processes import nvidia_smi
+
+        rows = nvidia_smi("gpu", "index,uuid,name")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return {"tensorrt": tensorrt_version(), "gpu": gpu_model(rows, visible, self._device_index)}
 
     @property
     def _on_gpu(self) -> bool:
@@ -224,36 +267,43 @@ class OnnxRuntimeRunner(TimedRunner):
         return step
 
     def _bind(self, batch: dict[str, np.ndarray]) -> Any:
-        """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph)."""
+        """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph);
+        kept as this batch size's binding."""
         ort, sess, idx = self.ort, self.session, self._device_index
         binding = sess.io_binding()
-        self._inputs = {}
+        inputs: dict[str, Any] = {}
+        outputs: list[Any] = []
         for name, arr in batch.items():
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", idx)
             binding.bind_ortvalue_input(name, value)
-            self._inputs[name] = value
+            inputs[name] = value
         if self.value(self.config, "cuda_graph"):
             shapes = output_shapes(
                 [(i.name, i.shape) for i in sess.get_inputs()],
                 [(o.name, o.shape) for o in sess.get_outputs()],
                 {k: tuple(v.shape) for k, v in batch.items()},
             )
-            self._outputs = []
             for out in sess.get_outputs():
                 value = ort.OrtValue.ortvalue_from_shape_and_type(
                     shapes[out.name], numpy_type(out.type), "cuda", idx
                 )
                 binding.bind_ortvalue_output(out.name, value)
-                self._outputs.append(value)
+                outputs.append(value)
         else:
             for out in sess.get_outputs():
                 binding.bind_output(out.name, "cuda", idx)
+        self._bound[_rows(batch)] = (binding, inputs, outputs)
         self.binding = binding
         return binding
 
     def _read_placement(self) -> dict[str, Any]:
         if self._profile_dir is None:  # a CUDA graph: ORT refuses a session with compute elsewhere
-            return {"by_provider": {}, "cpu_compute": [], "note": f"CUDA graph: compute on {self.provider}"}
+            return {
+                "by_provider": {},
+                "cpu_compute": [],
+                "cpu_scalars": [],
+                "note": f"CUDA graph: compute on {self.provider}",
+            }
         try:
             events = json.loads(Path(self.session.end_profiling()).read_text())
         finally:
@@ -265,16 +315,27 @@ class OnnxRuntimeRunner(TimedRunner):
         if self._engine is not None:
             publish_engine_dir(*self._engine)
             self._engine = None
+        self._release_timing()
+
+    def _release_timing(self) -> None:
+        lock = getattr(self, "_timing_lock", None)
+        if lock is not None:
+            lock.release()
+            self._timing_lock = None
 
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if not self._on_gpu:
             return np.asarray(self.session.run(None, batch)[0], dtype=np.float32)
-        if self.binding is None:
+        # Its own binding, the one of this batch's size: never the last served step's, whose
+        # inputs hold other rows (serving binds every size from 1 to max_batch_size).
+        if _rows(batch) not in self._bound:
             self.prepare(batch)
+        binding, inputs, _ = self._bound[_rows(batch)]
         for name, arr in batch.items():  # same buffers: a CUDA graph replays on these addresses
-            self._inputs[name].update_inplace(np.ascontiguousarray(arr))
-        self.session.run_with_iobinding(self.binding)
-        return np.asarray(self.binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+            inputs[name].update_inplace(np.ascontiguousarray(arr))
+        self.session.run_with_iobinding(binding)
+        self.binding = binding
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
     def synchronize(self) -> None:
         if self.binding is not None:
@@ -293,6 +354,8 @@ class OnnxRuntimeRunner(TimedRunner):
             info["node_placement"] = self.placement
         if getattr(self, "quantization", None):
             info["quantization"] = self.quantization
+            if getattr(self, "provider", None) == CUDA:
+                info["int8_note"] = INT8_ON_CUDA
         if getattr(self, "model_file", None) is not None and self.model_file.exists():
             info["model_file_mb"] = round(self.model_file.stat().st_size / 2**20, 2)
         return info
@@ -300,8 +363,10 @@ class OnnxRuntimeRunner(TimedRunner):
     def teardown(self) -> None:
         self.session = None
         self.binding = None
+        self._bound = {}
         if self._engine is not None:  # never published (the first run did not happen)
             shutil.rmtree(self._engine[0], ignore_errors=True)
+        self._release_timing()
         if self._profile_dir is not None:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
 
@@ -326,7 +391,13 @@ class OnnxRuntimeRunner(TimedRunner):
         }
         if PROVIDERS[backend] != CPU:
             settings["transfer_policy"] = DEVICE_RESIDENT
-        if backend == "onnxruntime-tensorrt":
+        if backend == "onnxruntime-tensorrt" and any(k in config for k in SERVING_KNOBS):
+            top = int(cls.value(config, "max_batch_size"))
+            settings["trt_profile_shapes"] = (
+                f"min = each input's shape at batch 1, opt = max = at batch {top} (max_batch_size) "
+                "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
+            )
+        elif backend == "onnxruntime-tensorrt":
             batch = int(cls.value(config, "batch_size"))
             settings["trt_profile_shapes"] = (
                 f"min = opt = max = each input's shape at batch {batch} "
@@ -350,6 +421,11 @@ class OnnxRuntimeRunner(TimedRunner):
                 "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"
             )
         return {"onnxruntime": settings}
+
+
+def _rows(batch: dict[str, np.ndarray]) -> int:
+    """A batch's size: the leading dimension of its inputs."""
+    return int(next(iter(batch.values())).shape[0])
 
 
 def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) -> str | None:

@@ -63,12 +63,17 @@ def provider_options(
     device_index: int,
     cache_root: Path,
     input_shapes: dict[str, tuple[int, ...]] | None,
+    min_shapes: dict[str, tuple[int, ...]] | None = None,
+    timing_root: Path | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """The providers (with their options, as the strings ORT parses) a config's session registers.
 
     TensorRT is registered with CUDA under it, so that nodes TensorRT does not take run on the
     GPU; `cache_root` is this config's own engine folder (see engine_folder_name), and
-    `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max.
+    `input_shapes` (the trial's, batch included) fixes the TensorRT profile to min = opt = max;
+    with `min_shapes` (serving: batch 1) the profile is min = min_shapes, opt = max = input_shapes.
+    `timing_root` is the timing cache shared by every config on this GPU model and TensorRT
+    version (timing_folder_name); without it the timing cache lives in the engine folder.
     """
     value = _value()
     provider = PROVIDERS[str(value(config, "backend"))]
@@ -94,11 +99,12 @@ def provider_options(
         "trt_cuda_graph_enable": _flag(value(config, "cuda_graph")),
     }
     if timing:
-        trt["trt_timing_cache_path"] = str(cache_root)
+        trt["trt_timing_cache_path"] = str(timing_root or cache_root)
     if input_shapes:
         profile = profile_shapes(input_shapes)
-        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
-            trt[key] = profile
+        trt["trt_profile_min_shapes"] = profile_shapes(min_shapes) if min_shapes else profile
+        trt["trt_profile_opt_shapes"] = profile
+        trt["trt_profile_max_shapes"] = profile
     return [(TENSORRT, trt), (CUDA, cuda)]
 
 
@@ -117,10 +123,17 @@ def input_shapes(spec: Spec, batch_size: int) -> dict[str, tuple[int, ...]]:
 
 
 def engine_folder_name(
-    model_sha256: str, config: dict[str, Any], input_shapes: dict[str, tuple[int, ...]], ort_version: str
+    model_sha256: str,
+    config: dict[str, Any],
+    input_shapes: dict[str, tuple[int, ...]],
+    ort_version: str,
+    min_shapes: dict[str, tuple[int, ...]] | None = None,
+    build_env: dict[str, str | None] | None = None,
 ) -> str:
-    """One TensorRT cache folder per engine: model content, precision, batch profile and the
-    options that change what TensorRT builds."""
+    """One TensorRT cache folder per engine: model content, precision, batch profile, the
+    options that change what TensorRT builds, and `build_env` (the TensorRT version and GPU
+    model: an engine of another TensorRT does not deserialize, and H100 and H200 are both sm90).
+    A serving engine (min_shapes at batch 1) is named b1-N for its batch range."""
     value = _value()
     precision = str(value(config, "precision"))
     key = {
@@ -131,11 +144,95 @@ def engine_folder_name(
         "builder_optimization_level": int(value(config, "trt_builder_optimization_level")),
         "onnxruntime": ort_version,
     }
+    if min_shapes:
+        key["min_profile"] = profile_shapes(min_shapes)
+    if build_env:
+        key.update({f"build_{k}": v for k, v in build_env.items()})
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    batch = int(value(config, "batch_size"))
+    if min_shapes:
+        batch = f"{_batch_of(min_shapes)}-{_batch_of(input_shapes)}"
+    else:
+        batch = str(int(value(config, "batch_size")))
     return f"{model_sha256[:12]}-{precision}-b{batch}-{digest}"
 
 
+def _batch_of(shapes: dict[str, tuple[int, ...]]) -> int:
+    return int(next(iter(shapes.values()))[0]) if shapes else 1
+
+
+
+
+def timing_folder_name(build_env: dict[str, str | None], ort_version: str) -> str:
+    """The TensorRT timing cache folder every config on one GPU model and TensorRT version
+    shares (layer timings do not depend on the model or the config)."""
+    key = json.dumps({**build_env, "onnxruntime": ort_version}, sort_keys=True)
+    return "timing-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+_TRT_DISTRIBUTIONS = (
+    "tensorrt-cu13",
+    "tensorrt_cu13_libs",
+    "tensorrt-cu12",
+    "tensorrt_cu12_libs",
+    "tensorrt",
+)
+
+
+def tensorrt_version() -> str | None:
+    """The TensorRT of the pip wheels, or None (a system TensorRT, or none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in _TRT_DISTRIBUTIONS:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_model(rows: list[list[str]] | None, visible: str | None, cuda_index: int) -> str | None:
+    """The name of CUDA device `cuda_index` from `nvidia-smi --query-gpu=index,uuid,name` rows,
+    through CUDA_VISIBLE_DEVICES (`visible`: indices or UUIDs; PCI order, see worker_env)."""
+    if not rows:
+        return None
+    shown = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    entry = shown[cuda_index] if cuda_index < len(shown) else (None if shown else str(cuda_index))
+    for row in rows:
+        if len(row) >= 3 and entry is not None and entry in (row[0], row[1]):
+            return row[2]
+    return None
+
+
+class FolderLock:
+    """An exclusive lock (flock) on a folder's `.lock` file: the shared TensorRT timing cache is
+    read when an engine is built and written after it, by one session at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float = 300.0, poll_s: float = 0.2) -> bool:
+        import fcntl
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(poll_s)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 _TMP_SUFFIX = ".tmp"
@@ -224,12 +321,37 @@ def _is_float(type_name: str) -> bool:
     return "float" in type_name or type_name == "double"
 
 
+# A CPU node whose float outputs all have at most this many elements is shape arithmetic (the
+# attention scale sqrt(head_dim) that the TorchScript exporter computes from Shape, per layer),
+# which ONNX Runtime places on the CPU on purpose when every input is a CPU tensor; it is no CPU
+# share of the model's compute.
+CPU_SCALAR_ELEMENTS = 64
+
+
+def _float_elements(output_type_shape: list[dict[str, Any]]) -> list[int | None]:
+    """The element count of each floating-point output (None where a dimension is not a number)."""
+    counts: list[int | None] = []
+    for out in output_type_shape:
+        for type_name, dims in out.items():
+            if not _is_float(type_name):
+                continue
+            try:
+                counts.append(int(np.prod([int(d) for d in dims or []], dtype=np.int64)))
+            except (TypeError, ValueError):
+                counts.append(None)
+    return counts
+
+
 def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Where the nodes of a profiled run ran: a count per provider, and the op of every node that
-    computed a floating-point tensor on the CPU. Integer shape arithmetic that ORT places on the
-    CPU on purpose (Shape, Gather, Concat of int64 shapes) does not count as a CPU share."""
+    """Where the nodes of a profiled run ran: a count per provider, the op of every node that
+    computed a floating-point tensor on the CPU (`cpu_compute`), and the ops of the CPU nodes
+    exempted as scalar shape arithmetic (`cpu_scalars`: every float tensor they read or write has
+    at most CPU_SCALAR_ELEMENTS elements). Integer shape arithmetic (Shape, Gather, Concat of
+    int64 shapes) and float scalars computed from shapes (Cast, Sqrt, Div of the attention scale)
+    do not count as a CPU share; a float tensor of unknown size does."""
     by_provider: dict[str, int] = {}
     cpu_compute: list[str] = []
+    cpu_scalars: list[str] = []
     for e in events:
         args = e.get("args") or {}
         if (
@@ -240,17 +362,27 @@ def node_placement(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             continue
         provider = str(args["provider"])
         by_provider[provider] = by_provider.get(provider, 0) + 1
-        if provider == CPU:
-            types = [t for out in args.get("output_type_shape") or [] for t in out]
-            if any(_is_float(t) for t in types):
-                cpu_compute.append(str(args.get("op_name", e.get("name"))))
-    return {"by_provider": by_provider, "cpu_compute": cpu_compute}
+        if provider != CPU:
+            continue
+        outputs = _float_elements(args.get("output_type_shape") or [])
+        if not outputs:
+            continue
+        op = str(args.get("op_name", e.get("name")))
+        # Inputs too: a Gemm from a [batch, hidden] activation to a few logits is compute.
+        read_written = outputs + _float_elements(args.get("input_type_shape") or [])
+        if all(n is not None and n <= CPU_SCALAR_ELEMENTS for n in read_written):
+            cpu_scalars.append(op)
+        else:
+            cpu_compute.append(op)
+    return {"by_provider": by_provider, "cpu_compute": cpu_compute, "cpu_scalars": cpu_scalars}
 
 
 def refusal_of(message: str, provider: str) -> str | None:
     """An ORT session error that means this config cannot run as asked (not a crash), in words."""
     text = message.lower()
-    if "cuda graph" in text:
+    # Older releases say "CUDA Graph", newer ones "cannot use the graph capture feature ... not
+    # been partitioned to the CUDAExecutionProvider" (a CPU node, such as a Memcpy, in the graph).
+    if "cuda graph" in text or "graph capture" in text:
         return f"cuda_graph: ONNX Runtime cannot capture this model on {provider} ({message.strip()[:200]})"
     return None
 

@@ -60,6 +60,10 @@ class TorchRunner(TimedRunner):
                 )
             if precision == "bf16" and not caps.get("cuda_bf16"):
                 return "this GPU does not support bf16"
+            if cls.value(config, "backend") == "torch-compile":
+                reason = _compiler_reason(caps)
+                if reason:
+                    return reason
         if precision == "int8" and cls.value(config, "backend") == "torch-compile":
             return (
                 "torch.compile cannot trace eager quantized modules (their ops have no meta kernels) "
@@ -203,7 +207,12 @@ class TorchRunner(TimedRunner):
             self.torch.set_num_threads(int(threads))
         if self.dev is not None:
             # After the first (compiling) call: max-autotune's benchmarking buffers are not the
-            # steady state's peak.
+            # steady state's peak, neither in torch's count nor in NVML's (which sees the
+            # caching allocator's reserve, so the freed blocks go back to the driver first).
+            import gc
+
+            gc.collect()
+            self.torch.cuda.empty_cache()
             self.torch.cuda.reset_peak_memory_stats(self.dev)
 
     def device_peak_memory_mb(self) -> float | None:
@@ -246,3 +255,14 @@ class TorchRunner(TimedRunner):
         if cls.value(config, "threads"):
             settings["num_threads"] = int(config["threads"])
         return {"torch": settings}
+
+
+def _compiler_reason(caps: dict[str, Any]) -> str | None:
+    """Triton builds its CUDA launcher with a C compiler and Python's headers on first use; a
+    slim CUDA image without them fails every torch-compile trial ("Failed to find C compiler").
+    Caps from before this probe (no key) refuse nothing."""
+    if "c_compiler" in caps and not caps["c_compiler"]:
+        return "torch.compile on CUDA needs a C compiler for Triton (none found: set CC or install gcc)"
+    if "python_headers" in caps and not caps["python_headers"]:
+        return "torch.compile on CUDA needs Python's headers for Triton (install python3-dev)"
+    return None

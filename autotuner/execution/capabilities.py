@@ -10,11 +10,26 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
+import sysconfig
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
-_LIBS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "optuna", "numpy", "transformers")
+_LIBS = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "optuna",
+    "numpy",
+    "transformers",
+    "tensorrt-cu13",
+    "tensorrt",
+    "flash-attn",
+    "nvidia-ml-py",
+)
 
 
 def probe(timeout_s: float = 120.0) -> dict[str, Any]:
@@ -51,7 +66,19 @@ def _static() -> dict[str, Any]:
         # Whether the flash-attn package is installed (found, not imported: importing it loads
         # CUDA kernels). attn_implementation=flash_attention_2 needs it.
         "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+        # What Triton builds its launcher with on first use (torch.compile on CUDA).
+        "c_compiler": c_compiler(),
+        "python_headers": (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
     }
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton would use: $CC, else cc, gcc or clang on PATH; None if none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    return None
 
 
 def _live() -> dict[str, Any]:
@@ -71,7 +98,11 @@ def _live() -> dict[str, Any]:
     try:
         import onnxruntime as ort
 
-        caps["ort_providers"] = list(ort.get_available_providers())
+        from autotuner.runners.gpu_libraries import load_ort_libraries, provider_load_probe
+
+        caps["ort_providers"] = list(ort.get_available_providers())  # built in, not yet loaded
+        caps["ort_libraries"] = load_ort_libraries(ort)
+        caps.update(provider_load_probe(ort))  # the providers a session really gets
     except ImportError:
         pass
     caps["nvidia_driver"] = _nvidia_driver()

@@ -12,10 +12,19 @@ import numpy as np
 
 from autotuner.execution.load import LoadMeter
 
+# On a GPU the warm-up is also a time: a few sub-ms calls after an idle setup leave the clocks
+# ramping into the first timed samples (Triton's do_bench and flashinfer warm up for 25 ms).
+GPU_WARMUP_S = 0.2
+# NVML's energy counter moves about every 100 ms and power is sampled part of the time: a window
+# an energy figure is chosen on is at least this long.
+ENERGY_WINDOW_S = 5.0
+ENERGY_METRICS = ("energy_j_per_item", "power_w", "usd_per_million_items")
+
 
 @dataclass(frozen=True)
 class HarnessSettings:
     warmup_iters: int = 3
+    warmup_s: float = 0.0  # and at least this long (GPU trials: GPU_WARMUP_S)
     min_iters: int = 10
     max_iters: int = 10_000
     min_time_s: float = 0.5
@@ -26,7 +35,19 @@ class HarnessSettings:
     @classmethod
     def of(cls, measurement: Any) -> HarnessSettings:
         """The harness's part of the spec's `measurement` section (the fields of the same name)."""
-        return cls(**{f.name: getattr(measurement, f.name) for f in dataclasses.fields(cls)})
+        names = [f.name for f in dataclasses.fields(cls) if hasattr(measurement, f.name)]
+        return cls(**{name: getattr(measurement, name) for name in names})
+
+    def for_trial(self, on_gpu: bool, energy_metric: bool) -> HarnessSettings:
+        """These settings for one trial: a timed warm-up on a GPU, and a window long enough for
+        NVML's energy counter when an energy metric is an objective or a constraint."""
+        out = self
+        if on_gpu:
+            out = dataclasses.replace(out, warmup_s=max(out.warmup_s, GPU_WARMUP_S))
+        if energy_metric and out.max_time_s > 0:
+            window = max(out.min_time_s, ENERGY_WINDOW_S)
+            out = dataclasses.replace(out, min_time_s=window, max_time_s=max(out.max_time_s, window))
+        return out
 
 
 def measure(
@@ -34,21 +55,31 @@ def measure(
     settings: HarnessSettings,
     items_per_step: int,
     synchronize: Callable[[], None] | None = None,
+    on_timed: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], list[float]]:
     """Time `step` (one batch). Returns metrics and the latency samples kept (ms).
 
     Each sample is one call of `step` followed by `synchronize` (device wait), timed with
     perf_counter_ns. The loop stops when min_iters and min_time_s are both reached and the CV is
-    at or below cv_target, or when max_iters or max_time_s runs out (then `unstable` is 1).
+    at or below cv_target, or when max_iters or max_time_s runs out (then `unstable` is 1). The
+    warm-up runs warmup_iters calls and at least warmup_s; `on_timed` is called between the
+    warm-up and the first timed call (where a telemetry window begins). The CV is kept running
+    (Welford), so a check costs the same at the 10,000th sample as at the 10th.
     """
     sync = synchronize or (lambda: None)
-    for _ in range(settings.warmup_iters):
+    clock = time.perf_counter_ns
+    warm_until = clock() + int(settings.warmup_s * 1e9)
+    done = 0
+    while done < settings.warmup_iters or (settings.warmup_s > 0 and clock() < warm_until):
         step()
         sync()
+        done += 1
+    if on_timed is not None:
+        on_timed()  # the telemetry window: the timed iterations only
     samples: list[int] = []
+    cv = RunningCv()
     meter = LoadMeter()
     meter.start()
-    clock = time.perf_counter_ns
     started = clock()
     stable = False
     check_every = max(1, settings.min_iters // 2)
@@ -58,16 +89,15 @@ def measure(
         sync()
         t1 = clock()
         samples.append(t1 - t0)
+        cv.add(t1 - t0)
         n = len(samples)
         elapsed = (t1 - started) / 1e9
         if n >= settings.min_iters and elapsed >= settings.min_time_s and n % check_every == 0:
-            arr = np.asarray(samples, dtype=np.float64)
-            if arr.std() / arr.mean() <= settings.cv_target:
+            if cv.value() <= settings.cv_target:
                 stable = True
                 break
         if n >= settings.max_iters or elapsed >= settings.max_time_s:
-            arr = np.asarray(samples, dtype=np.float64)
-            stable = n >= settings.min_iters and arr.std() / arr.mean() <= settings.cv_target
+            stable = n >= settings.min_iters and cv.value() <= settings.cv_target
             break
     measure_s = (clock() - started) / 1e9
     foreign = meter.stop()
@@ -75,6 +105,24 @@ def measure(
     metrics = summarize(ms, items_per_step, measure_s, stable)
     metrics["foreign_load"] = foreign
     return metrics, keep(ms, settings.keep_samples)
+
+
+class RunningCv:
+    """std / mean of the values added so far (population std, as numpy's), updated in O(1)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def value(self) -> float:
+        if self.n == 0 or self.mean <= 0:
+            return float("inf")
+        return (max(self.m2, 0.0) / self.n) ** 0.5 / self.mean
 
 
 def summarize(ms: np.ndarray, items_per_step: int, measure_s: float, stable: bool) -> dict:

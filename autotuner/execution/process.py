@@ -120,6 +120,9 @@ def worker_env(threads: int | None) -> dict[str, str]:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
+    # CUDA numbers GPUs fastest first unless told otherwise, NVML by PCI bus: with this the
+    # integers of CUDA_VISIBLE_DEVICES name the same GPU for both (telemetry reads the trial's).
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env
 
 

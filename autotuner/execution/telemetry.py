@@ -28,6 +28,13 @@ from typing import Any
 from autotuner.runners.base import Device
 
 POWERCAP = Path("/sys/class/powercap")
+# The sampler's period: six NVML calls a sample share the trial's pinned cores with its launch
+# loop, so not faster than this (the energy counter, which power_w reads, needs no sampling).
+SAMPLE_INTERVAL_S = 0.05
+# Before the baseline: memory a killed trial's grandchildren (a vLLM engine) still hold is being
+# freed when it keeps falling; wait (bounded) until two readings agree within this.
+SETTLE_TOLERANCE_BYTES = 16 * 2**20
+SETTLE_MAX_S = 10.0
 # NVML's clock-event (throttle) reason bits that mean nothing is slowing the GPU down.
 _IDLE_BIT = 0x1
 
@@ -115,7 +122,9 @@ class Probe:
 
     def end(self) -> None: ...
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
+        """The window's figures. energy_j_per_item is the window's energy over `items` (the items
+        run inside it) where given, else power_w / items_s (a rate over the same window)."""
         return {}
 
     def close(self) -> None: ...
@@ -132,14 +141,17 @@ class GpuProbe(Probe):
     def __init__(
         self,
         gpu: Any,
-        interval_s: float | None = 0.02,
+        interval_s: float | None = SAMPLE_INTERVAL_S,
         clock: Callable[[], float] = time.perf_counter,
+        settle_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.gpu, self.clock = gpu, clock
         self.samples: list[Sample] = []
         self.lock = threading.Lock()
         self.window: tuple[int, int] | None = None
         self._begun: int | None = None
+        self.settled_s = settle(gpu, settle_s, sleep) if settle_s > 0 else 0.0
         self.baseline = self.take().used_bytes
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -175,15 +187,62 @@ class GpuProbe(Probe):
             self.thread = None
         self.gpu.close()
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
         with self.lock:
             samples = list(self.samples)
         if self.window is None:  # a workload runner: its run as a whole, memory only
             return _memory(samples, self.baseline)
         lo, hi = self.window
         out = _memory(samples[lo : hi + 1], self.baseline)
-        out.update(window_figures(samples[lo : hi + 1], items_s))
+        out.update(window_figures(samples[lo : hi + 1], items_s, items))
         return out
+
+
+def settle(gpu: Any, max_s: float, sleep: Callable[[float], None] = time.sleep, step_s: float = 0.1) -> float:
+    """Wait while the GPU's used memory keeps falling (a killed trial's processes still freeing
+    it), at most max_s; the seconds waited."""
+    waited, last = 0.0, gpu.read(0.0).used_bytes
+    while last is not None and waited < max_s:
+        sleep(step_s)
+        waited += step_s
+        now = gpu.read(waited).used_bytes
+        if now is None or abs(last - now) <= SETTLE_TOLERANCE_BYTES:
+            break
+        last = now
+    return waited
+
+
+class GpuSet:
+    """Every GPU a trial holds (a tensor-parallel program's), read as one: memory, power and
+    energy summed, utilisation and SM clock averaged, throttle reasons OR-ed."""
+
+    def __init__(self, gpus: list[Any]) -> None:
+        self.gpus = gpus
+
+    def read(self, t: float) -> Sample:
+        ss = [g.read(t) for g in self.gpus]
+
+        def total(name: str) -> Any:
+            vs = [getattr(s, name) for s in ss]
+            return None if any(v is None for v in vs) else sum(vs)
+
+        reasons = [s.throttle for s in ss if s.throttle is not None]
+        mask = 0
+        for r in reasons:
+            mask |= r
+        return Sample(
+            t,
+            total("used_bytes"),
+            _mean([s.util_pct for s in ss]),
+            _mean([s.sm_clock_mhz for s in ss]),
+            total("power_w"),
+            total("energy_j"),
+            mask if reasons else None,
+        )
+
+    def close(self) -> None:
+        for g in self.gpus:
+            g.close()
 
 
 def _memory(samples: list[Sample], baseline: int | None) -> dict[str, float]:
@@ -198,9 +257,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vs) / len(vs) if vs else None
 
 
-def window_figures(samples: list[Sample], items_s: float | None) -> dict[str, float]:
+def window_figures(
+    samples: list[Sample], items_s: float | None, items: float | None = None
+) -> dict[str, float]:
     """Utilisation, SM clock, power, energy per item and throttle reasons over a timed window
-    (its samples, the first and last taken at its bounds)."""
+    (its samples, the first and last taken at its bounds). Energy per item is the window's energy
+    over the items run in it when `items` is given: power_w / items_s would scale it by busy over
+    wall time where items_s counts the steps' own time only."""
     out: dict[str, float] = {}
     for name, value in (
         ("gpu_util_pct", _mean([s.util_pct for s in samples])),
@@ -211,7 +274,10 @@ def window_figures(samples: list[Sample], items_s: float | None) -> dict[str, fl
     power = mean_power_w(samples)
     if power is not None:
         out["power_w"] = power
-        if items_s and items_s > 0:
+        span = samples[-1].t - samples[0].t if len(samples) >= 2 else 0.0
+        if items and items > 0 and span > 0:
+            out["energy_j_per_item"] = power * span / items
+        elif items_s and items_s > 0:
             out["energy_j_per_item"] = power / items_s
     reasons = [s.throttle for s in samples if s.throttle is not None]
     if reasons:
@@ -295,22 +361,38 @@ class RaplProbe(Probe):
         self.joules = sum(z.joules(x, y) for z, x, y in zip(self.zones, a, b, strict=True))
         self.span = t1 - t0
 
-    def result(self, items_s: float | None = None) -> dict[str, float]:
+    def result(self, items_s: float | None = None, items: float | None = None) -> dict[str, float]:
         if self.joules is None or self.span <= 0:
             return {}
         power = self.joules / self.span
         out = {"power_w": power}
-        if items_s and items_s > 0:
+        if items and items > 0:
+            out["energy_j_per_item"] = self.joules / items
+        elif items_s and items_s > 0:
             out["energy_j_per_item"] = power / items_s
         return out
 
 
 def probe_for(
-    device: Device, *, nvml: Any = None, powercap: Path = POWERCAP, interval_s: float | None = 0.02
+    device: Device,
+    *,
+    nvml: Any = None,
+    powercap: Path = POWERCAP,
+    interval_s: float | None = SAMPLE_INTERVAL_S,
+    settle_s: float = SETTLE_MAX_S,
 ) -> Probe:
-    """The trial's probe, started: NVML on its GPU, RAPL on a CPU trial, else off."""
+    """The trial's probe, started: NVML on its GPU (on every GPU the executor showed it, when it
+    holds several), RAPL on a CPU trial, else off."""
     if device.kind == "cuda":
-        gpu, why = NvmlGpu.open(int(device.cuda_index or 0), nvml)
-        return GpuProbe(gpu, interval_s) if gpu is not None else Off(why)
+        shown = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        indices = list(range(len(shown))) if len(shown) > 1 else [int(device.cuda_index or 0)]
+        opened = [NvmlGpu.open(i, nvml) for i in indices]
+        gpus = [g for g, _ in opened if g is not None]
+        if len(gpus) < len(opened):
+            for g in gpus:
+                g.close()
+            return Off(next(why for g, why in opened if g is None))
+        gpu = gpus[0] if len(gpus) == 1 else GpuSet(gpus)
+        return GpuProbe(gpu, interval_s, settle_s=settle_s)
     zones = rapl_zones(powercap)
     return RaplProbe(zones) if zones else Off(f"no readable RAPL energy counter under {powercap}")

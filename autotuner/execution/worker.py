@@ -85,20 +85,31 @@ def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
     )
 
 
-def derived(spec: Spec, metrics: dict[str, float], probe: Probe, windowed: bool = True) -> dict[str, float]:
+def derived(
+    spec: Spec, metrics: dict[str, float], probe: Probe, windowed: bool = True, items: float | None = None
+) -> dict[str, float]:
     """The probe's figures and the cost. The sampled GPU memory is peak_memory_mb; over a whole
-    workload (setup and accuracy check included) only where the runner gives none."""
+    workload (setup and accuracy check included) only where the runner gives none. `items`: the
+    items run in the probe's window (energy per item is its energy over them)."""
     from autotuner.metrics import usd_per_million_items
 
     # Items: batch items for timed runners, generated tokens for LLM serving.
     items_s = metrics.get("throughput_items_s", metrics.get("output_tokens_s"))
-    out = {**metrics, **probe.result(items_s)}
+    out = {**metrics, **(probe.result(items_s) if items is None else probe.result(items_s, items=items))}
     if "gpu_peak_memory_mb" in out and (windowed or "peak_memory_mb" not in metrics):
         out["peak_memory_mb"] = out["gpu_peak_memory_mb"]
     cost = usd_per_million_items(spec.cost.usd_per_hour, out) if spec.cost is not None else None
     if cost is not None:
         out["usd_per_million_items"] = cost
     return out
+
+
+def _energy_chosen(spec: Spec) -> bool:
+    """Whether an energy figure is an objective or a constraint of the spec."""
+    from autotuner.execution.harness import ENERGY_METRICS
+
+    named = [o.metric for o in spec.objectives] + [c.metric for c in spec.constraints]
+    return any(m in ENERGY_METRICS for m in named)
 
 
 def run_trial(
@@ -144,7 +155,8 @@ def run_trial(
             metrics = runner.run_workload()
             metrics = {**metrics, "measure_s": time.perf_counter() - started}
             metrics["foreign_load"] = meter.stop()
-            return TrialResult(ok=True, metrics=derived(spec, metrics, probe, windowed=False))
+            metrics = derived(spec, metrics, probe, windowed=False)
+            return TrialResult(ok=True, metrics=metrics, info=runner.trial_info())
         assert isinstance(runner, TimedRunner), f"{type(runner).__name__} is neither timed nor a workload"
         batch_size = int(runner.value(runner.config, "batch_size"))
         specs = model_inputs(spec)
@@ -157,15 +169,15 @@ def run_trial(
         setup_s = time.perf_counter() - started
         runner.activate()
         settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
-        probe.begin()
-        metrics, samples = measure(step, settings, batch_size, runner.synchronize)
+        settings = settings.for_trial(device.kind == "cuda", _energy_chosen(spec))
+        metrics, samples = measure(step, settings, batch_size, runner.synchronize, on_timed=probe.begin)
         probe.end()
         metrics["setup_s"] = setup_s
         metrics["host_rss_mb"] = host_peak_rss_mb()
         device_mb = runner.device_peak_memory_mb()
         if device_mb is not None or device.kind != "cuda":  # host memory is never GPU memory
             metrics["peak_memory_mb"] = device_mb if device_mb is not None else metrics["host_rss_mb"]
-        metrics = derived(spec, metrics, probe)
+        metrics = derived(spec, metrics, probe, items=batch_size * metrics["n_iterations"])
         if block_s is None:
             ref = reference_outputs(spec)
             outs = np.concatenate(

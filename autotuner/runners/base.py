@@ -208,6 +208,10 @@ class WorkloadRunner(Runner):
     def run_workload(self) -> dict[str, float]:
         """The metrics of one run."""
 
+    def trial_info(self) -> dict[str, Any]:
+        """Facts about how the run went, kept with its result (TrialResult.info)."""
+        return {}
+
     @contextmanager
     def timed(self) -> Iterator[None]:
         """The part of the run that is measured: telemetry (power, energy, GPU use) covers it."""
