@@ -31,4 +31,11 @@ class StudyNotFound(UsageError):
 
 
 class UnsupportedConfig(AutotuneError):
-    """Raised inside a worker when a config turns out to be unsupported after setup began."""
+    """Raised inside a worker when a config turns out to be unsupported after setup began.
+
+    `refused`: knob -> value that the engine itself refused whatever the other knobs are (vLLM's
+    block_size 16 on CPU); the driver then refuses that value free for the rest of the study."""
+
+    def __init__(self, message: str, refused: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.refused = dict(refused or {})

@@ -105,6 +105,16 @@ METRICS: dict[str, str] = {
     "concurrency_reached": "most requests generating at the same time",
     "accuracy_token_agreement": "share of greedy tokens equal to the fp32 reference's, same prompts",
     "accuracy_max_logit_diff": "largest absolute difference of next-token logits from the fp32 reference",
+    # The vllm runner (a real server per trial; its Prometheus /metrics sampled during the run).
+    "startup_s": "seconds from starting the vLLM server to its first healthy /health (cold start)",
+    "warmup_s": "seconds the warm-up requests took before timing (not counted in any metric)",
+    "itl_p95_ms": "95th percentile inter-token latency (between streamed chunks), all requests pooled",
+    "failed_requests": "requests that ended with an error (a trial with any fails as error)",
+    "kv_cache_usage_peak_pct": "highest vllm:kv_cache_usage_perc seen during the run, in percent",
+    "requests_running_peak": "highest vllm:num_requests_running seen during the run",
+    "requests_waiting_peak": "highest vllm:num_requests_waiting seen during the run (queued for room)",
+    "prefix_cache_hit_pct": "prefix-cache hits / queries (tokens) over the run, from the server's counters",
+    "server_generation_tokens": "generated tokens by the server's own counter over the run (cross-check)",
 }
 
 # What every in-process trial (torch, onnxruntime: the shared harness) records.

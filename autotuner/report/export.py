@@ -209,6 +209,11 @@ def vllm_serve(spec: Spec, config: dict[str, Any]) -> str:
     """`vllm serve MODEL --block-size 16 ...` from a vLLM study's chosen parameters."""
     import shlex
 
+    if backend_of(config) == "vllm":  # the vllm runner's own server line, with its environment
+        serve_command = getattr(runner_for("vllm"), "serve_command", None)
+        if serve_command is not None:
+            env, argv = serve_command(spec, config)
+            return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())), shlex.join(argv)])
     if spec.model.external is None:
         raise UsageError("--format vllm needs a study whose model is external (the vLLM model name)")
     argv = ["vllm", "serve", spec.model.external]

@@ -102,7 +102,9 @@ def precheck(
     spec: Spec, config: dict[str, Any], caps: dict[str, Any], trials: list[FrozenTrial]
 ) -> TrialResult | None:
     """A failure known without launching: the runner refuses it, or the same config (or the
-    same one at a smaller batch) already failed in a way that does not change on a rerun."""
+    same one at a smaller batch) already failed in a way that does not change on a rerun, or
+    the engine refused one of its knob values outright in an earlier trial (vLLM's block_size 16
+    on CPU: every config with that value fails the same way)."""
     try:
         cls = runner_for(backend_of(config))
     except UsageError as e:
@@ -136,6 +138,15 @@ def precheck(
                 f"same config as trial #{t.number}: {rec.failure_message(t)}",
                 **{rec.FAILED_BEFORE: t.number},
             )
+        refused = rec.refused_values(t) if cls_ == "unsupported" else {}
+        if refused and backend_of(other) == backend_of(config):
+            if all(cls.value(config, k) == v for k, v in refused.items()):
+                shown = ", ".join(f"{k}={v!r}" for k, v in refused.items())
+                return TrialResult.failure(
+                    "unsupported",
+                    f"{shown} was refused by the engine in trial #{t.number}: {rec.failure_message(t)}",
+                    refused=refused,
+                )
         if cls_ == "oom" and {k: v for k, v in other.items() if k != "batch_size"} == rest:
             if int(config.get("batch_size", 1)) >= int(other.get("batch_size", 1)):
                 return TrialResult.failure(

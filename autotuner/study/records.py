@@ -81,6 +81,14 @@ def failure_message(t: FrozenTrial) -> str:
     return str(t.user_attrs.get(FAILURE_MESSAGE) or "")
 
 
+def refused_values(t: FrozenTrial) -> dict[str, Any]:
+    """Knob values the engine refused in this trial whatever the other knobs were (see
+    errors.UnsupportedConfig.refused); empty for any other failure."""
+    info = t.user_attrs.get(INFO)
+    refused = info.get("refused") if isinstance(info, dict) else None
+    return dict(refused) if isinstance(refused, dict) else {}
+
+
 def metric(t: FrozenTrial, name: str) -> float | None:
     v = t.user_attrs.get(name)
     return float(v) if is_number(v) else None
