@@ -324,7 +324,8 @@ def model_dir(spec: Spec, write: bool = True) -> Path:
         return path
     from autotuner.models.hf_folder import tiny_llama_folder, tiny_llama_folder_path
 
-    return tiny_llama_folder(spec.model.options) if write else tiny_llama_folder_path(spec.model.options)
+    options = {**spec.model.options, "seed": spec.model_seed}  # model.seed, never the sampler's
+    return tiny_llama_folder(options) if write else tiny_llama_folder_path(options)
 
 
 def has_tokenizer(folder: Path) -> bool:
