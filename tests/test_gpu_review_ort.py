@@ -176,7 +176,8 @@ def test_serving_accuracy_runs_its_own_binding_not_the_last_served_batch() -> No
     # A size no step served is bound on first use, and the step's bindings stay as they were.
     assert runner.predict(_batch(3)).shape[0] == 3
     steps[1]()
-    assert runner.binding is runner._bound[1][0]
+    one_row = next(binding for key, (binding, _, _) in runner._bound.items() if key[0][1][0] == 1)
+    assert runner.binding is one_row
 
 
 # --- on a GPU ----------------------------------------------------------------------------------

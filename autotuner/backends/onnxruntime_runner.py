@@ -164,7 +164,7 @@ class OnnxRuntimeRunner(TimedRunner):
         self.ort = ort
         self.binding: Any = None
         # One binding per batch size (serving binds 1..max_batch_size): (binding, inputs, outputs).
-        self._bound: dict[int, tuple[Any, dict[str, Any], list[Any]]] = {}
+        self._bound: dict[tuple[Any, ...], tuple[Any, dict[str, Any], list[Any]]] = {}
         self.placement: dict[str, Any] | None = None
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
@@ -292,7 +292,7 @@ class OnnxRuntimeRunner(TimedRunner):
         else:
             for out in sess.get_outputs():
                 binding.bind_output(out.name, "cuda", idx)
-        self._bound[_rows(batch)] = (binding, inputs, outputs)
+        self._bound[_shape_key(batch)] = (binding, inputs, outputs)
         self.binding = binding
         return binding
 
@@ -328,9 +328,9 @@ class OnnxRuntimeRunner(TimedRunner):
             return np.asarray(self.session.run(None, batch)[0], dtype=np.float32)
         # Its own binding, the one of this batch's size: never the last served step's, whose
         # inputs hold other rows (serving binds every size from 1 to max_batch_size).
-        if _rows(batch) not in self._bound:
+        if _shape_key(batch) not in self._bound:
             self.prepare(batch)
-        binding, inputs, _ = self._bound[_rows(batch)]
+        binding, inputs, _ = self._bound[_shape_key(batch)]
         for name, arr in batch.items():  # same buffers: a CUDA graph replays on these addresses
             inputs[name].update_inplace(np.ascontiguousarray(arr))
         self.session.run_with_iobinding(binding)
@@ -423,9 +423,10 @@ class OnnxRuntimeRunner(TimedRunner):
         return {"onnxruntime": settings}
 
 
-def _rows(batch: dict[str, np.ndarray]) -> int:
-    """A batch's size: the leading dimension of its inputs."""
-    return int(next(iter(batch.values())).shape[0])
+def _shape_key(batch: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """What tells one batch size's binding from another: every input's shape (the batch axis
+    need not be the first)."""
+    return tuple((name, tuple(arr.shape)) for name, arr in batch.items())
 
 
 def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) -> str | None:
