@@ -258,6 +258,10 @@ def test_check_refuses_a_provider_that_does_not_load_with_the_cause() -> None:
     assert (
         OnnxRuntimeRunner.check(SPEC, {**config, "backend": "onnxruntime-cuda", "tf32": False}, caps) is None
     )
+    # Under Ray the providers are the GPU node's and the load probe the driver's (CPU only, it
+    # tried no GPU provider): nothing is refused for a load nobody tried.
+    merged = {**caps, "ort_providers_loaded": [CPU], "ort_provider_errors": {}}
+    assert OnnxRuntimeRunner.check(SPEC, config, merged) is None
     # Caps from before the load probe: the built-in list decides, as before.
     old = {k: v for k, v in caps.items() if k not in ("ort_providers_loaded", "ort_provider_errors")}
     assert OnnxRuntimeRunner.check(SPEC, {k: v for k, v in config.items()}, old) is None

@@ -112,10 +112,11 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"{provider} is not available in onnxruntime {version} here "
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
-        loaded = caps.get("ort_providers_loaded")
-        if loaded is not None and provider not in loaded:
-            why = (caps.get("ort_provider_errors") or {}).get(provider, "no reason printed")
-            return f"{provider} is built into onnxruntime here but does not load: {why}"
+        # Only a provider the load probe tried and saw fail: caps merged from another machine's
+        # probe (a Ray GPU node's providers, the driver's load probe) refuse nothing here.
+        errors = caps.get("ort_provider_errors") or {}
+        if provider in errors:
+            return f"{provider} is built into onnxruntime here but does not load: {errors[provider]}"
         precision = cls.value(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
