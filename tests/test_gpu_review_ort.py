@@ -176,7 +176,8 @@ def test_serving_accuracy_runs_its_own_binding_not_the_last_served_batch() -> No
     # A size no step served is bound on first use, and the step's bindings stay as they were.
     assert runner.predict(_batch(3)).shape[0] == 3
     steps[1]()
-    assert runner.binding is runner._bound[1][0]
+    one_row = next(binding for key, (binding, _, _) in runner._bound.items() if key[0][1][0] == 1)
+    assert runner.binding is one_row
 
 
 # --- on a GPU ----------------------------------------------------------------------------------
@@ -257,6 +258,10 @@ def test_check_refuses_a_provider_that_does_not_load_with_the_cause() -> None:
     assert (
         OnnxRuntimeRunner.check(SPEC, {**config, "backend": "onnxruntime-cuda", "tf32": False}, caps) is None
     )
+    # Under Ray the providers are the GPU node's and the load probe the driver's (CPU only, it
+    # tried no GPU provider): nothing is refused for a load nobody tried.
+    merged = {**caps, "ort_providers_loaded": [CPU], "ort_provider_errors": {}}
+    assert OnnxRuntimeRunner.check(SPEC, config, merged) is None
     # Caps from before the load probe: the built-in list decides, as before.
     old = {k: v for k, v in caps.items() if k not in ("ort_providers_loaded", "ort_provider_errors")}
     assert OnnxRuntimeRunner.check(SPEC, {k: v for k, v in config.items()}, old) is None

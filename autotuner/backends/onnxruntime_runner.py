@@ -112,10 +112,11 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"{provider} is not available in onnxruntime {version} here "
                 f"(offers {', '.join(offered) or 'none'}); it is never replaced by another provider"
             )
-        loaded = caps.get("ort_providers_loaded")
-        if loaded is not None and provider not in loaded:
-            why = (caps.get("ort_provider_errors") or {}).get(provider, "no reason printed")
-            return f"{provider} is built into onnxruntime here but does not load: {why}"
+        # Only a provider the load probe tried and saw fail: caps merged from another machine's
+        # probe (a Ray GPU node's providers, the driver's load probe) refuse nothing here.
+        errors = caps.get("ort_provider_errors") or {}
+        if provider in errors:
+            return f"{provider} is built into onnxruntime here but does not load: {errors[provider]}"
         precision = cls.value(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
@@ -164,7 +165,7 @@ class OnnxRuntimeRunner(TimedRunner):
         self.ort = ort
         self.binding: Any = None
         # One binding per batch size (serving binds 1..max_batch_size): (binding, inputs, outputs).
-        self._bound: dict[int, tuple[Any, dict[str, Any], list[Any]]] = {}
+        self._bound: dict[tuple[Any, ...], tuple[Any, dict[str, Any], list[Any]]] = {}
         self.placement: dict[str, Any] | None = None
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
@@ -292,7 +293,7 @@ class OnnxRuntimeRunner(TimedRunner):
         else:
             for out in sess.get_outputs():
                 binding.bind_output(out.name, "cuda", idx)
-        self._bound[_rows(batch)] = (binding, inputs, outputs)
+        self._bound[_shape_key(batch)] = (binding, inputs, outputs)
         self.binding = binding
         return binding
 
@@ -328,9 +329,9 @@ class OnnxRuntimeRunner(TimedRunner):
             return np.asarray(self.session.run(None, batch)[0], dtype=np.float32)
         # Its own binding, the one of this batch's size: never the last served step's, whose
         # inputs hold other rows (serving binds every size from 1 to max_batch_size).
-        if _rows(batch) not in self._bound:
+        if _shape_key(batch) not in self._bound:
             self.prepare(batch)
-        binding, inputs, _ = self._bound[_rows(batch)]
+        binding, inputs, _ = self._bound[_shape_key(batch)]
         for name, arr in batch.items():  # same buffers: a CUDA graph replays on these addresses
             inputs[name].update_inplace(np.ascontiguousarray(arr))
         self.session.run_with_iobinding(binding)
@@ -423,9 +424,10 @@ class OnnxRuntimeRunner(TimedRunner):
         return {"onnxruntime": settings}
 
 
-def _rows(batch: dict[str, np.ndarray]) -> int:
-    """A batch's size: the leading dimension of its inputs."""
-    return int(next(iter(batch.values())).shape[0])
+def _shape_key(batch: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """What tells one batch size's binding from another: every input's shape (the batch axis
+    need not be the first)."""
+    return tuple((name, tuple(arr.shape)) for name, arr in batch.items())
 
 
 def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) -> str | None:

@@ -18,7 +18,7 @@ GPU_WARMUP_S = 0.2
 # NVML's energy counter moves about every 100 ms and power is sampled part of the time: a window
 # an energy figure is chosen on is at least this long.
 ENERGY_WINDOW_S = 5.0
-ENERGY_METRICS = ("energy_j_per_item", "power_w", "usd_per_million_items")
+ENERGY_METRICS = ("energy_j_per_item", "power_w")
 
 
 @dataclass(frozen=True)
