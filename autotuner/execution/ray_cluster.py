@@ -130,8 +130,10 @@ def describe(ray: Any, address: str | None, nodes: list[Any], joined_before: boo
         return f"ray: the cluster this process had joined already: {holds}"
     if address is None:
         return f"ray: a local cluster of this run's own (no --address): {holds}"
-    ctx = ray.get_runtime_context()
-    where = getattr(ctx, "gcs_address", None) or address
+    try:
+        where = ray.get_runtime_context().gcs_address or address
+    except Exception:  # noqa: BLE001 - Ray Client's context may not tell; the address does
+        where = address
     session = session_name(ray)
     return f"ray: joined the cluster at {where}" + (f" ({session})" if session else "") + f": {holds}"
 
