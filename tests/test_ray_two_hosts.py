@@ -129,8 +129,8 @@ def test_a_worker_host_lost_mid_trial_is_a_crash_and_the_study_goes_on_on_the_he
         else:
             raise AssertionError(f"no trial started on the worker host:\n{log.read_text()}")
         time.sleep(1.0)  # into its measurement
-        kill_marked(worker.mark, hard=True)  # the host is gone: raylet, Ray workers, the trial
         killed_at = datetime.now()  # naive local time, as Optuna records trials
+        kill_marked(worker.mark, hard=True)  # the host is gone: raylet, Ray workers, the trial
         code = driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
@@ -143,7 +143,8 @@ def test_a_worker_host_lost_mid_trial_is_a_crash_and_the_study_goes_on_on_the_he
     assert len(crashed) == 1, [(t.state, t.user_attrs.get("failure_message")) for t in trials]
     assert crashed[0].user_attrs["failure_class"] == "crash", crashed[0].user_attrs
     reason = crashed[0].user_attrs["failure_message"]
-    print("crash reason:", reason)
+    lag = (crashed[0].datetime_complete - killed_at).total_seconds()
+    print(f"crash reason: {reason}\ncrash recorded {lag:.1f} s after the kill")
     assert reason.startswith("the Ray node died mid-trial: ") and b.ip in reason, reason
     assert reason.endswith("(the cluster now has 1 node(s), 1 CPU(s): 1 at once)"), reason
     done = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -121,15 +121,19 @@ def join(ray: Any, address: str | None, init_kwargs: dict[str, Any]) -> None:
     raise UsageError(f"could not join the Ray cluster at {address}: {_first(failure)}") from None
 
 
-def describe(ray: Any, address: str | None, nodes: list[Any]) -> str:
+def describe(ray: Any, address: str | None, nodes: list[Any], joined_before: bool = False) -> str:
     """The run's first line: which cluster, and what it holds."""
     cpus = sum(n.cpus for n in nodes)
     gpus = sum(n.gpus for n in nodes)
     holds = f"{len(nodes)} node(s), {cpus} CPU(s), {gpus} GPU(s)"
+    if joined_before:  # the Python API, inside a process that called ray.init itself
+        return f"ray: the cluster this process had joined already: {holds}"
     if address is None:
         return f"ray: a local cluster of this run's own (no --address): {holds}"
-    ctx = ray.get_runtime_context()
-    where = getattr(ctx, "gcs_address", None) or address
+    try:
+        where = ray.get_runtime_context().gcs_address or address
+    except Exception:  # noqa: BLE001 - Ray Client's context may not tell; the address does
+        where = address
     session = session_name(ray)
     return f"ray: joined the cluster at {where}" + (f" ({session})" if session else "") + f": {holds}"
 

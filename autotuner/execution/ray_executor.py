@@ -205,7 +205,7 @@ class RayExecutor(Executor):
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())
-        self.cluster_note = describe(ray, address, self.nodes)
+        self.cluster_note = describe(ray, address, self.nodes, joined_before=not self.started)
         if any(n.gpus for n in self.nodes):
             self.caps_note = self._probe_gpu_node()
         # A CPU trial whose config sets no threads takes the driver's cores, as many as a node holds.
