@@ -391,3 +391,50 @@ def test_real_gpu_ray_probe_and_torch_cuda_trial(tmp_path: Path) -> None:
         ex.close()
         if ray.is_initialized():
             ray.shutdown()
+
+
+def test_a_gpu_nodes_own_facts_decide_its_trials_not_the_heads() -> None:
+    """Issue 23 M6: flash-attn, the C compiler, the providers that load, the libraries and the
+    cores come from the GPU node's probe, so a CPU-only head neither refuses nor admits for it."""
+    from autotuner.backends.llm_runner import LlmRunner
+    from autotuner.spec.loading import parse_spec
+
+    driver = {
+        "flash_attn": False,
+        "cpu_cores": 2,
+        "c_compiler": None,
+        "ort_provider_errors": {},
+        "libraries": {"onnxruntime": "1.32.0"},
+        "cuda_devices": 0,
+        "gpus": [],
+    }
+    node = {
+        "flash_attn": True,
+        "cpu_cores": 32,
+        "c_compiler": "/usr/bin/cc",
+        "libraries": {"onnxruntime-gpu": "1.31.1"},
+        "cuda_devices": 1,
+        "gpus": ["NVIDIA H100"],
+        "cuda_bf16": True,
+        "gpu_memory_mb": 81559.0,
+        "torch_cuda": "12.8",
+    }
+    caps = merge_caps(driver, node, node_gpus=1)
+    assert caps["flash_attn"] is True and caps["c_compiler"] == "/usr/bin/cc"
+    assert caps["libraries"] == {"onnxruntime-gpu": "1.31.1"} and caps["cpu_cores"] == 32
+    spec = parse_spec(
+        {
+            "name": "m6",
+            "model": {"builtin": "tiny-llama"},
+            "space": {"backend": ["llm"]},
+            "objectives": [{"metric": "output_tokens_s", "direction": "maximize"}],
+        }
+    )
+    config = {
+        "backend": "llm",
+        "device": "cuda",
+        "precision": "bf16",
+        "attn_implementation": "flash_attention_2",
+    }
+    assert LlmRunner.check(spec, config, driver) is not None, "the head alone refuses it"
+    assert LlmRunner.check(spec, config, caps) is None, "the GPU node's facts admit it"
