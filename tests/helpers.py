@@ -131,3 +131,16 @@ def dump(url: str) -> str:
             )
     finally:
         engine.dispose()
+
+
+def study_of_refusals(spec_path: Path, storage: str) -> None:
+    """A study whose every trial was refused before launch. `autotune run` refuses such a space
+    before a study exists; the search stage through the API (or a study from an older version, or
+    made on another machine) can still hold one, and the report and `show` must say so."""
+    from autotuner.api import check_model, load_spec, make_executor, open_study, probe, search
+
+    spec = check_model(load_spec(spec_path))
+    caps = probe()
+    with make_executor("local", spec, caps) as executor:
+        study = open_study(spec, storage=storage, caps=caps)
+        search(spec, study, executor, caps=caps, storage=storage)

@@ -218,8 +218,8 @@ STARTED_A_STUDY = [
     ),
     pytest.param(
         _tiny({"backend": ["torch-eager"], "batch_size": [1]}, workload={"requests": 8}),
-        "workload: is read by the llm backend only; this spec searches torch-eager (remove the section or "
-        "add a backend that reads it)",
+        "workload: is read by the llm or vllm backend only; this spec searches torch-eager (remove the "
+        "section or add a backend that reads it)",
         id="section-no-backend-reads",
     ),
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST_MEASUREMENT, write_spec
+from helpers import FAST_MEASUREMENT, study_of_refusals, write_spec
 
 from autotuner.api import report, run
 from autotuner.progress import Progress
@@ -147,7 +147,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             budget={"trials": 2},
             space={"backend": ["torch-eager"], "batch_size": [1, 2], "threads": [999]},
         )
-        run(none, progress=QUIET)
+        study_of_refusals(none, "sqlite:///studies/none.db")
         paths = {n: report([n]) for n in ("two", "one", "three", "none", "markup", "serving")}
         paths["compare"] = report(["two", "three"])
         pg = _pg()

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import write_spec
+from helpers import study_of_refusals, write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
@@ -63,7 +63,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         space={"backend": ["torch-eager"], "batch_size": [1, 2], "threads": [999]},
         budget={"trials": 2},
     )
-    run(none, storage=urls["none"], progress=QUIET, reports_dir=d / "reports")
+    study_of_refusals(none, urls["none"])
     return urls
 
 

@@ -224,7 +224,7 @@ CASES = [
         "model-unknown-field",
         mod({"model.path": "model.onnx"}),
         "model.path",
-        "unknown field; allowed: builtin, factory, onnx, external, hf, options",
+        "unknown field; allowed: builtin, factory, onnx, external, hf, options, seed",
     ),
     case(
         "model-as-string",

@@ -90,6 +90,7 @@ class VllmRunner(WorkloadRunner):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # the engine's precision is its dtype knob
     settings_key = "vllm"
     Settings = VllmSettings
+    reads_sections = ("workload",)
     settings: VllmSettings
 
     @classmethod

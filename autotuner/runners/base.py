@@ -88,6 +88,9 @@ class Runner(ABC):
     settings_key: ClassVar[str | None] = None
     Settings: ClassVar[type[BaseModel] | None] = None
     settings_required: ClassVar[bool] = False
+    # Sections of other runners this one reads too (the vllm runner reads the llm's `workload`):
+    # a section is ignored, and so refused, only when no backend of the space reads it.
+    reads_sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: Spec, config: dict[str, Any], device: Device) -> None:
         self.spec = spec

@@ -60,22 +60,24 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
         for key, cls in owners.items():
             used = cls.name in searched
             given = key in spec.sections
+            readers = [c for c in runners().values() if c.settings_key == key or key in c.reads_sections]
             if cls.settings_required and used and not given:
                 backends = " or ".join(cls.backends)
                 raise FieldError(key, f"required when space.backend includes {backends}")
-            if given and not used:
-                # Read by no backend of the space: silently ignoring what a user wrote is how
-                # tuning results get misread.
-                raise FieldError(
-                    key,
-                    f"is read by the {' or '.join(cls.backends)} backend only; this spec searches "
-                    f"{', '.join(spec.backends)} (remove the section or add a backend that reads it)",
-                )
             if (used or given) and cls.Settings is not None:
                 # A section given is checked even where no backend reads it (as the schema did).
                 settings = validate(cls.Settings, spec.sections.get(key) or {}, source, (key,))
                 if used:
                     cls.bind(spec, settings)
+            if given and not any(c.name in searched for c in readers):
+                # Read by no backend of the space: silently ignoring what a user wrote is how
+                # tuning results get misread.
+                backends = " or ".join(b for c in readers for b in c.backends)
+                raise FieldError(
+                    key,
+                    f"is read by the {backends} backend only; this spec searches "
+                    f"{', '.join(spec.backends)} (remove the section or add a backend that reads it)",
+                )
     except FieldError as e:
         raise field_error(source, e) from None
     return spec
