@@ -94,6 +94,48 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path,
     assert by_bs[1].state == TrialState.COMPLETE and by_bs[8].state == TrialState.COMPLETE
 
 
+def test_a_ray_task_past_its_deadline_is_cancelled_and_its_trial_is_a_timeout(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's deadline on a Ray task (trial_timeout_s + GRACE_S) is brought down to 15 s,
+    below the worker's own 60 s timeout, so the task outlives it as a stuck Ray task would: it is
+    cancelled by force, the trial is a timeout, and the worker it ran (which sleeps for an hour)
+    is gone."""
+    from autotuner.execution import ray_executor
+
+    monkeypatch.setattr(ray_executor, "GRACE_S", -45.0)
+    pidfile = in_tmp / "pids"
+    monkeypatch.setenv("AUTOTUNE_TEST_PIDFILE", str(pidfile))
+    spec = write_spec(
+        in_tmp,
+        model={"factory": "models_for_tests:misbehaving"},
+        inputs=[{"name": "x", "shape": ["batch", 16]}],
+        sampler={"type": "grid"},
+        space={"backend": ["torch-eager"], "batch_size": [7], "threads": [1]},
+        objectives=[{"metric": "latency_p50_ms", "direction": "minimize"}],
+        constraints=[],
+        measurement={**FAST_MEASUREMENT, "trial_timeout_s": 60},
+    )
+    run(spec, executor="ray", progress=QUIET)
+    (trial,) = _study().trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["failure_class"] == "timeout"
+    assert trial.user_attrs["failure_message"] == "the Ray task passed 15 s and was cancelled"
+    assert pidfile.exists(), "the worker started: the task was running when it was cancelled"
+    worker = int(pidfile.read_text().split()[0])
+    deadline = time.monotonic() + 30  # a bound on a failure: the worker is gone long before
+    while time.monotonic() < deadline and _running(worker):
+        time.sleep(0.2)
+    assert not _running(worker)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def test_two_node_cluster_runs_trials_on_both_nodes(in_tmp: Path) -> None:
     """The spec's folder travels: the model factory lives only beside the spec, and the worker
     processes run in Ray's copy of that folder, not in the test's."""

@@ -142,7 +142,6 @@ def public_spec_dict(spec: Spec) -> dict[str, Any]:
     return data
 
 
-
 def _path(loc: tuple[Any, ...]) -> str:
     """pydantic's location as a field path, leaving out the tags it adds for union members."""
     return _join(
