@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from autotuner.api import run, spec_from_dict
+from autotuner.api import load_spec, run, spec_from_dict
 from autotuner.progress import Progress
 
 pytestmark = [
@@ -146,3 +146,8 @@ def test_kill_9_of_the_driver_during_a_vllm_trial_leaves_no_vllm_process(in_tmp:
     finally:
         if driver.poll() is None:
             driver.kill()
+    # Rerunning resumes: the trial the killed driver held is failed as interrupted and run again.
+    run(load_spec(spec_path), progress=QUIET)
+    study = optuna.load_study(study_name="vllm-kill", storage="sqlite:///studies/vllm-kill.db")
+    states = sorted((t.state.name, t.user_attrs.get("failure_class")) for t in study.trials)
+    assert states == [("COMPLETE", None), ("FAIL", "interrupted")], states
