@@ -19,6 +19,15 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _affinity_restored() -> Any:
+    """A test that runs a trial in this process pins it to the trial's cores (worker.pin); the
+    next test, and a Ray cluster it starts, must not inherit that."""
+    cores = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cores)
+
+
 @pytest.fixture(scope="session")
 def caps() -> dict[str, Any]:
     from autotuner.execution.capabilities import probe

@@ -421,7 +421,7 @@ def test_a_gpu_nodes_own_facts_decide_its_trials_not_the_heads() -> None:
     }
     caps = merge_caps(driver, node, node_gpus=1)
     assert caps["flash_attn"] is True and caps["c_compiler"] == "/usr/bin/cc"
-    assert caps["libraries"] == {"onnxruntime-gpu": "1.31.1"} and caps["cpu_cores"] == 32
+    assert caps["libraries"] == {"onnxruntime-gpu": "1.31.1"}
     spec = parse_spec(
         {
             "name": "m6",

@@ -108,7 +108,9 @@ def test_a_real_server_is_tuned_and_block_size_16_is_refused_in_the_engines_word
     assert m["server_generation_tokens"] == 8 * 8  # the server's own counter agrees with the client
     assert m["output_tokens_s"] > 0 and 0 < m["ttft_p50_ms"] <= m["ttft_p95_ms"]
     assert 0 < m["tpot_p50_ms"] < m["e2e_p50_ms"]
-    assert m["requests_running_peak"] >= 1 and 0 < m["kv_cache_usage_peak_pct"] <= 100
+    # The gauges are sampled every 0.1 s: a burst this short may end between two readings, so
+    # their peaks are only bounded here; the counters above prove /metrics was read.
+    assert m["requests_running_peak"] >= 0 and 0 <= m["kv_cache_usage_peak_pct"] <= 100
     assert math.isfinite(m["accuracy_token_agreement"]) and m["accuracy_token_agreement"] >= 0.5
     # 8 requests of 8 tokens at 1 rps meet a 5 s TTFT on any machine that runs the engine at all.
     assert 1.0 <= m["max_rate_rps"] <= 64.0

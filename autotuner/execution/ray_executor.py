@@ -48,8 +48,6 @@ NODE_CAPS = (
     "ort_libraries",
     "c_compiler",
     "python_headers",
-    "cpu_model",
-    "python",
 )
 
 
@@ -143,10 +141,6 @@ def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> 
     caps = {k: v for k, v in driver.items() if k not in NODE_CAPS}
     caps.update({k: node[k] for k in NODE_CAPS if k in node})
     caps["cuda_devices"] = node_gpus if int(node.get("cuda_devices") or 0) > 0 else 0
-    if "cpu_cores" in node:
-        # GPU trials run there; Ray places a CPU trial on a node with the CPUs it asks for, and a
-        # trial no node can hold is refused from the cluster's own node table.
-        caps["cpu_cores"] = int(node["cpu_cores"])
     return caps
 
 
