@@ -67,12 +67,14 @@ def check_model(spec: Spec, source: str = "<spec>") -> Spec:
     trial's artifacts are keyed on. SpecError (exit 2) when the model's source cannot be loaded (a
     factory that is not there or raises, an ONNX file that is missing or not ONNX): before a study
     is created, not once per trial."""
+    from autotuner.models.dataset import forget_factory_reads
     from autotuner.models.identity import with_digests
     from autotuner.models.sources import check_source
     from autotuner.spec.loading import field_error
     from autotuner.spec.schema import FieldError
 
     try:
+        forget_factory_reads()  # a data factory is called once a command: by the data check below
         check_source(spec)
         return with_digests(spec)
     except FieldError as e:

@@ -358,14 +358,20 @@ def _cache_key(spec: Spec, specs: list[InputSpec]) -> str:
 _FACTORY_SAMPLES: dict[str, tuple[str, dict[str, np.ndarray]]] = {}  # this process's factory reads
 
 
-def data_digest(spec: Spec, fresh: bool = False) -> str:
+def forget_factory_reads() -> None:
+    """Drop what this process read from data factories: the next read calls them again (a
+    command's first step, for a process that outlives a change of the data)."""
+    _FACTORY_SAMPLES.clear()
+
+
+def data_digest(spec: Spec) -> str:
     """What the data source holds, as a hash: the spec's (found by the process that started the
     trial), else found now. A file: its content; the builtin sentences: the shipped file and the
     tokenizer's package; a factory: the samples it returns (it is called: its code may read
     anything)."""
     from autotuner.files import content_sha256
 
-    if spec.data_digest is not None and not fresh:
+    if spec.data_digest is not None:
         return spec.data_digest
     data = spec.data
     assert data is not None
@@ -373,13 +379,13 @@ def data_digest(spec: Spec, fresh: bool = False) -> str:
         path = spec.resolve(data.file)
         return content_sha256(path) if path.is_file() else "unreadable"  # reading it says why
     if data.factory is not None:
-        return _factory_samples(spec, fresh)[0]
+        return _factory_samples(spec)[0]
     from autotuner.models.identity import library_versions
 
     return hashlib.sha256(f"{content_sha256(SENTENCES)}:{library_versions()}".encode()).hexdigest()
 
 
-def _factory_samples(spec: Spec, fresh: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+def _factory_samples(spec: Spec) -> tuple[str, dict[str, np.ndarray]]:
     """The factory's checked samples and their content hash, read once in this process."""
     from autotuner.models.builtins import model_inputs
 
@@ -389,7 +395,7 @@ def _factory_samples(spec: Spec, fresh: bool = False) -> tuple[str, dict[str, np
         sort_keys=True,
         default=str,
     )
-    if fresh or key not in _FACTORY_SAMPLES:
+    if key not in _FACTORY_SAMPLES:
         where: tuple[str | int, ...] = ("data", "factory")
         shown = spec.data.factory if spec.data is not None and spec.data.factory else "data.factory"
         samples = _checked(_from_factory(spec, where), specs, where, shown, batch_axis=True)

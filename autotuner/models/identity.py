@@ -83,13 +83,14 @@ def library_versions() -> list[str]:
 
 
 def with_digests(spec: Spec) -> Spec:
-    """The spec with its model's and data's digests found now (each command finds them anew:
-    the model may have been retrained since), to hand to every trial."""
+    """The spec with its model's and data's digests, to hand to every trial. The model's is found
+    now (the model may have been retrained since the last command); the data's from what this
+    command read (api.check_model drops earlier reads first, then checks the data)."""
     from autotuner.models.dataset import data_digest
 
     update: dict[str, Any] = {"model_digest": model_digest(spec, fresh=True)}
     if spec.data is not None:
-        update["data_digest"] = data_digest(spec, fresh=True)
+        update["data_digest"] = data_digest(spec)
     return spec.model_copy(update=update)
 
 
