@@ -98,3 +98,11 @@ def test_readme_links_every_manual_page() -> None:
     linked = {t.split("#", 1)[0] for t in LINK.findall(README.read_text())}
     pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")} | {"docs/benchmarks/README.md"}
     assert not pages - linked, f"README does not link {sorted(pages - linked)}"
+
+
+def test_the_annotated_spec_is_the_quickstart_spec() -> None:
+    # The README annotates search_spaces/quickstart.yaml: the same spec, only the comments differ.
+    block = re.search(r"^## A spec, annotated\n.*?```yaml\n(.*?)```", README.read_text(), re.S | re.M)
+    assert block, "README has no annotated spec"
+    shown = yaml.safe_load(block.group(1))
+    assert shown == yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
