@@ -56,7 +56,8 @@ def test_no_import_circle_inside_the_package(package: str) -> None:
 
 def test_an_import_inside_a_function_is_in_the_graph() -> None:
     # binding imports the built-in models only inside `_model`.
-    assert GRAPH.direct_import_exists(importer="autotuner.runners.binding", imported="autotuner.models.builtins")
+    binding, builtins = "autotuner.runners.binding", "autotuner.models.builtins"
+    assert GRAPH.direct_import_exists(importer=binding, imported=builtins)
 
 
 def test_a_circle_through_a_function_body_is_found() -> None:

@@ -30,7 +30,7 @@ def exclusive_reason(cls: type[Runner], config: dict[str, Any]) -> str | None:
 
 
 def refusal(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-    """Why a config cannot run here, across runners: its runner's own check, then a knob
-    another runner holds. Raises UsageError for a backend no runner has."""
+    """Why a config cannot run here, across runners: a knob another runner holds, then its
+    runner's own check. Raises UsageError for a backend no runner has."""
     cls = runner_for(backend_of(config))
-    return cls.check(spec, config, caps) or exclusive_reason(cls, config)
+    return exclusive_reason(cls, config) or cls.check(spec, config, caps)

@@ -112,30 +112,34 @@ def same(a: Any, b: Any) -> bool:
 def refusal(
     knobs: Mapping[str, Knob], config: dict[str, Any], runner: str, names: Iterable[str] | None = None
 ) -> str | None:
-    """Why a config's declared knobs (`names`, default all) cannot run on this runner, or None:
-    first each value against its kind and choices, then each knob against where it applies."""
-    checked = list(knobs) if names is None else list(names)
-    for name in checked:
-        knob, v = declared(knobs, name), value(knobs, config, name)
-        if knob is None or (v is None and knob.default is None):
-            continue
-        if name not in config and name != "precision":
+    """Why a config's declared knobs (`names`, default all) cannot run on this runner, or None.
+
+    In this order: a strict knob given where it does not apply (its value does not matter
+    there); each value given against its kind and choices; any other knob whose value is not
+    its default where it does not apply."""
+    checked = [(n, k) for n in (list(knobs) if names is None else names) if (k := declared(knobs, n))]
+    for name, knob in checked:
+        if knob.strict and config.get(name) is not None and not _applies(knobs, config, knob):
+            return f"{name} applies {knob.applies_where()}"
+    for name, knob in checked:
+        v = value(knobs, config, name)
+        if (v is None and knob.default is None) or (name not in config and name != "precision"):
             continue  # a default is a value of its knob (precision: unless the runner lacks fp32)
         if knob.kind is not None and not _of_kind(v, knob.kind):
             return f"{name} must be {_KINDS.get(knob.kind, knob.kind.__name__)}, not {v!r}"
         if knob.choices is not None and not any(same(v, c) for c in knob.choices):
             shown = ", ".join(map(str, knob.choices))
             return knob.unknown.format(name=name, value=v, choices=shown, runner=runner)
-    for name in checked:
-        knob = declared(knobs, name)
-        if knob is None or not knob.applies_to:
-            continue
-        if all(value(knobs, config, k) in vs for k, vs in knob.applies_to.items()):
-            continue
-        v = value(knobs, config, name)
-        if (config.get(name) is not None) if knob.strict else not same(v, knob.default):
-            return f"{name} applies {knob.applies_where()}"
+    for name, knob in checked:
+        if not knob.strict and not _applies(knobs, config, knob):
+            if not same(value(knobs, config, name), knob.default):
+                return f"{name} applies {knob.applies_where()}"
     return None
+
+
+def _applies(knobs: Mapping[str, Knob], config: dict[str, Any], knob: Knob) -> bool:
+    """Whether a knob applies to this config (the other knobs' values, defaults included)."""
+    return all(value(knobs, config, k) in vs for k, vs in (knob.applies_to or {}).items())
 
 
 def _of_kind(v: Any, kind: type) -> bool:

@@ -110,7 +110,7 @@ def precheck(
         cls = runner_for(backend_of(config))
     except UsageError as e:
         return TrialResult.failure("unsupported", str(e))
-    reason = cls.check(spec, config, caps) or exclusive_reason(cls, config)
+    reason = exclusive_reason(cls, config) or cls.check(spec, config, caps)
     if reason:
         return TrialResult.failure("unsupported", reason)
     predict = getattr(cls, "predict_memory", None)

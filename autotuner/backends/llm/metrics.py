@@ -10,6 +10,11 @@ import numpy as np
 from autotuner.backends.llm.workload import WorkloadSpec
 
 
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile of some figures; NaN when there are none (a metric, not an error)."""
+    return float(np.percentile(xs, q)) if xs else math.nan
+
+
 def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, w: WorkloadSpec) -> dict[str, float]:
     """TTFT, TPOT, ITL, e2e, throughput, goodput, page waste and concurrency from token timestamps."""
     ttft, tpot, itl, e2e, spans = [], [], [], [], []
@@ -39,17 +44,14 @@ def serving_metrics(outs: list[Any], reqs: list[Any], page_size: int, w: Workloa
         and (w.slo_tpot_ms is None or i >= len(tpot) or tpot[i] <= w.slo_tpot_ms)
     )
 
-    def pct(xs: list[float], q: float) -> float:
-        return float(np.percentile(xs, q)) if xs else math.nan
-
     return {
-        "ttft_p50_ms": pct(ttft, 50),
-        "ttft_p95_ms": pct(ttft, 95),
-        "tpot_p50_ms": pct(tpot, 50),
-        "tpot_p95_ms": pct(tpot, 95),
-        "itl_p50_ms": pct(itl, 50),
-        "e2e_p50_ms": pct(e2e, 50),
-        "e2e_p95_ms": pct(e2e, 95),
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p95_ms": percentile(ttft, 95),
+        "tpot_p50_ms": percentile(tpot, 50),
+        "tpot_p95_ms": percentile(tpot, 95),
+        "itl_p50_ms": percentile(itl, 50),
+        "e2e_p50_ms": percentile(e2e, 50),
+        "e2e_p95_ms": percentile(e2e, 95),
         "output_tokens_s": generated / wall,
         "requests_s": len(outs) / wall,
         "goodput_requests_s": good / wall,

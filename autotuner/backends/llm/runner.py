@@ -1,7 +1,8 @@
 """LLM serving runner: continuous batching over a paged KV cache (transformers' generate_batch
 machinery), with page size, concurrency, batched tokens, precision, attention and a KV budget in
-bytes as knobs. The budget is fixed in bytes so that the number of pages follows from the page
-size; a fixed number of pages would make page size meaningless.
+bytes as knobs (declared in `config`). The budget is fixed in bytes so that the number of pages
+follows from the page size; a fixed number of pages would make page size meaningless. The
+memory model, the fp32 reference and the serving metrics are modules of their own beside this.
 """
 
 from __future__ import annotations
