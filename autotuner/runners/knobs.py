@@ -29,7 +29,8 @@ class Knob:
     - `applies_to`: {other knob: its values} where this knob applies, e.g. {"backend":
       ("torch-compile",)}; elsewhere a value other than the default is refused with
       "{name} applies {where}" (`strict`: given at all, even the default), so that no config is
-      measured twice under two names.
+      measured twice under two names. `where` words the place ("to the TensorRT provider");
+      by default it is said from `applies_to` ("to backend torch-compile").
     - `exclusive`: only this runner reads the knob, and the others refuse it, with these words
       ("{runner}" is the refusing runner), so a mixed space does not measure one config per value.
     - `calibrated`: values calibrated on the spec's data (precision int8): a space that searches
