@@ -129,7 +129,7 @@ def test_the_reference_is_fp32_sdpa_and_matches_a_plain_forward(tmp_path: Path, 
     spec = spec_from_dict(llm_spec())
     models: list[Any] = []
     load = lref.load_causal_lm
-    monkeypatch.setattr(lr, "load_causal_lm", lambda s: models.append(load(s)) or models[-1])
+    monkeypatch.setattr(lref, "load_causal_lm", lambda s: models.append(load(s)) or models[-1])
     prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
     lref._make_reference(spec, prompts, "cpu", str(tmp_path / "ref.npz"))
     (model,) = models

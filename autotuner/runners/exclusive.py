@@ -2,7 +2,8 @@
 
 This reasons across runners, so it loads them (through the registry) and sits above the base:
 a runner's own `check` never needs another runner installed. The precheck (before a trial is
-launched) asks `refusal`; the conformance suite does too.
+launched) asks `exclusive_reason` before the runner's check; `refusal` is both in that order (the
+conformance suite's).
 """
 
 from __future__ import annotations
