@@ -23,6 +23,7 @@ from autotuner.files import pid_alive
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.runners.base import backend_of
+from autotuner.runners.exclusive import exclusive_reason
 from autotuner.runners.registry import runner_for
 from autotuner.search.estimates import NOT_LAUNCHED, budget_use, counted, uses_budget
 from autotuner.search.space import make_sampler, suggest
@@ -109,7 +110,7 @@ def precheck(
         cls = runner_for(backend_of(config))
     except UsageError as e:
         return TrialResult.failure("unsupported", str(e))
-    reason = cls.check(spec, config, caps)
+    reason = exclusive_reason(cls, config) or cls.check(spec, config, caps)
     if reason:
         return TrialResult.failure("unsupported", reason)
     predict = getattr(cls, "predict_memory", None)
