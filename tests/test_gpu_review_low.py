@@ -26,8 +26,8 @@ from autotuner.backends.ort_pieces import (
     refusal_of,
     timing_folder_name,
 )
-from autotuner.execution import telemetry
 from autotuner.execution.process import worker_env
+from autotuner.measure import telemetry
 from autotuner.runners.base import Device
 
 SPEC = spec_from_dict(make_spec_dict())
