@@ -168,13 +168,13 @@ def test_stopping_leaves_no_worker(mode: Mode, in_tmp: Path, caps: dict, pidfile
         in_tmp,
         **MISBEHAVING,
         space=_space(batch_size=[7]),
-        measurement={**FAST_MEASUREMENT, "trial_timeout_s": 40},
+        measurement={**FAST_MEASUREMENT, "trial_timeout_s": 30},
     )
     config = {**ONE_CONFIG, "batch_size": 7}
     ex = mode.make(spec, caps)
     try:
         future = ex.submit(TrialRequest(0, config))
-        deadline = time.monotonic() + 40  # a bound on a failure: the worker writes it in seconds
+        deadline = time.monotonic() + 30  # a bound on a failure: the worker writes it in seconds
         while mode.name != "replay" and not pidfile.exists() and not future.done():
             assert time.monotonic() < deadline, "the worker never reached the model"
             time.sleep(0.2)
