@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotuner.errors import UsageError
 from autotuner.execution import Executor, TrialRequest, stop_workers
-from autotuner.execution.load import over_limit
 from autotuner.files import pid_alive
+from autotuner.measure.load import over_limit
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.runners.base import backend_of

@@ -21,7 +21,7 @@ import yaml
 
 from autotuner.errors import AutotuneError, UsageError
 from autotuner.execution.base import Executor, TrialRequest
-from autotuner.execution.load import over_limit
+from autotuner.measure.load import over_limit
 from autotuner.result import TrialResult
 from autotuner.search.stats import mean_ci, paired_difference
 from autotuner.spec.schema import Spec
