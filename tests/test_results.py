@@ -155,9 +155,9 @@ def test_trials_frame_holds_every_trial_with_its_block_kind(here: Path) -> None:
     assert (t["study"] == "quickstart").all()
     # The race: its rounds in long form match the per-candidate count.
     if len(r.race):
-        per = r.race_rounds.groupby("config_key").size()
+        per = r.race_rounds.groupby("candidate").size()
         for _, c in r.race.iterrows():
-            assert per.get(c["config_key"], 0) == c["rounds"]
+            assert per.get(c["candidate"], 0) == c["rounds"]
 
 
 def test_several_studies_side_by_side(here: Path) -> None:

@@ -226,12 +226,13 @@ def race_rows(d: StudyData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     pick = d.pick or {}
     winner = d.winner if d.winner is not None else -2
     cands, rounds = [], []
-    for c in pick.get("candidates", []):
+    for i, c in enumerate(pick.get("candidates", [])):
         key = config_key(c["config"])
         ci = c.get("ci")
         cands.append(
             {
                 "study": d.name,
+                "candidate": i,
                 "trial": c["trial"] if c["trial"] >= 0 else None,
                 "config_key": key,
                 **{PARAM + p: c["config"].get(p) for p in d.params},
@@ -245,9 +246,16 @@ def race_rows(d: StudyData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
                 "baseline": bool(c.get("baseline")),
             }
         )
-        for i, v in enumerate(c.get("rounds", [])):
+        for r, v in enumerate(c.get("rounds", [])):
             rounds.append(
-                {"study": d.name, "trial": cands[-1]["trial"], "config_key": key, "round": i, "value": v}
+                {
+                    "study": d.name,
+                    "candidate": i,
+                    "trial": cands[-1]["trial"],
+                    "config_key": key,
+                    "round": r,
+                    "value": v,
+                }
             )
     return cands, rounds
 
@@ -263,9 +271,12 @@ def study_frames(d: StudyData) -> Results:
         trials=pd.DataFrame(trial_rows(d)),
         configs=configs,
         pareto=configs[configs["on_front"].astype(bool)].reset_index(drop=True),
-        race=pd.DataFrame(cands, columns=None if cands else ["study", "trial", "config_key", "status"]),
+        race=pd.DataFrame(
+            cands, columns=None if cands else ["study", "candidate", "trial", "config_key", "status"]
+        ),
         race_rounds=pd.DataFrame(
-            rounds, columns=None if rounds else ["study", "trial", "config_key", "round", "value"]
+            rounds,
+            columns=None if rounds else ["study", "candidate", "trial", "config_key", "round", "value"],
         ),
     )
 

@@ -316,7 +316,7 @@ def _estimates_table(page: Page, d: StudyData, prefix: str, res: Results) -> Non
     if not len(res.race) or not res.race["rounds"].astype(int).any():
         return
     rows = []
-    by_trial = res.race_rounds.groupby(["config_key"])["value"].apply(list).to_dict()
+    per_round = res.race_rounds.groupby("candidate")["value"].apply(list).to_dict()
     for _, c in res.race.iterrows():
         config = " ".join(f"{p}={_cell(c.get(PARAM + p))}" for p in d.params if _cell(c.get(PARAM + p)) != "")
         lo, hi = c["ci_low"], c["ci_high"]
@@ -327,7 +327,7 @@ def _estimates_table(page: Page, d: StudyData, prefix: str, res: Results) -> Non
             int(c["rounds"]),
             c["mean"] if c["mean"] == c["mean"] else "",
             f"{_fmt(lo)} .. {_fmt(hi)}" if lo == lo and lo is not None else "",
-            " ".join(_fmt(v) for v in by_trial.get(c["config_key"], [])),
+            " ".join(_fmt(v) for v in per_round.get(c["candidate"], [])),
             c["status"],
         ]
         rows.append("<tr>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in cells) + "</tr>")
