@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write the offline HTML report (or the trial table)")
     rp.add_argument("studies", nargs="+", metavar="STUDY", help="one study, or several to compare")
     rp.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db each)")
-    rp.add_argument("-o", "--output", help="path (default: reports/STUDY.html, .csv or .json)")
+    rp.add_argument("-o", "--output", help="path (default: reports/STUDY.html, .csv, .json or .parquet)")
     rp.add_argument("--format", dest="fmt", default="html", choices=["html", "csv", "json", "parquet"])
     common(rp)
 
