@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from autotuner._version import __version__
 
-__all__ = ["__version__", "bench", "load_spec", "run"]
+__all__ = ["__version__", "bench", "load_spec", "results", "run"]
 
 if TYPE_CHECKING:
     from autotuner.api import bench, load_spec, run
+    from autotuner.report.frames import results
 
 
 def __getattr__(name: str) -> Any:
@@ -34,4 +35,8 @@ def __getattr__(name: str) -> Any:
         from autotuner import api
 
         return getattr(api, name)
+    if name == "results":  # the study's results as pandas frames
+        from autotuner.report.frames import results
+
+        return results
     raise AttributeError(name)

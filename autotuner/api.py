@@ -248,6 +248,8 @@ def export(
     rule: str | None = None,
     fmt: str = "yaml",
     progress: Progress | None = None,
+    target_rps: float | None = None,
+    image: str | None = None,
 ) -> Path | str:
     """Write the best-config YAML of a stored study again, by a chosen rule. Measures nothing.
 
@@ -264,9 +266,10 @@ def export(
         "yaml": f"reports/{study_name}.best.yaml",
         "triton": f"reports/{study_name}.triton",
         "ort": f"reports/{study_name}.ort.json",
+        "k8s": f"reports/{study_name}.k8s.yaml",
     }
     if fmt not in (*defaults, "vllm"):
-        raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm, triton, ort")
+        raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm, triton, ort, k8s")
     target = Path(output or defaults.get(fmt, "."))
     if fmt in defaults:
         what = "-o" if output else ("the best config" if fmt == "yaml" else f"the {fmt} export")
@@ -284,6 +287,10 @@ def export(
         return write_triton(spec, st, pick, target)
     if fmt == "ort":
         return write_ort(spec, st, pick, target)
+    if fmt == "k8s":  # report/k8s.py: a Deployment and a Service (and the Triton repository beside)
+        from autotuner.report.k8s import write_k8s
+
+        return write_k8s(spec, st, pick, target, url, target_rps=target_rps, image=image)
     return write_best_config(spec, st, pick, target, url)
 
 

@@ -54,18 +54,21 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         dest="fmt",
         default="yaml",
-        choices=["yaml", "vllm", "triton", "ort"],
+        choices=["yaml", "vllm", "triton", "ort", "k8s"],
         help="yaml: the best-config file; vllm: print the `vllm serve` command; triton: a Triton "
-        "model repository entry in -o DIR; ort: ONNX Runtime session settings as JSON",
+        "model repository entry in -o DIR; ort: ONNX Runtime session settings as JSON; "
+        "k8s: a Kubernetes Deployment and Service",
     )
+    e.add_argument("--target-rps", type=float, help="k8s: replicas to serve this rate (needs max_rate_rps)")
+    e.add_argument("--image", help="k8s: the container image (required for a torch config)")
     e.add_argument("--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)")
     common(e)
 
     rp = sub.add_parser("report", help="write the offline HTML report (or the trial table)")
     rp.add_argument("studies", nargs="+", metavar="STUDY", help="one study, or several to compare")
     rp.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY.db each)")
-    rp.add_argument("-o", "--output", help="path (default: reports/STUDY.html, .csv or .json)")
-    rp.add_argument("--format", dest="fmt", default="html", choices=["html", "csv", "json"])
+    rp.add_argument("-o", "--output", help="path (default: reports/STUDY.html, .csv, .json or .parquet)")
+    rp.add_argument("--format", dest="fmt", default="html", choices=["html", "csv", "json", "parquet"])
     common(rp)
 
     b = sub.add_parser("bench", help="measure one config, no search; prints its metrics")
@@ -154,7 +157,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from autotuner.api import export
 
-        out = export(args.study, storage=args.storage, output=args.output, rule=args.rule, fmt=args.fmt)
+        out = export(
+            args.study,
+            storage=args.storage,
+            output=args.output,
+            rule=args.rule,
+            fmt=args.fmt,
+            target_rps=args.target_rps,
+            image=args.image,
+        )
         print(out if args.fmt == "vllm" else f"best config: {out}")
         return 0
     if args.command == "bench":

@@ -80,18 +80,13 @@ def landscape_caps(landscape_path: str) -> dict[str, Any]:
 
 
 def welch_tie(a: list[float], b: list[float]) -> bool:
-    from autotuner.search.stats import t_quantile
+    """Whether the Welch 95% interval of mean(a) - mean(b) holds 0 (SciPy's t quantile)."""
+    from autotuner.search.stats import welch_difference
 
     if len(a) < 2 or len(b) < 2:
         return False
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return statistics.mean(a) == statistics.mean(b)
-    df = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1)) if va + vb > 0 else 1
-    half = t_quantile(0.95, max(1, int(df))) * se
-    d = statistics.mean(a) - statistics.mean(b)
-    return -half <= d <= half
+    _, lo, hi = welch_difference(a, b, 0.95)
+    return lo <= 0 <= hi
 
 
 def strategy_spec(spec_path: str, strategy: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -14,20 +15,73 @@ from autotuner.progress import Progress
 from autotuner.result import TrialResult
 from autotuner.search.pick import Candidate, Rule, baseline_gain, decide
 from autotuner.search.race import run_race
-from autotuner.search.stats import mean_ci, paired_difference, t_quantile
+from autotuner.search.stats import (
+    mean_ci,
+    normal_quantile,
+    paired_difference,
+    t_cdf,
+    t_quantile,
+    welch_df,
+    welch_difference,
+)
 
 MAX_TP = Rule.parse("max:throughput_items_s")
 TIE_BREAKS = [Rule.parse("min:peak_memory_mb"), Rule.parse("min:latency_p95_ms")]
 
 
 def test_t_quantiles_and_interval() -> None:
-    assert t_quantile(0.95, 4) == pytest.approx(2.776)
-    assert t_quantile(0.95, 1000) == pytest.approx(1.95996, rel=1e-4)
+    # Published values (Student's t table, to six places), and the normal limit.
+    assert t_quantile(0.95, 4) == pytest.approx(2.776445, rel=1e-6)
+    assert t_quantile(0.99, 1) == pytest.approx(63.656741, rel=1e-6)
+    assert t_quantile(0.95, 1000) == pytest.approx(1.962339, rel=1e-6)
+    assert (
+        t_quantile(0.95, 10**9) == pytest.approx(normal_quantile(0.95)) == pytest.approx(1.959964, rel=1e-6)
+    )
+    assert t_quantile(0.95, 0) == math.inf
     mean, lo, hi = mean_ci([10.0, 12.0, 11.0, 13.0, 9.0], 0.95)
     sd = math.sqrt(2.5)
-    assert mean == 11.0 and hi - mean == pytest.approx(2.776 * sd / math.sqrt(5))
+    assert mean == 11.0 and hi - mean == pytest.approx(2.776445 * sd / math.sqrt(5), rel=1e-6)
     assert lo == pytest.approx(2 * mean - hi)
     assert mean_ci([5.0], 0.95)[1] == -math.inf
+    with pytest.raises(ValueError, match="confidence"):
+        t_quantile(1.0, 4)
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.8, 0.9, 0.95, 0.975, 0.999])
+@pytest.mark.parametrize("df", [1, 2.5, 7, 29, 31, 64, 150, 5000])
+def test_any_confidence_and_any_df_agree_with_the_t_cdf(confidence: float, df: float) -> None:
+    """No table: every confidence and df (fractional too) inverts the t distribution."""
+    q = t_quantile(confidence, df)
+    assert 2 * t_cdf(q, df) - 1 == pytest.approx(confidence, abs=1e-9)
+
+
+def test_welch_and_paired_intervals_match_scipys_tests() -> None:
+    from scipy.stats import ttest_ind, ttest_rel
+
+    rng = random.Random(3)
+    a = [rng.gauss(100, 5) for _ in range(7)]
+    b = [rng.gauss(95, 12) for _ in range(5)]
+    for conf in (0.9, 0.95, 0.99):
+        d, lo, hi = welch_difference(a, b, conf)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(conf)
+        assert (lo, hi) == pytest.approx((ci.low, ci.high), rel=1e-9)
+        assert d == pytest.approx(sum(a) / 7 - sum(b) / 5)
+        c = a[:5]
+        _, plo, phi = paired_difference(c, b, conf)
+        ci = ttest_rel(c, b).confidence_interval(conf)
+        assert (plo, phi) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert welch_difference([1.0], b, 0.95)[1] == -math.inf
+    assert welch_difference([2.0, 2.0], [1.0, 1.0], 0.95) == (1.0, 1.0, 1.0)
+    assert 0 < welch_df(a, b) < len(a) + len(b) - 2
+
+
+def test_stats_has_no_typed_in_quantile_table() -> None:
+    import inspect
+
+    from autotuner.search import stats
+
+    numbers = re.findall(r"\b\d+\.\d{3,}\b", inspect.getsource(stats))
+    assert numbers == [], numbers
 
 
 def test_paired_difference_cancels_shared_drift() -> None:

@@ -658,10 +658,10 @@ CASES = [
         f"unknown metric 'memory'; allowed: {METRIC_LIST}",
     ),
     case(
-        "pick-confidence-0.8",
-        mod({"pick.confidence": 0.8}),
+        "pick-confidence-1",
+        mod({"pick.confidence": 1.0}),
         "pick.confidence",
-        "Input should be 0.9, 0.95 or 0.99",
+        "Input should be less than 1",
     ),
     case("pick-top-k-zero", mod({"pick.top_k": 0}), "pick.top_k", AT_LEAST_1),
     case(

@@ -1,22 +1,18 @@
 """The study as a table: one row per trial, every parameter and metric, state and failure.
 
-Reads the study only; nothing is re-measured. Shared by the HTML report and the CSV/JSON export.
+Reads the study only; nothing is re-measured. The HTML report, `show` and the results frames
+(report/frames.py, which also write `report --format csv|json|parquet`) read it.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotuner.files import atomic_write, atomic_write_text
 from autotuner.metrics import definitions, label
 from autotuner.metrics import names as metric_names
 from autotuner.search.estimates import Estimate, is_measurement, pool, trial_front
@@ -109,39 +105,3 @@ def load(study: optuna.Study, storage: str) -> StudyData:
         pick=rec.stored_pick(study),
         race=rec.race_blocks(study),
     )
-
-
-def rows(data: StudyData) -> list[dict[str, Any]]:
-    """Flat rows: trial, state, feasible, failure, duration, param:*, every metric."""
-    out = []
-    for t in data.trials:
-        config = data.config(t)
-        row: dict[str, Any] = {
-            "trial": t.number,
-            "state": t.state.name,
-            "feasible": (t.state == TrialState.COMPLETE and feasible(t)),
-            "failure_class": rec.failure_class(t),
-            "failure_message": rec.failure_message(t) or None,
-            "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
-        }
-        for p in data.params:
-            row[f"param:{p}"] = config.get(p)
-        for m in data.metric_names:
-            v = rec.metric(t, m)
-            row[m] = v if isinstance(v, int | float) and math.isfinite(v) else None
-        out.append(row)
-    return out
-
-
-def write_table(data: StudyData, path: Path, fmt: str) -> Path:
-    table = rows(data)
-    if fmt == "json":
-        return atomic_write_text(path, json.dumps({"study": data.name, "trials": table}, indent=1))
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["trial", "state"])
-            writer.writeheader()
-            writer.writerows(table)
-
-    return atomic_write(path, write_csv)

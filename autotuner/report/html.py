@@ -21,6 +21,7 @@ from autotuner._version import __version__
 from autotuner.report import figures as figs
 from autotuner.report.data import StudyData
 from autotuner.report.figures import esc
+from autotuner.report.frames import PARAM, Results, confidence, study_frames
 from autotuner.result import FAILURE_CLASSES
 from autotuner.study import records as rec
 
@@ -31,6 +32,7 @@ h1{margin:24px 0 4px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bot
 .muted{color:#666}.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}
 th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}tr.chosen td{background:#fff6cc}
+tr.infeasible td{color:#888}
 .kv td:first-child{font-weight:600;white-space:nowrap}.note{background:#f6f8fa;padding:10px 14px;
 border-left:4px solid #1f77b4}.bad{border-left-color:#d62728}.scroll{max-height:520px;overflow:auto}
 code{background:#f4f4f4;padding:1px 4px}
@@ -100,6 +102,22 @@ def importances(study: optuna.Study, data: StudyData) -> dict[str, dict[str, flo
     return out
 
 
+MODEBAR_STRIP = 34  # px at the top of each figure that plotly's mode bar (about 26 px high) owns
+
+
+def _title_below_modebar(fig: dict[str, Any]) -> dict[str, Any]:
+    """Plotly draws its mode bar over the top right of a figure, where a centred title runs in a
+    half-width grid column. The title goes on the plot area's top edge, left-aligned, and the top
+    margin grows so that the strip above it is the mode bar's alone, at any width."""
+    layout = fig.setdefault("layout", {})
+    title = layout.get("title")
+    if isinstance(title, dict) and title.get("text"):
+        title.update(x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom", pad={"b": 10})
+        margin = layout.setdefault("margin", {})
+        margin["t"] = max(int(margin.get("t", 0) or 0), MODEBAR_STRIP + 46)
+    return fig
+
+
 class Page:
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -115,7 +133,7 @@ class Page:
                 self.add(f"<p class='muted'>{esc(note)}</p>")
             return
         fid = f"fig{len(self.figures)}"
-        self.figures[fid] = fig
+        self.figures[fid] = _title_below_modebar(fig)
         self.add(f"<div id='{fid}' class='figure'></div>")
 
     def render(self, title: str) -> str:
@@ -186,9 +204,10 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
             figs.rate_curves(d, top),
             "no rate/latency curve: give serving.max_rate to measure the top candidates at several rates",
         )
-    _estimates_table(page, d, prefix)
+    res = study_frames(d)
+    _estimates_table(page, d, prefix, res)
     _failures(page, d, prefix)
-    _trial_table(page, d, prefix)
+    _trial_table(page, d, prefix, res)
 
 
 def _summary(page: Page, d: StudyData) -> None:
@@ -268,59 +287,48 @@ def _budget_used(d: StudyData, budget: Any) -> str:
     )
 
 
-def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
-    """Every config once, with its pooled estimate: what the pick reads."""
-    from autotuner.search.estimates import feasible as feasible_estimate
-    from autotuner.search.estimates import relative_spread
-    from autotuner.search.pick import race_status
-    from autotuner.spec.schema import Constraint
-
-    constraints = [Constraint(**c) for c in d.constraints]
-    conf = float((d.pick or {}).get("confidence", 0.95))
-    metrics = [m for m in d.objectives if m in d.metric_names]
-    o = metrics[0] if metrics else None
-    ests = [e for e in d.estimates.values() if o and e.mean(o) is not None]
-    ests.sort(key=lambda e: e.mean(o) or 0.0, reverse=bool(d.directions) and d.directions[0] == "maximize")
-    rel = {m: relative_spread(d.estimates, m) for m in metrics}
-    chosen = json.dumps((d.pick or {}).get("config") or {}, sort_keys=True)
-    headers = ["first trial", *d.params, "feasible", "blocks", "under load", *map(d.label, metrics)]
-    head = "".join(f"<th>{esc(h)}</th>" for h in [*headers, "measure s"])
+def _estimates_table(page: Page, d: StudyData, prefix: str, res: Results) -> None:
+    """Every config once, with its pooled estimate: what the pick reads (the configs frame)."""
+    conf = confidence(d)
+    metrics = [m for m in d.objectives if m in res.configs.columns]
+    headers = ["first trial", *d.params, "feasible", "breaks", "blocks", "under load"]
+    head = "".join(f"<th>{esc(h)}</th>" for h in [*headers, *map(d.label, metrics), "measure s"])
     body = []
-    for e in ests[:50]:
-        ok, why = feasible_estimate(e, constraints)
-        verdict = "yes" if ok else "unknown" if why and why.endswith("not measured") else "no"
-        first = f"#{e.first_trial}" if e.first_trial >= 0 else "race only"
-        cells = [first, *[e.config.get(p, "") for p in d.params], verdict, e.n, e.under_load]
+    ests = res.configs[res.configs[metrics[0]].notna()] if metrics else res.configs.iloc[0:0]
+    for _, r in ests.head(50).iterrows():
+        first = f"#{int(r['first_trial'])}" if r["first_trial"] == r["first_trial"] else "race only"
+        cells = [first, *[_cell(r.get(PARAM + p)) for p in d.params], r["feasible"], r["broken"] or ""]
+        cells += [r["blocks"], r["under_load"]]
         for m in metrics:
-            iv = e.interval(m, conf, rel[m])
-            cells.append(f"{_fmt(iv[0])} [{_fmt(iv[1])}, {_fmt(iv[2])}]" if iv else "")
-        cells.append(round(e.measure_s, 2))
-        cls = " class='chosen'" if e.key == chosen else ""
+            lo, hi = r[f"{m}_low"], r[f"{m}_high"]
+            cells.append(f"{_fmt(r[m])} [{_fmt(lo)}, {_fmt(hi)}]" if lo == lo and hi == hi else _fmt(r[m]))
+        cells.append(round(float(r["measure_s"]), 2))
+        cls = " class='chosen'" if r["chosen"] else " class='infeasible'" if r["feasible"] != "yes" else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in cells) + "</tr>")
     page.add(
         f"<h2>{esc(prefix)}Configs by pooled estimate</h2><p class='muted'>Each config once: the mean of "
         f"its measurement blocks (search trials, repeats, race rounds; blocks under foreign load left out) "
         f"and its {int(conf * 100)}% interval over blocks in separate processes. A config measured once "
-        "takes the study's between-block spread.</p><div class='scroll'><table><thead><tr>"
+        "takes the study's between-block spread. Greyed rows break a constraint (named under 'breaks') "
+        "and are never chosen.</p><div class='scroll'><table><thead><tr>"
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
-    race = [c for c in (d.pick or {}).get("candidates", []) if c.get("rounds")]
-    if not race:
+    if not len(res.race) or not res.race["rounds"].astype(int).any():
         return
     rows = []
-    for c in (d.pick or {}).get("candidates", []):
-        status = race_status(c, d.winner if d.winner is not None else -2, (d.pick or {}).get("tied_with", []))
-        ci = c.get("ci")
-        value = c.get("value")
+    per_round = res.race_rounds.groupby("candidate")["value"].apply(list).to_dict()
+    for _, c in res.race.iterrows():
+        config = " ".join(f"{p}={_cell(c.get(PARAM + p))}" for p in d.params if _cell(c.get(PARAM + p)) != "")
+        lo, hi = c["ci_low"], c["ci_high"]
         cells = [
-            f"#{c['trial']}" if c["trial"] >= 0 else "-",
-            " ".join(f"{k}={v}" for k, v in c["config"].items()),
-            value if isinstance(value, int | float) and value == value else "",
-            len(c.get("rounds", [])),
-            c.get("mean"),
-            f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "",
-            " ".join(_fmt(v) for v in c.get("rounds", [])),
-            status,
+            f"#{int(c['trial'])}" if c["trial"] == c["trial"] and c["trial"] is not None else "-",
+            config,
+            c["before_race"] if c["before_race"] == c["before_race"] else "",
+            int(c["rounds"]),
+            c["mean"] if c["mean"] == c["mean"] else "",
+            f"{_fmt(lo)} .. {_fmt(hi)}" if lo == lo and lo is not None else "",
+            " ".join(_fmt(v) for v in per_round.get(c["candidate"], [])),
+            c["status"],
         ]
         rows.append("<tr>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in cells) + "</tr>")
     page.add(
@@ -330,6 +338,15 @@ def _estimates_table(page: Page, d: StudyData, prefix: str) -> None:
         "<th>rounds</th><th>race mean</th><th>interval</th><th>per round</th><th>status</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def _cell(v: Any) -> Any:
+    """A frame cell as the table shows it: missing (None, NaN) as empty, whole floats as ints."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
 def _failures(page: Page, d: StudyData, prefix: str) -> None:
@@ -350,7 +367,8 @@ def _failures(page: Page, d: StudyData, prefix: str) -> None:
     )
 
 
-def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
+def _trial_table(page: Page, d: StudyData, prefix: str, res: Results) -> None:
+    """Every trial (the trials frame), with the columns a reader scans first."""
     metrics = list(
         dict.fromkeys(
             [
@@ -367,24 +385,23 @@ def _trial_table(page: Page, d: StudyData, prefix: str) -> None:
             ]
         )
     )
-    metrics = [m for m in metrics if m in d.metric_names]
+    metrics = [m for m in metrics if m in d.metric_names and m in res.trials.columns]
     head = "".join(
         f"<th>{esc(h)}</th>"
-        for h in ["trial", "state", "feasible", "failure", *d.params, *map(d.label, metrics)]
+        for h in ["trial", "state", "feasible", "block", "failure", *d.params, *map(d.label, metrics)]
     )
     body = []
-    for t in d.trials:
-        cfg = d.config(t)
-        feasible = d.is_feasible(t)
+    for r in res.trials.to_dict(orient="records"):
         cells = [
-            f"#{t.number}",
-            t.state.name,
-            "yes" if feasible else "no",
-            rec.failure_class(t) or "",
-            *[cfg.get(p, "") for p in d.params],
-            *[rec.metric(t, m) for m in metrics],
+            f"#{r['trial']}",
+            r["state"],
+            "yes" if r["feasible"] else "no",
+            r["block"],
+            r["failure_class"] or "",
+            *[_cell(r.get(PARAM + p)) for p in d.params],
+            *[_cell(r[m]) for m in metrics],
         ]
-        cls = " class='chosen'" if t.number == d.winner else ""
+        cls = " class='chosen'" if r["trial"] == d.winner else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in cells) + "</tr>")
     table_id = f"trials{page.tables}"
     page.tables += 1
@@ -416,18 +433,18 @@ def _definitions(page: Page, datas: list[StudyData]) -> None:
 
 
 def write_report(studies: list[str], storage: str | None, output: str | Path | None, fmt: str) -> Path:
-    """Write the HTML report (several studies: fronts overlaid), or one study's table as CSV/JSON."""
+    """Write the HTML report (several studies: fronts overlaid), or the results frames of the
+    studies (report/frames.py) as CSV, JSON or parquet."""
     from autotuner.errors import UsageError
     from autotuner.files import atomic_write_text, check_writable
     from autotuner.report import data as report_data
+    from autotuner.report import frames
     from autotuner.study.storage import default_url, load_study, redact
 
-    if fmt not in ("html", "csv", "json"):
-        raise UsageError(f"--format {fmt!r}: allowed: html, csv, json")
+    if fmt not in ("html", *frames.TABLE_FORMATS):
+        raise UsageError(f"--format {fmt!r}: allowed: html, {', '.join(frames.TABLE_FORMATS)}")
     if not studies:
         raise UsageError("name at least one study")
-    if fmt != "html" and len(studies) > 1:
-        raise UsageError(f"--format {fmt} writes one study's table; name one study")
     path = Path(output or f"reports/{'-vs-'.join(studies)}.{fmt}")
     check_writable(path.parent, "-o" if output else "the report")
     loaded = []
@@ -436,5 +453,5 @@ def write_report(studies: list[str], storage: str | None, output: str | Path | N
         st = load_study(name, url)
         loaded.append((st, report_data.load(st, redact(url))))
     if fmt != "html":
-        return report_data.write_table(loaded[0][1], path, fmt)
+        return frames.write_frames(frames.frames_of([d for _, d in loaded]), path, fmt, studies)[0]
     return atomic_write_text(path, build(loaded))

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from autotuner.progress import Progress, fmt_config
-from autotuner.spec.schema import Constraint, Objective, config_key
 from autotuner.study import records as rec
 from autotuner.study.storage import default_url, load_study, open_storage, redact
-
-if TYPE_CHECKING:
-    from autotuner.search.estimates import Estimate
 
 
 def list_studies(storage: str | None) -> int:
@@ -50,7 +46,7 @@ def show_study(name: str, storage: str | None) -> int:
     env = rec.environment(study)
     out.say(f"study {name} ({redact(url)})")
     out.say(
-        f"  objectives: {', '.join(d.name.lower() for d in study.directions)}; autotune "
+        f"  objectives: {_objectives(study)}; autotune "
         f"{rec.study_attr(study, rec.VERSION, '?')}; created {rec.study_attr(study, rec.CREATED, '?')}"
     )
     out.say(
@@ -61,7 +57,7 @@ def show_study(name: str, storage: str | None) -> int:
     if failures:
         out.say("  failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
     pick = rec.stored_pick(study)
-    _configs(out, study, trials, pick)
+    _configs(out, study, url)
     if pick:
         out.say(f"  chosen: trial #{pick['winner']} by {pick['rule']}: {pick['reason']}")
         config = pick.get("config") or rec.trial_config(study.trials[pick["winner"]])
@@ -71,77 +67,93 @@ def show_study(name: str, storage: str | None) -> int:
     return 0
 
 
-def _configs(out: Progress, study: optuna.Study, trials: list, pick: dict[str, Any] | None) -> None:
-    """The best configs by their pooled first objective, then (two or more objectives) the front
-    of the feasible configs' pooled estimates: the same estimates and front as the run's summary."""
-    from autotuner.search.estimates import feasible, front, pool, relative_spread
+def _objectives(study: optuna.Study) -> str:
+    """The objectives with their metrics ('maximize throughput_items_s, minimize latency_p95_ms')."""
+    stored = rec.stored_spec(study).get("objectives") or []
+    metrics = [o.get("metric") for o in stored if isinstance(o, dict)]
+    dirs = [d.name.lower() for d in study.directions]
+    if len(metrics) != len(dirs):
+        return ", ".join(dirs)
+    return ", ".join(f"{d} {m}" for d, m in zip(dirs, metrics, strict=True))
 
-    spec = rec.stored_spec(study)
+
+def _configs(out: Progress, study: optuna.Study, url: str) -> None:
+    """The best feasible configs by their pooled first objective, those that break a constraint
+    apart (with the constraint), then (two or more objectives) the front of the feasible configs'
+    pooled estimates. All read from the results frames (report/frames.py): the same estimates
+    and front as the run's summary, the report and the best-config YAML."""
+    from autotuner.report import data as report_data
+    from autotuner.report import frames as fr
+
+    d = report_data.load(study, redact(url))
     try:
-        objectives = [Objective.model_validate(o) for o in spec.get("objectives") or []]
-        constraints = [Constraint.model_validate(c) for c in spec.get("constraints") or []]
+        objectives = fr.objectives(d)
+        fr.constraints(d)
     except ValueError as e:
         out.say(f"  configs: the stored spec's objectives or constraints do not read back ({e})")
         return
     if not objectives:
         out.say("  configs: the study stores no objectives")
         return
-    estimates = pool(trials, rec.race_blocks(study))
-    metrics = [o.metric for o in objectives]
+    configs = fr.study_frames(d).configs
     first = objectives[0]
-    est = [e for e in estimates.values() if e.mean(first.metric) is not None]
-    if not est:
+    metrics = [o.metric for o in objectives]
+    if first.metric not in configs or configs[first.metric].isna().all():
         out.say("  no completed config")
         return
-    chosen = _chosen_key(study, pick)
-    conf = float(spec.get("pick", {}).get("confidence", 0.95))
-    spread = {m: relative_spread(estimates, m) for m in metrics}
+    est = configs[configs[first.metric].notna()]
+    conf = fr.confidence(d)
 
-    def cell(e: Estimate, m: str) -> str:
-        iv = e.interval(m, conf, spread[m])
-        return f"{iv[0]:.4g} [{iv[1]:.4g}, {iv[2]:.4g}]" if iv else "-"
+    def cell(r: Any, m: str) -> str:
+        if m not in r or r[m] != r[m]:
+            return "-"
+        lo, hi = r[f"{m}_low"], r[f"{m}_high"]
+        return f"{r[m]:.4g} [{lo:.4g}, {hi:.4g}]" if lo == lo and hi == hi else f"{r[m]:.4g}"
 
-    def trial(e: Estimate) -> str:
-        return ("*" if e.key == chosen else "") + f"#{e.first_trial}"
+    def trial(r: Any) -> str:
+        first_trial = "race only" if r["first_trial"] != r["first_trial"] else f"#{int(r['first_trial'])}"
+        return ("*" if r["chosen"] else "") + first_trial
 
-    est.sort(key=lambda e: e.mean(first.metric) or 0.0, reverse=first.direction == "maximize")
-    out.say(f"  top configs by pooled {first.metric} ({int(conf * 100)}% interval over blocks; * chosen):")
-    out.table(
-        ["trial", "config", "blocks", first.metric],
-        [[trial(e), fmt_config(e.config), e.n, cell(e, first.metric)] for e in est[:10]],
+    def config(r: Any) -> str:
+        return fmt_config(d.estimates[r["config_key"]].config)
+
+    ok = est[est["feasible"] == "yes"]
+    bad = est[est["feasible"] != "yes"]
+    out.say(
+        f"  top configs by pooled {first.metric} ({int(conf * 100)}% interval over blocks; * chosen)"
+        + (f"; {len(bad)} that break a constraint are listed apart" if len(bad) else "")
+        + ":"
     )
+    if len(ok):
+        out.table(
+            ["trial", "config", "blocks", first.metric],
+            [[trial(r), config(r), r["blocks"], cell(r, first.metric)] for _, r in ok.head(10).iterrows()],
+        )
+    else:
+        out.say("    none: every measured config breaks a constraint")
+    if len(bad):
+        out.say(f"  configs that break a constraint ({len(bad)}; never chosen):")
+        out.table(
+            ["trial", "config", "blocks", first.metric, "breaks"],
+            [
+                [trial(r), config(r), r["blocks"], cell(r, first.metric), r["broken"] or "-"]
+                for _, r in bad.head(10).iterrows()
+            ],
+        )
     if len(objectives) < 2:
         out.say(f"  one objective ({first.direction} {first.metric}): no Pareto front to show")
         return
-    ok = [e for e in estimates.values() if feasible(e, constraints)[0]]
-    pareto = front(ok, objectives)
-    if not pareto:
+    pareto = est[est["on_front"]]
+    if not len(pareto):
         out.say("  Pareto front: no feasible config measured every objective")
         return
-    shown = list(pareto)
-    if chosen in estimates and estimates[chosen] not in shown:
-        shown.append(estimates[chosen])
-    shown.sort(key=lambda e: e.mean(first.metric) or 0.0, reverse=first.direction == "maximize")
-    on_front = {e.key for e in pareto}
+    shown = est[est["on_front"] | est["chosen"]]
     out.say(
         f"  Pareto front of the feasible configs by pooled estimates ({len(pareto)}): "
         + ", ".join(f"{o.direction[:3]} {o.metric}" for o in objectives)
     )
     rows = []
-    for e in shown:
-        note = "" if e.key != chosen else "chosen" if e.key in on_front else "chosen, off the front"
-        rows.append([trial(e), fmt_config(e.config), e.n, *[cell(e, m) for m in metrics], note])
+    for _, r in shown.iterrows():
+        note = "" if not r["chosen"] else "chosen" if r["on_front"] else "chosen, off the front"
+        rows.append([trial(r), config(r), r["blocks"], *[cell(r, m) for m in metrics], note])
     out.table(["trial", "config", "blocks", *metrics, "note"], rows)
-
-
-def _chosen_key(study: optuna.Study, pick: dict[str, Any] | None) -> str | None:
-    """The config key of the stored choice (its config, else its winning trial's)."""
-    if not pick:
-        return None
-    config = pick.get("config")
-    if not config:
-        winner = pick.get("winner")
-        if not isinstance(winner, int) or not 0 <= winner < len(study.trials):
-            return None
-        config = rec.trial_config(study.trials[winner])
-    return config_key(config)

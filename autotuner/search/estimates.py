@@ -20,7 +20,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.metrics import is_number
-from autotuner.search.stats import mean_ci, t_quantile
+from autotuner.search.stats import mean_ci, normal_quantile
 from autotuner.spec.schema import config_key
 from autotuner.study import records as rec
 from autotuner.study.records import race_blocks, trial_config
@@ -110,7 +110,7 @@ class Estimate:
 
 def _half(mean: float, rel_sd: float, n: int, confidence: float) -> float:
     """Half-width of an interval whose spread is rel_sd of the mean (normal quantile)."""
-    z = t_quantile(confidence, 10_000)
+    z = normal_quantile(confidence)
     return z * abs(mean) * rel_sd / math.sqrt(n)
 
 

@@ -374,7 +374,8 @@ class PickSpec(_Strict):
     rounds: int = Field(default=3, ge=0, le=50)  # rounds every contender gets; 0: no racing
     max_rounds: int = Field(default=6, ge=1, le=100)
     time_s: float | None = Field(default=None, gt=0)  # wall-time budget of the race
-    confidence: Literal[0.9, 0.95, 0.99] = 0.95
+    # Any level: the quantiles come from scipy.stats (search/stats.py), not a table.
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
     # Two configs whose paired difference lies within this share of the leader are a tie.
     tie_tolerance: float = Field(default=0.02, ge=0, lt=1)
     # Applied in order, each only where it separates the tied configs beyond noise.
