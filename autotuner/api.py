@@ -245,40 +245,28 @@ def export(
 ) -> Path | str:
     """Write the best-config YAML of a stored study again, by a chosen rule. Measures nothing.
 
-    fmt="vllm" returns the `vllm serve` command line of the chosen config instead; fmt="triton"
-    writes a Triton model repository entry (DIR/MODEL/config.pbtxt, DIR/MODEL/1/model.onnx) and
-    returns DIR/MODEL; fmt="ort" writes the ONNX Runtime session settings as JSON, the ONNX file
-    beside it. Both need an onnxruntime config.
+    The formats are report.formats.EXPORT_FORMATS. fmt="vllm" returns the `vllm serve` command
+    line of the chosen config instead; fmt="triton" writes a Triton model repository entry
+    (DIR/MODEL/config.pbtxt, DIR/MODEL/1/model.onnx) and returns DIR/MODEL; fmt="ort" writes the
+    ONNX Runtime session settings as JSON, the ONNX file beside it. Both need an onnxruntime config.
     """
-    from autotuner.report.export import vllm_serve, write_ort
-    from autotuner.report.triton import write_triton
+    from autotuner.report.formats import EXPORT_FORMATS
     from autotuner.study.storage import load_study
 
-    defaults = {
-        "yaml": f"reports/{study_name}.best.yaml",
-        "triton": f"reports/{study_name}.triton",
-        "ort": f"reports/{study_name}.ort.json",
-    }
-    if fmt not in (*defaults, "vllm"):
-        raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm, triton, ort")
-    target = Path(output or defaults.get(fmt, "."))
-    if fmt in defaults:
-        what = "-o" if output else ("the best config" if fmt == "yaml" else f"the {fmt} export")
-        check_writable(target if fmt == "triton" else target.parent, what)
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format {fmt!r}: allowed: {', '.join(EXPORT_FORMATS)}")
+    form = EXPORT_FORMATS[fmt]
+    target = Path(output or (form.default.format(study=study_name) if form.default else "."))
+    if form.default is not None:
+        check_writable(target if form.directory else target.parent, "-o" if output else form.what)
     progress = progress or Progress()
     url = storage or default_url(study_name)
     st = load_study(study_name, url)
     spec = spec_from_dict(rec.stored_spec(st), f"study {study_name}")
-    pick = choose(spec, st, rule, None, Progress(quiet=True) if fmt == "vllm" else progress)
+    pick = choose(spec, st, rule, None, Progress(quiet=True) if form.default is None else progress)
     if pick is None:
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
-    if fmt == "vllm":
-        return vllm_serve(spec, pick.config)
-    if fmt == "triton":
-        return write_triton(spec, st, pick, target)
-    if fmt == "ort":
-        return write_ort(spec, st, pick, target)
-    return write_best_config(spec, st, pick, target, url)
+    return form.write(spec, st, pick, target, url)
 
 
 def report(

@@ -6,13 +6,13 @@ them, through `autotuner.api` only. Heavy imports happen inside the commands."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from autotuner._version import __version__
 from autotuner.errors import AutotuneError, UsageError
+from autotuner.report.formats import EXPORT_FORMATS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,16 +73,6 @@ class Run(Command):
         return 0 if out.pick is not None else 1
 
 
-# --format of `export`: the formats and what each writes (api.export writes them).
-EXPORT_FORMATS = {
-    "yaml": "the best-config file",
-    "vllm": "print the `vllm serve` command",
-    "triton": "a Triton model repository entry in -o DIR",
-    "ort": "ONNX Runtime session settings as JSON",
-}
-PRINTED_FORMATS = ("vllm",)  # printed as they are; the others print the path written
-
-
 class Export(Command):
     name = "export"
     help = "write the best-config YAML of a study again"
@@ -96,7 +86,7 @@ class Export(Command):
             dest="fmt",
             default="yaml",
             choices=list(EXPORT_FORMATS),
-            help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()),
+            help="; ".join(f"{k}: {f.help}" for k, f in EXPORT_FORMATS.items()),
         )
         p.add_argument(
             "--pick", dest="rule", help="rule 'max:METRIC' or 'min:METRIC' (default: first objective)"
@@ -106,7 +96,8 @@ class Export(Command):
         out = _api().export(
             args.study, storage=args.storage, output=args.output, rule=args.rule, fmt=args.fmt
         )
-        print(out if args.fmt in PRINTED_FORMATS else f"best config: {out}")
+        printed = EXPORT_FORMATS[args.fmt].default is None  # the text itself, not a path written
+        print(out if printed else f"best config: {out}")
         return 0
 
 
@@ -140,6 +131,8 @@ class Bench(Command):
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
+        import json
+
         full, result = _api().bench(args.spec, _sets(args.sets))
         if args.json:
             print(json.dumps({"params": full, **result.to_dict()}, indent=2))
@@ -216,6 +209,8 @@ class Verify(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        import json
+
         from autotuner.progress import Progress
 
         out = _api().verify(
