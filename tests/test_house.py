@@ -61,3 +61,38 @@ def test_every_listed_function_is_still_long() -> None:
     names = {name for name, _ in long_functions()}
     listed = {*LITERAL_TABLES, *PENDING_SPLIT}
     assert listed <= names, f"listed but no longer over {MAX_LINES} lines (remove them): {listed - names}"
+
+
+def test_the_public_surface_resolves_and_stays_lazy() -> None:
+    import subprocess
+    import sys
+
+    import autotuner
+    from autotuner import api
+
+    assert {"run", "bench", "export", "report", "verify", "quantize", "load_spec"} <= set(autotuner.__all__)
+    for name in autotuner.__all__:
+        assert getattr(autotuner, name) is not None, name
+    assert all(hasattr(api, name) for name in api.__all__)
+    code = "import sys, autotuner; print(sorted(m for m in sys.modules if m.startswith('autotuner.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "autotuner.api" not in loaded and "optuna" not in loaded, loaded
+
+
+def test_the_cli_reaches_the_stages_only_through_the_api() -> None:
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    inside = {m for m in imported if m and m.startswith("autotuner")}
+    light = {
+        "autotuner",
+        "autotuner._version",
+        "autotuner.errors",
+        "autotuner.progress",
+        "autotuner.report.formats",
+    }
+    assert inside <= light, f"cli imports {sorted(inside - light)}: call them through autotuner.api"

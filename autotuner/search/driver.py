@@ -133,7 +133,8 @@ class Driver:
         self.total = session.budget
         self.journal = Journal(self.study.study_name, session.storage_url)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        self.deadline = time.monotonic() + wall_time_s if wall_time_s else None
+        self.wall_time_s = wall_time_s
+        self.deadline: float | None = None  # set when the loop starts, after resuming
         self.limit = self.spec.measurement.max_foreign_load
         self.space_size = grid_size(self.spec)
         # The last share of the budget refines around the leaders (none for a grid: it walks it all).
@@ -228,6 +229,7 @@ class Driver:
         self.arms = Arms(spec, trials, REPEATS_FOR_CONTENDERS)
         self.last_beat = time.monotonic()  # a trial's start stands in for its first beat
         self.measured_s = sum(rec.metric(t, "measure_s") or 0.0 for t in trials if uses_budget(t))
+        self.deadline = time.monotonic() + self.wall_time_s if self.wall_time_s else None
         if not trials and spec.sampler.type in ("tpe", "gp", "random") and spec.sampler.n_startup_trials:
             # The sampler's startup draws, made a covering design: each value and pair of values of
             # the space is seen as early as it can be (a random start leaves whole backends out).
