@@ -29,6 +29,7 @@ from autotuner.models.artifacts import accuracy_inputs, reference_outputs
 from autotuner.models.builtins import model_inputs
 from autotuner.models.inputs import chunks, make_inputs
 from autotuner.runners.base import Device, Runner, TimedRunner, WorkloadRunner
+from autotuner.runners.exclusive import refusal
 from autotuner.runners.registry import all_backends
 from autotuner.spec.schema import Spec
 
@@ -42,8 +43,10 @@ def check_declarations(cls: type[Runner]) -> list[str]:
         problems.append("declares no name")
     if not getattr(cls, "backends", ()):
         problems.append("declares no backends")
-    if "fp32" not in cls.precisions and not cls.open_knobs:
-        problems.append(f"does not offer fp32 (offers {', '.join(cls.precisions)})")
+    precision = cls.declared("precision")
+    offered = tuple(precision.choices or ()) if precision else ()
+    if "fp32" not in offered and not cls.open_knobs:
+        problems.append(f"does not offer fp32 (offers {', '.join(map(str, offered))})")
     if issubclass(cls, TimedRunner) == issubclass(cls, WorkloadRunner):
         problems.append("must subclass exactly one of TimedRunner and WorkloadRunner")
     table = all_backends()
@@ -87,9 +90,7 @@ def check_timed(
 def check_one_trial(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> list[str]:
     """One real trial through the worker's own path: refused by nobody, finite float metrics,
     a positive first objective."""
-    from autotuner.runners.registry import runner_for
-
-    reason = runner_for(str(config.get("backend"))).check(spec, config, caps)
+    reason = refusal(spec, config, caps)
     if reason:
         return [f"check refused the config: {reason}"]
     result = run_trial(spec, config, Device("cpu", tuple(sorted(os.sched_getaffinity(0)))), caps)

@@ -240,7 +240,7 @@ def child_facts() -> dict[str, Any]:
         "out = {'compute_capability': '.'.join(map(str, torch.cuda.get_device_capability(0)))}\n"
         "try:\n    import flash_attn; out['flash_attn'] = 'imports, ' + flash_attn.__version__\n"
         "except Exception as e:\n    out['flash_attn'] = f'fails: {type(e).__name__}: {e}'[:200]\n"
-        "from autotuner.backends.ort_pieces import tensorrt_version\n"
+        "from autotuner.backends.onnxruntime.options import tensorrt_version\n"
         "out['tensorrt'] = tensorrt_version()\n"
         "print(json.dumps(out))"
     )

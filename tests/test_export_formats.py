@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from helpers import SMALL_MODEL, make_spec_dict, write_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
-README = Path(__file__).parent.parent / "README.md"
+EXPORTS_DOC = Path(__file__).parent.parent / "docs" / "exports.md"
 SEQ = SMALL_MODEL["options"]["seq_len"]
 LABELS = 8  # the tiny transformer's classifier head (its default labels)
 # The TensorRT accelerator keys Triton's onnxruntime_backend accepts (any other fails the load);
@@ -162,9 +162,9 @@ def test_ort_json_configures_a_real_session(in_study: dict[str, Any]) -> None:
     model = path.parent / cfg["model"]["file"]
     assert sha(model) == cfg["model"]["sha256"] == sha(onnx_path(spec_of(Path.cwd()), "int8-dynamic"))
 
-    # The README's snippet, as written there.
-    block = re.search(r"```python\n# load a `--format ort` export\n(.*?)```", README.read_text(), re.S)
-    assert block, "the README's loading snippet"
+    # The manual's snippet (docs/exports.md), as written there.
+    block = re.search(r"```python\n# load a `--format ort` export\n(.*?)```", EXPORTS_DOC.read_text(), re.S)
+    assert block, "the loading snippet of docs/exports.md"
     scope: dict[str, Any] = {}
     exec(block.group(1), scope)  # noqa: S102 - our own documentation
     so, session = scope["so"], scope["session"]

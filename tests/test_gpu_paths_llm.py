@@ -18,9 +18,10 @@ pytest.importorskip("transformers", reason="pip install -e '.[minilm]' brings tr
 import torch  # noqa: E402
 from test_llm_runner import MODEL, llm_spec, measure  # noqa: E402
 
-import autotuner.backends.llm_runner as lr  # noqa: E402
+import autotuner.backends.llm.reference as lref  # noqa: E402
+import autotuner.backends.llm.runner as lr  # noqa: E402
 from autotuner.api import spec_from_dict  # noqa: E402
-from autotuner.backends.llm_runner import LlmRunner  # noqa: E402
+from autotuner.backends.llm.runner import LlmRunner  # noqa: E402
 from autotuner.runners.base import Device  # noqa: E402
 
 CUDA_CAPS = {"cpu_cores": 2, "cuda_devices": 1, "flash_attn": True, "gpu_memory_mb": 80_000}
@@ -127,10 +128,10 @@ def test_the_accuracy_forward_after_the_manager_ran(attn: str, monkeypatch: pyte
 def test_the_reference_is_fp32_sdpa_and_matches_a_plain_forward(tmp_path: Path, monkeypatch) -> None:
     spec = spec_from_dict(llm_spec())
     models: list[Any] = []
-    load = lr.load_causal_lm
-    monkeypatch.setattr(lr, "load_causal_lm", lambda s: models.append(load(s)) or models[-1])
+    load = lref.load_causal_lm
+    monkeypatch.setattr(lref, "load_causal_lm", lambda s: models.append(load(s)) or models[-1])
     prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
-    lr._make_reference(spec, prompts, "cpu", str(tmp_path / "ref.npz"))
+    lref._make_reference(spec, prompts, "cpu", str(tmp_path / "ref.npz"))
     (model,) = models
     assert model.dtype == torch.float32 and model.config._attn_implementation == "sdpa"
     with np.load(tmp_path / "ref.npz") as z:
@@ -140,12 +141,12 @@ def test_the_reference_is_fp32_sdpa_and_matches_a_plain_forward(tmp_path: Path, 
     with torch.inference_mode():
         want = fresh(torch.tensor([prompts[1]])).logits[0, -1].numpy()
     np.testing.assert_allclose(logits[1], want, rtol=0, atol=1e-5)
-    assert tokens.shape == (2, lr.REFERENCE_TOKENS)
+    assert tokens.shape == (2, lref.REFERENCE_TOKENS)
 
 
 def test_the_reference_is_made_once_in_a_child_and_cached(tmp_path: Path, monkeypatch) -> None:
     import autotuner.processes
-    from autotuner.backends.llm_workload import requests
+    from autotuner.backends.llm.workload import requests
 
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
     children: list[str] = []
@@ -158,12 +159,12 @@ def test_the_reference_is_made_once_in_a_child_and_cached(tmp_path: Path, monkey
     monkeypatch.setattr(autotuner.processes, "run_module", counted)
     spec = spec_from_dict(llm_spec())
     reqs = requests(spec, LlmRunner.settings_of(spec), MODEL["options"]["vocab"])
-    first = lr.reference(spec, reqs, "cpu")
-    again = lr.reference(spec, reqs, "cpu")
-    assert children == ["autotuner.backends.llm_runner"], "made once, in a child"
+    first = lref.reference(spec, reqs, "cpu")
+    again = lref.reference(spec, reqs, "cpu")
+    assert children == ["autotuner.backends.llm.reference"], "made once, in a child"
     assert len(list((tmp_path / "llm-reference").glob("*.npz"))) == 1
-    assert again["tokens"] == first["tokens"] and len(first["tokens"]) == lr.REFERENCE_REQUESTS
-    assert all(len(t) == lr.REFERENCE_TOKENS for t in first["tokens"])
+    assert again["tokens"] == first["tokens"] and len(first["tokens"]) == lref.REFERENCE_REQUESTS
+    assert all(len(t) == lref.REFERENCE_TOKENS for t in first["tokens"])
     np.testing.assert_array_equal(np.stack(again["logits"]), np.stack(first["logits"]))
 
 

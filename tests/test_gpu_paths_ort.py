@@ -14,12 +14,9 @@ import pytest
 from helpers import make_spec_dict
 
 from autotuner.api import spec_from_dict
-from autotuner.backends import ort_pieces as ortr
-from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
-from autotuner.backends.ort_pieces import (
-    CPU,
-    CUDA,
-    TENSORRT,
+from autotuner.backends.onnxruntime import options as ortr
+from autotuner.backends.onnxruntime.config import CPU, CUDA, TENSORRT
+from autotuner.backends.onnxruntime.options import (
     claim_engine_dir,
     engine_folder_name,
     input_shapes,
@@ -31,6 +28,7 @@ from autotuner.backends.ort_pieces import (
     publish_engine_dir,
     refusal_of,
 )
+from autotuner.backends.onnxruntime.runner import OnnxRuntimeRunner
 from autotuner.backends.torch_runner import TorchRunner
 from autotuner.errors import SpecError, UnsupportedConfig
 from autotuner.runners.base import DEVICE_RESIDENT, Device

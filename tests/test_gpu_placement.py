@@ -396,7 +396,7 @@ def test_real_gpu_ray_probe_and_torch_cuda_trial(tmp_path: Path) -> None:
 def test_a_gpu_nodes_own_facts_decide_its_trials_not_the_heads() -> None:
     """Issue 23 M6: flash-attn, the C compiler, the providers that load, the libraries and the
     cores come from the GPU node's probe, so a CPU-only head neither refuses nor admits for it."""
-    from autotuner.backends.llm_runner import LlmRunner
+    from autotuner.backends.llm.runner import LlmRunner
     from autotuner.spec.loading import parse_spec
 
     driver = {

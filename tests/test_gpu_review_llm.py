@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from test_llm_runner import llm_spec  # noqa: E402
 
 from autotuner.api import spec_from_dict  # noqa: E402
-from autotuner.backends.llm_runner import LlmRunner, decode_path  # noqa: E402
+from autotuner.backends.llm.runner import LlmRunner, decode_path  # noqa: E402
 from autotuner.runners.base import Device  # noqa: E402
 
 SPEC = spec_from_dict(llm_spec())
@@ -50,7 +50,7 @@ def test_page_size_16_with_flash_attention_2_turns_the_fast_path_off_in_transfor
         resolve_continuous_batching_config,
     )
 
-    from autotuner.backends.llm_runner import load_causal_lm
+    from autotuner.backends.llm.reference import load_causal_lm
 
     model_config = load_causal_lm(SPEC).config
     model_config._attn_implementation = "flash_attention_2"

@@ -15,10 +15,8 @@ from helpers import make_spec_dict
 from test_telemetry import FakeNvml, MiB
 
 from autotuner.api import spec_from_dict
-from autotuner.backends.onnxruntime_runner import INT8_ON_CUDA, OnnxRuntimeRunner
-from autotuner.backends.ort_pieces import (
-    CUDA,
-    TENSORRT,
+from autotuner.backends.onnxruntime.config import CUDA, TENSORRT
+from autotuner.backends.onnxruntime.options import (
     FolderLock,
     engine_folder_name,
     gpu_model,
@@ -26,6 +24,7 @@ from autotuner.backends.ort_pieces import (
     refusal_of,
     timing_folder_name,
 )
+from autotuner.backends.onnxruntime.runner import INT8_ON_CUDA, OnnxRuntimeRunner
 from autotuner.execution import telemetry
 from autotuner.execution.process import worker_env
 from autotuner.runners.base import Device

@@ -135,7 +135,7 @@ def test_llm_on_cuda_reports_device_memory_as_peak_and_torchs_apart() -> None:
     pytest.importorskip("transformers")
     from test_llm_runner import llm_spec
 
-    from autotuner.backends.llm_runner import LlmRunner
+    from autotuner.backends.llm.runner import LlmRunner
     from autotuner.execution.telemetry import probe_for
 
     spec = spec_from_dict(llm_spec())

@@ -18,8 +18,9 @@ import pytest
 from helpers import make_spec_dict
 
 from autotuner.api import spec_from_dict
-from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
-from autotuner.backends.ort_pieces import CPU, CUDA, TENSORRT, node_placement
+from autotuner.backends.onnxruntime.config import CPU, CUDA, TENSORRT
+from autotuner.backends.onnxruntime.options import node_placement
+from autotuner.backends.onnxruntime.runner import OnnxRuntimeRunner
 from autotuner.runners.base import Device
 
 SPEC = spec_from_dict(make_spec_dict())

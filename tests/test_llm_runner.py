@@ -15,7 +15,8 @@ from autotuner.progress import Progress
 from autotuner.runners.base import Device
 
 pytest.importorskip("transformers", reason="pip install -e '.[minilm]' brings transformers")
-from autotuner.backends.llm_runner import LlmRunner, memory_model  # noqa: E402
+from autotuner.backends.llm.memory import memory_model  # noqa: E402
+from autotuner.backends.llm.runner import LlmRunner  # noqa: E402
 
 QUIET = Progress(quiet=True)
 MODEL = {

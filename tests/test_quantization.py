@@ -348,7 +348,7 @@ def test_jsonl_data_reads_like_npz(tmp_path: Path, cache: Path) -> None:
 
 
 def test_quantization_knobs_apply_to_int8_only_and_to_each_runners_calibrators() -> None:
-    from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from autotuner.backends.onnxruntime.runner import OnnxRuntimeRunner
     from autotuner.backends.torch_runner import TorchRunner
     from autotuner.spec.loading import parse_spec
 

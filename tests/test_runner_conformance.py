@@ -15,6 +15,7 @@ from autotuner.conformance import check_declarations, check_one_trial, check_tim
 from autotuner.errors import UnsupportedConfig
 from autotuner.execution.worker import build
 from autotuner.runners.base import Device
+from autotuner.runners.exclusive import refusal
 from autotuner.runners.registry import all_backends, runner_for, runners
 
 CPU_CASES = [
@@ -69,7 +70,8 @@ def test_runner_measures_and_matches_the_reference(backend: str, precision: str,
     ],
 )
 def test_check_refuses_unsupported_combinations_with_a_reason(config: dict, needle: str, caps: dict) -> None:
-    reason = runner_for(config["backend"]).check(SPEC, config, caps)
+    # The runner's own check, then a knob another runner holds for itself (runners.exclusive).
+    reason = refusal(SPEC, config, caps)
     assert reason is not None and needle in reason
 
 
@@ -185,12 +187,12 @@ def test_every_runner_runs_one_real_trial_through_the_worker(runner: str, caps: 
 
 def test_the_suite_names_what_a_broken_runner_gets_wrong() -> None:
     from autotuner.backends.torch_runner import TorchRunner
-    from autotuner.runners.base import WorkloadRunner
+    from autotuner.runners import WorkloadRunner, precisions
 
     class Both(TorchRunner, WorkloadRunner):  # type: ignore[misc]
         name = "both"
         backends = ("torch-eager",)  # the torch runner's
-        precisions = ("fp16",)
+        knobs = {**TorchRunner.knobs, "precision": precisions("fp16")}  # noqa: RUF012
 
         def run_workload(self) -> dict[str, float]:
             return {}

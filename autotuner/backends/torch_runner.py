@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autotuner.models.quantization import QUANT_KNOBS, TORCH_CALIBRATIONS, knob_reason
-from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
+from autotuner.backends.int8_knobs import int8_knobs
+from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason
+from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
+from autotuner.runners.knobs import SERVING, Knob, precisions
 from autotuner.spec.schema import Spec
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -20,22 +22,29 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class TorchRunner(TimedRunner):
     name = "torch"
     backends = ("torch-eager", "torch-compile")
-    knobs: ClassVar[dict[str, Any]] = {
-        "device": "cpu",
-        "compile_mode": "default",
-        "tf32": False,
-        **QUANT_KNOBS,
-        **SERVING_KNOBS,
+    knobs: ClassVar[dict[str, Knob]] = {
+        "precision": precisions("fp32", "fp16", "bf16", "int8", "int8-dynamic", calibrated=("int8",)),
+        "device": Knob(
+            "cpu",
+            choices=("cpu", "cuda"),
+            unknown="{name} {value!r} is not known to the {runner} runner ({choices})",
+        ),
+        "compile_mode": Knob(
+            "default",
+            choices=COMPILE_MODES,
+            applies_to={"backend": ("torch-compile",)},
+            where="to backend torch-compile only",
+            strict=True,  # given at all: only torch-compile reads it
+        ),
+        "tf32": Knob(
+            False,
+            kind=bool,
+            applies_to={"device": ("cuda",)},
+            where="to device cuda (CPU kernels compute fp32 in fp32)",
+        ),
+        **int8_knobs(TORCH_CALIBRATIONS),
+        **SERVING,
     }
-    choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "device": ("cpu", "cuda"),
-        "compile_mode": COMPILE_MODES,
-        "tf32": (True, False),
-        "calibration": TORCH_CALIBRATIONS,
-        "per_channel": (True, False),
-    }
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
-    calibrated: ClassVar[tuple[str, ...]] = ("int8",)
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
@@ -46,8 +55,6 @@ class TorchRunner(TimedRunner):
             return "an ONNX model file runs only on onnxruntime-* backends"
         device = cls.value(config, "device")
         precision = cls.value(config, "precision")
-        if device not in ("cpu", "cuda"):
-            return f"device {device!r} is not known to the torch runner (cpu, cuda)"
         if device == "cuda":
             if not caps.get("cuda_devices"):
                 return "device=cuda but torch sees no CUDA device on this machine"
@@ -69,21 +76,7 @@ class TorchRunner(TimedRunner):
                 "torch.compile cannot trace eager quantized modules (their ops have no meta kernels) "
                 "and would run them uncompiled; static int8 runs on torch-eager"
             )
-        reason = knob_reason(cls.value, config, TORCH_CALIBRATIONS, ("none", "first-last"), "torch")
-        if reason:
-            return reason
-        tf32 = cls.value(config, "tf32")
-        if not isinstance(tf32, bool):
-            return f"tf32 must be true or false, not {tf32!r}"
-        if tf32 and device != "cuda":
-            return "tf32 applies to device cuda (CPU kernels compute fp32 in fp32)"
-        mode = config.get("compile_mode")  # given at all: only torch-compile reads it
-        if mode is not None:
-            if cls.value(config, "backend") != "torch-compile":
-                return "compile_mode applies to backend torch-compile only"
-            if mode not in COMPILE_MODES:
-                return f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}"
-        return None
+        return exclude_reason(cls.value, config, ("none", "first-last"), "torch")
 
     def setup(self) -> None:
         import torch

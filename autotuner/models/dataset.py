@@ -380,7 +380,7 @@ def data_digest(spec: Spec) -> str:
         return content_sha256(path) if path.is_file() else "unreadable"  # reading it says why
     if data.factory is not None:
         return _factory_samples(spec)[0]
-    from autotuner.models.identity import library_versions
+    from autotuner.models.versions import library_versions
 
     return hashlib.sha256(f"{content_sha256(SENTENCES)}:{library_versions()}".encode()).hexdigest()
 

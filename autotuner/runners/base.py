@@ -1,7 +1,7 @@
 """The runner contracts: the one interface that grows. One module and one registration per runner.
 
-Two kinds of runner share a small base (`Runner`: its name, backends, knobs, precisions, the
-spec section it owns, and a fast `check`):
+Two kinds of runner share a small base (`Runner`: its name, backends, its knobs each declared
+once (runners.knobs.Knob), the spec section it owns, and a fast `check`):
 
 - `TimedRunner`: runs in the worker, and the harness times the step it returns
   (`setup` -> `prepare(batch)` -> step, `predict` for the accuracy check, `teardown`);
@@ -20,20 +20,14 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from autotuner.spec.schema import DEFAULT_BACKEND, Spec
-
-# Knobs every runner understands, with the value a config has when it leaves one out.
-SHARED_DEFAULTS: dict[str, Any] = {
-    "backend": DEFAULT_BACKEND,
-    "batch_size": 1,
-    "precision": "fp32",
-    "threads": None,  # None: every core the trial holds
-}
-SHARED_KNOBS = frozenset(SHARED_DEFAULTS)
-# Knobs of the serving scenario (`scenario: serving`), read by the timed runners: the dynamic
-# batcher's largest batch and how long it waits to fill one (0: it takes what is queued), and
-# the model copies (instances), each on its own share of the trial's cores.
-SERVING_KNOBS: dict[str, Any] = {"max_batch_size": 8, "batch_timeout_ms": 0, "instances": 1}
+# The shared knob names live in runners.knobs; SHARED_DEFAULTS, SHARED_KNOBS and backend_of are
+# re-exported here for the stages that name them from base.
+from autotuner.runners.knobs import SERVING_KNOBS, Knob, declared, refusal
+from autotuner.runners.knobs import SHARED_DEFAULTS as SHARED_DEFAULTS
+from autotuner.runners.knobs import SHARED_KNOBS as SHARED_KNOBS
+from autotuner.runners.knobs import backend_of as backend_of
+from autotuner.runners.knobs import value as knob_value
+from autotuner.spec.schema import Spec
 
 # The one transfer policy of every GPU runner (TrialResult.info["transfer_policy"]): inputs are
 # copied to the device once before timing, outputs are left on the device, and each timed step
@@ -57,32 +51,18 @@ class Device:
         return cls(kind=d["kind"], cores=tuple(d["cores"]), cuda_index=d.get("cuda_index"))
 
 
-def backend_of(config: dict[str, Any]) -> str:
-    return str(config.get("backend", DEFAULT_BACKEND))
-
-
 class Runner(ABC):
     """What every runner declares. Subclass `TimedRunner` or `WorkloadRunner`, not this."""
 
     name: ClassVar[str]
     backends: ClassVar[tuple[str, ...]]
-    # Parameters this runner reads beyond the shared ones (SHARED_KNOBS), with the value a config
-    # that leaves one out has; a shared knob listed here takes this runner's default instead.
-    knobs: ClassVar[dict[str, Any]] = {}
-    # Knobs that take one of a closed set of values: a value outside every reader's set is a spec
-    # error when the spec is loaded, not a refused trial (precision is checked via `precisions`).
-    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    # Every parameter this runner reads beyond the shared ones (runners.knobs.SHARED), each
+    # declared once: default, choices, kind, where it applies, exclusivity (see Knob). A shared
+    # knob listed here (precision: `precisions(...)`) takes this runner's declaration instead.
+    knobs: ClassVar[dict[str, Knob]] = {}
     # Any parameter name, and any value of it (precision too), is passed to the program (the
     # command runner): the program, not autotune, knows what it accepts.
     open_knobs: ClassVar[bool] = False
-    # Knobs that only this runner reads and that other runners refuse, so that a mixed space
-    # does not measure the same config once per value (the llm runner's page_size): knob -> why
-    # another runner refuses it ("{runner}" is that runner's name).
-    exclusive_knobs: ClassVar[dict[str, str]] = {}
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
-    # Precisions calibrated on the spec's `data` (static int8): a space that searches one on this
-    # runner without a data section is a spec error.
-    calibrated: ClassVar[tuple[str, ...]] = ()
     # The top-level spec section this runner owns (e.g. `command`), its model, and whether it
     # must be given (and only given) when the space searches one of the runner's backends.
     settings_key: ClassVar[str | None] = None
@@ -101,9 +81,12 @@ class Runner(ABC):
     @classmethod
     def value(cls, config: dict[str, Any], name: str) -> Any:
         """A knob's value in a config, or its default (the runner's, else the shared one)."""
-        if name in config:
-            return config[name]
-        return cls.knobs[name] if name in cls.knobs else SHARED_DEFAULTS.get(name)
+        return knob_value(cls.knobs, config, name)
+
+    @classmethod
+    def declared(cls, name: str) -> Knob | None:
+        """How this runner declares a knob (a shared one it leaves alone: the shared declaration)."""
+        return declared(cls.knobs, name)
 
     @classmethod
     def settings_of(cls, spec: Spec) -> Any:
@@ -237,11 +220,16 @@ class WorkloadRunner(Runner):
 
 def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]) -> str | None:
     """Checks every runner shares: the precision it offers, threads within the trial's cores, a
-    positive batch, and no knob that another runner holds for itself."""
-    precision = cls.value(config, "precision")
-    if precision not in cls.precisions and not cls.open_knobs:  # a program reads its own values
-        offers = ", ".join(cls.precisions)
-        return f"{cls.name} runner does not offer precision {precision!r} (offers {offers})"
+    positive batch, and every declared knob's value and where it applies (runners.knobs.refusal).
+    A knob that another runner holds for itself is refused where runners are reasoned about
+    together (runners.exclusive), not here: a runner's check loads no other runner."""
+    if cls.open_knobs:  # a program reads its own values
+        names: list[str] = []
+    else:
+        names = [k for k in cls.knobs if k != "precision"]
+        reason = refusal(cls.knobs, config, cls.name, ["precision"])
+        if reason:
+            return reason
     cores = int(caps.get("cpu_cores", 1))
     threads = config.get("threads")
     if threads is not None and int(threads) > cores:
@@ -250,16 +238,7 @@ def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]
         return "threads must be at least 1"
     if int(cls.value(config, "batch_size")) < 1:
         return "batch_size must be at least 1"
-    from autotuner.runners.registry import exclusive_owner
-
-    own = SHARED_KNOBS | set(cls.knobs) | set(cls.exclusive_knobs)
-    for name in config:
-        if name in own:
-            continue  # the common case: no other runner needs to be imported to know
-        owner = exclusive_owner(name)
-        if owner is not None and owner is not cls:
-            return f"{name} {owner.exclusive_knobs[name].format(runner=cls.name)}"
-    return None
+    return refusal(cls.knobs, config, cls.name, names) if names else None
 
 
 def serving_check(cls: type[Runner], spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:

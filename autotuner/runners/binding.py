@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autotuner.runners.base import SHARED_KNOBS
+from autotuner.runners.base import TimedRunner
+from autotuner.runners.knobs import SERVING_KNOBS, SHARED_KNOBS
+from autotuner.runners.registry import all_backends, all_knobs, load, runners
 from autotuner.spec.loading import field_error, validate
 from autotuner.spec.schema import FieldError, ParamSpec, Spec
 
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 
 def bind(spec: Spec, source: str = "<spec>") -> Spec:
     """The spec, checked against the runners; raises autotuner.errors.SpecError (exit status 2)."""
-    from autotuner.runners.registry import all_backends, all_knobs, load, runners
-
     try:
         _model(spec)
         table = all_backends()
@@ -91,7 +91,6 @@ _COUNTS = {"batch_size": 1 << 24, "threads": 4096, "max_batch_size": 1 << 24, "i
 
 def _scenario(spec: Spec, classes: list[type[Runner]]) -> None:
     """The serving scenario: its knobs only with it, timed runners only, a trace that parses."""
-    from autotuner.runners.base import SERVING_KNOBS, TimedRunner
     from autotuner.spec.trace import TraceError, read_trace
 
     space = spec.space
@@ -144,7 +143,8 @@ def _calibrated(spec: Spec, classes: list[type[Runner]]) -> None:
         return
     values = spec.space["precision"].values() or []
     for cls in classes:
-        wanted = [p for p in cls.calibrated if p in values]
+        precision = cls.declared("precision")
+        wanted = [p for p in (precision.calibrated if precision else ()) if p in values]
         if wanted:
             raise FieldError(
                 ("space", "precision"),
@@ -159,8 +159,10 @@ def _is_num(v: object) -> bool:
 
 
 def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
-    """Refuse values of a knob that no runner of the space accepts."""
-    readers = [c for c in classes if name in SHARED_KNOBS or name in c.knobs or name in c.exclusive_knobs]
+    """Refuse values of a knob that no runner of the space accepts (each runner's declaration of
+    it: runners.knobs.Knob). A knob one runner holds for itself (Knob.exclusive) is read by that
+    runner only; the others refuse it trial by trial (runners.exclusive)."""
+    readers = [c for c in classes if name in SHARED_KNOBS or name in c.knobs]
     if not readers or any(c.open_knobs for c in readers):
         return  # a program (the command runner's) reads it: its values are its own
     where: tuple[str, ...] = ("space", name)
@@ -181,12 +183,12 @@ def _domain(name: str, param: ParamSpec, classes: list[type[Runner]]) -> None:
             if v > most:
                 raise FieldError(where, f"{v} is above {most:,}, the most {name} may be")
         return
-    if name == "precision":
-        values: list[object] = sorted({p for c in readers for p in c.precisions})
-    elif all(name in c.choices for c in readers):
-        values = [v for c in readers for v in c.choices[name]]
-    else:
+    declared = [c.declared(name) for c in readers]
+    if not all(k is not None and k.choices is not None for k in declared):
         return  # some runner takes any value of it
+    values: list[object] = [v for k in declared for v in k.choices or ()]  # type: ignore[union-attr]
+    if name == "precision":
+        values = sorted(set(values))  # type: ignore[type-var]
     allowed = sorted({_shown(v) for v in values})
     if param.type in ("int", "float"):
         raise FieldError(where, f"must list values, not a range; allowed: {', '.join(allowed)}")

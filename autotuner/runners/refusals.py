@@ -1,6 +1,6 @@
-"""What a config meets before launch that its runner alone knows: the runner refuses it here,
-or its memory model predicts it runs out. The study's history (the same config failed before)
-is the search's part: `search.precheck`."""
+"""What a config meets before launch that the runners know: a knob another runner holds for
+itself (runners.exclusive), its runner refuses it here, or its memory model predicts it runs
+out. The study's history (the same config failed before) is the search's part: `search.precheck`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.result import TrialResult
-from autotuner.runners.base import backend_of
+from autotuner.runners.exclusive import exclusive_reason
+from autotuner.runners.knobs import backend_of
 from autotuner.runners.registry import runner_for
 from autotuner.spec.schema import Spec
 
@@ -20,7 +21,7 @@ def refusal(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> TrialRe
         cls = runner_for(backend_of(config))
     except UsageError as e:
         return TrialResult.failure("unsupported", str(e))
-    reason = cls.check(spec, config, caps)
+    reason = exclusive_reason(cls, config) or cls.check(spec, config, caps)
     if reason:
         return TrialResult.failure("unsupported", reason)
     memory = cls.predict_memory(spec, config, caps)

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from autotuner.errors import UsageError
+from autotuner.runners.knobs import SHARED_KNOBS, backend_of
 
 if TYPE_CHECKING:
     from autotuner.runners.base import Runner
@@ -21,9 +22,9 @@ GROUP = "autotune.runners"
 # Used when the package runs from a source tree without installed metadata.
 _FALLBACK = {
     "torch": "autotuner.backends.torch_runner:TorchRunner",
-    "onnxruntime": "autotuner.backends.onnxruntime_runner:OnnxRuntimeRunner",
+    "onnxruntime": "autotuner.backends.onnxruntime.runner:OnnxRuntimeRunner",
     "command": "autotuner.backends.command_runner:CommandRunner",
-    "llm": "autotuner.backends.llm_runner:LlmRunner",
+    "llm": "autotuner.backends.llm.runner:LlmRunner",
     "vllm": "autotuner.backends.vllm_runner:VllmRunner",
 }
 
@@ -64,23 +65,19 @@ def all_backends() -> dict[str, str]:
 
 
 def all_knobs() -> frozenset[str]:
-    from autotuner.runners.base import SHARED_KNOBS
-
     knobs = set(SHARED_KNOBS)
     for cls in runners().values():
-        knobs |= set(cls.knobs) | set(cls.exclusive_knobs)
+        knobs |= set(cls.knobs)
     return frozenset(knobs)
 
 
 def exclusive_owner(knob: str) -> type[Runner] | None:
     """The runner that holds this knob for itself, if one does."""
-    return next((cls for cls in runners().values() if knob in cls.exclusive_knobs), None)
+    return next((cls for cls in runners().values() if knob in cls.knobs and cls.knobs[knob].exclusive), None)
 
 
 def needs_gpu(config: dict[str, Any]) -> bool:
     """Whether a config holds a GPU, as its runner says (an unknown backend: no)."""
-    from autotuner.runners.base import backend_of
-
     try:
         return runner_for(backend_of(config)).needs_gpu(config)
     except UsageError:

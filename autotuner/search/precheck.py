@@ -10,7 +10,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotuner.result import TrialResult
-from autotuner.runners.base import backend_of
+from autotuner.runners.knobs import backend_of
 from autotuner.runners.refusals import refusal
 from autotuner.runners.registry import runner_for
 from autotuner.spec.schema import Spec

@@ -67,14 +67,16 @@ def _fixes(spec: Spec, config: dict[str, Any], caps: dict[str, Any], most: int =
         if len(out) >= most:
             return out
     cls = runner_for(backend_of(config))
-    candidates: dict[str, list[Any]] = {"precision": list(cls.precisions)}
-    candidates.update({k: list(v) for k, v in cls.choices.items()})
+    precision = cls.declared("precision")
+    candidates: dict[str, list[Any]] = {"precision": list(precision.choices or ()) if precision else []}
+    candidates.update({k: list(kn.choices) for k, kn in cls.knobs.items() if kn.choices and k != "precision"})
     candidates["backend"] = sorted(all_backends())
+    calibrated = precision.calibrated if precision else ()
     for name, values in candidates.items():
         for v in values:
             if name not in config or v == config[name]:
                 continue
-            if name == "precision" and v in cls.calibrated and spec.data is None:
+            if name == "precision" and v in calibrated and spec.data is None:
                 continue  # calibrated on the data, which this spec does not give
             if _refusal(spec, {**config, name: v}, caps) is None:
                 out.append(f"{name}={v}")

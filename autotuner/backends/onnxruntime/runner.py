@@ -21,18 +21,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autotuner.backends.ort_pieces import (
-    APPLIES_TO,
-    BOOL_KNOBS,
-    CONV_ALGO_SEARCH,
+from autotuner.backends.onnxruntime.config import (
     CPU,
     CUDA,
-    DEPLOY_CACHE,
     EXEC_MODES,
+    KNOBS,
     OPT_LEVELS,
     PROVIDERS,
     TENSORRT,
-    TRT_OPT_LEVELS,
+)
+from autotuner.backends.onnxruntime.options import (
+    DEPLOY_CACHE,
     FolderLock,
     claim_engine_dir,
     engine_folder_name,
@@ -50,8 +49,9 @@ from autotuner.backends.ort_pieces import (
 )
 from autotuner.errors import UnsupportedConfig
 from autotuner.files import file_sha256
-from autotuner.models.quantization import ORT_CALIBRATIONS, QUANT_KNOBS, knob_reason, settings_of
-from autotuner.runners.base import DEVICE_RESIDENT, SERVING_KNOBS, TimedRunner
+from autotuner.models.quantization import exclude_reason, settings_of
+from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
+from autotuner.runners.knobs import SERVING_KNOBS, Knob
 from autotuner.spec.schema import Spec
 
 # ORT's QDQ fusions (QLinearMatMul and friends) are CPU-provider transforms: the CUDA provider
@@ -66,35 +66,7 @@ INT8_ON_CUDA = (
 class OnnxRuntimeRunner(TimedRunner):
     name = "onnxruntime"
     backends = tuple(PROVIDERS)
-    knobs: ClassVar[dict[str, Any]] = {
-        "graph_optimization_level": "all",
-        "inter_op_threads": 1,
-        "execution_mode": "sequential",
-        # None: the provider's way. A GPU trial is always timed through IO binding (the
-        # transfer policy), so the knob no longer changes a measurement: true is accepted on
-        # CUDA / TensorRT, false is refused there, and true is refused on the CPU.
-        "io_binding": None,
-        "tf32": False,
-        "cuda_graph": False,
-        "cudnn_conv_algo_search": "exhaustive",
-        "trt_builder_optimization_level": 3,
-        "trt_timing_cache": True,
-        **QUANT_KNOBS,
-        **SERVING_KNOBS,
-    }
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "int8-dynamic")
-    calibrated: ClassVar[tuple[str, ...]] = ("int8",)
-    choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "graph_optimization_level": tuple(OPT_LEVELS),
-        "execution_mode": tuple(EXEC_MODES),
-        "tf32": (True, False),
-        "cuda_graph": (True, False),
-        "cudnn_conv_algo_search": CONV_ALGO_SEARCH,
-        "trt_builder_optimization_level": TRT_OPT_LEVELS,
-        "trt_timing_cache": (True, False),
-        "calibration": ORT_CALIBRATIONS,
-        "per_channel": (True, False),
-    }
+    knobs: ClassVar[dict[str, Knob]] = KNOBS  # declared in config.py
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
@@ -120,7 +92,7 @@ class OnnxRuntimeRunner(TimedRunner):
         precision = cls.value(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
-        reason = knob_reason(cls.value, config, ORT_CALIBRATIONS, runner="onnxruntime")
+        reason = exclude_reason(cls.value, config, runner="onnxruntime")
         if reason:
             return reason
         if precision == "int8" and cls.value(config, "calibration") == "entropy":
@@ -431,25 +403,8 @@ def _shape_key(batch: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]
 
 
 def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) -> str | None:
-    """Why the ORT knobs of a config cannot run on this provider, or None."""
-    level = cls.value(config, "graph_optimization_level")
-    if level not in OPT_LEVELS:
-        return f"graph_optimization_level {level!r} is not one of {', '.join(OPT_LEVELS)}"
-    mode = cls.value(config, "execution_mode")
-    if mode not in EXEC_MODES:
-        return f"execution_mode {mode!r} is not one of {', '.join(EXEC_MODES)}"
-    for name in BOOL_KNOBS:
-        if not isinstance(cls.value(config, name), bool):
-            return f"{name} must be true or false, not {cls.value(config, name)!r}"
-    search = cls.value(config, "cudnn_conv_algo_search")
-    if search not in CONV_ALGO_SEARCH:
-        return f"cudnn_conv_algo_search {search!r} is not one of {', '.join(CONV_ALGO_SEARCH)}"
-    opt = cls.value(config, "trt_builder_optimization_level")
-    if isinstance(opt, bool) or opt not in TRT_OPT_LEVELS:
-        return f"trt_builder_optimization_level {opt!r} is not one of 0 to 5"
-    for name, (providers, where) in APPLIES_TO.items():
-        if provider not in providers and cls.value(config, name) != cls.knobs[name]:
-            return f"{name} applies to {where}"
+    """Why the ORT knobs of a config cannot run on this provider, beyond what their declarations
+    say (config.KNOBS, checked by the base), or None."""
     io = config.get("io_binding")
     if provider == CPU:
         return "io_binding applies to the CUDA and TensorRT providers" if io else None
@@ -458,7 +413,7 @@ def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) 
             "on CUDA and TensorRT every trial is timed with IO binding (inputs copied to the device "
             "once, outputs left there), so io_binding: false would not be what was measured"
         )
-    if mode == "parallel":
+    if cls.value(config, "execution_mode") == "parallel":
         return "execution_mode parallel is run sequentially by ONNX Runtime on CUDA and TensorRT"
     if provider == TENSORRT and not cls.value(config, "tf32"):
         return (

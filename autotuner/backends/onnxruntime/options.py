@@ -1,6 +1,6 @@
 """The pure pieces of the onnxruntime runner: provider options, TensorRT engine caches, node
 placement, output shapes, the device-memory read. Nothing here opens a session, so every piece
-is tested without a GPU.
+is tested without a GPU; knob defaults come from `config`, never from the runner.
 """
 
 from __future__ import annotations
@@ -16,42 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from autotuner.backends.onnxruntime.config import CPU, CUDA, PROVIDERS, TENSORRT, value
 from autotuner.errors import UnsupportedConfig
 from autotuner.spec.schema import Spec
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-PROVIDERS = {"onnxruntime-cpu": CPU, "onnxruntime-cuda": CUDA, "onnxruntime-tensorrt": TENSORRT}
-OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
-EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
-CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # the CUDA provider's, lower-cased
-TRT_OPT_LEVELS = (0, 1, 2, 3, 4, 5)
-# Knobs that apply to some providers only: where they cannot apply, a value other than the
-# default is refused (the default is then simply not read), so no config is measured twice.
-GPU_ONLY = (CUDA, TENSORRT)
-APPLIES_TO: dict[str, tuple[tuple[str, ...], str]] = {
-    "tf32": (GPU_ONLY, "the CUDA and TensorRT providers (CPU kernels compute fp32 in fp32)"),
-    "cuda_graph": (GPU_ONLY, "the CUDA and TensorRT providers"),
-    "cudnn_conv_algo_search": (GPU_ONLY, "the CUDA provider (and its share under TensorRT)"),
-    "trt_builder_optimization_level": ((TENSORRT,), "the TensorRT provider"),
-    "trt_timing_cache": ((TENSORRT,), "the TensorRT provider"),
-}
-BOOL_KNOBS = ("tf32", "cuda_graph", "trt_timing_cache")
 # Stands for the folder a deployment keeps its TensorRT engines in (deploy_settings).
 DEPLOY_CACHE = "<engine cache folder>"
-
-
-def _value() -> Any:
-    """The runner's knob reader (its defaults live with the runner's declaration)."""
-    from autotuner.backends.onnxruntime_runner import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner.value
 
 
 def _flag(value: Any) -> str:
@@ -75,7 +45,6 @@ def provider_options(
     `timing_root` is the timing cache shared by every config on this GPU model and TensorRT
     version (timing_folder_name); without it the timing cache lives in the engine folder.
     """
-    value = _value()
     provider = PROVIDERS[str(value(config, "backend"))]
     if provider == CPU:
         return [(CPU, {})]
@@ -134,7 +103,6 @@ def engine_folder_name(
     options that change what TensorRT builds, and `build_env` (the TensorRT version and GPU
     model: an engine of another TensorRT does not deserialize, and H100 and H200 are both sm90).
     A serving engine (min_shapes at batch 1) is named b1-N for its batch range."""
-    value = _value()
     precision = str(value(config, "precision"))
     key = {
         "model": model_sha256,
