@@ -94,7 +94,7 @@ def probe() -> dict[str, Any]:
 
 def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:
     """An executor by name: "local" (the default) or "ray"."""
-    from autotuner.execution.base import make_executor as _make
+    from autotuner.execution import make_executor as _make
 
     return _make(name, spec, caps, address)
 
@@ -179,7 +179,7 @@ def run(
     reports_dir: str | Path = "reports",
 ) -> RunOutcome:
     """Search, race the contenders, pick, and write the best-config YAML and the report."""
-    from autotuner.execution.base import EXECUTORS
+    from autotuner.execution import check_executor
     from autotuner.report.summary import summary
     from autotuner.search.driver import sized_budget
 
@@ -187,10 +187,7 @@ def run(
     source = _source(spec)
     if trials is not None and trials < 1:
         raise UsageError("--trials must be at least 1")
-    if executor not in EXECUTORS:
-        raise UsageError(f"--executor {executor!r} is not available; allowed: {', '.join(EXECUTORS)}")
-    if address is not None and executor != "ray":
-        raise UsageError("--address applies to --executor ray")
+    check_executor(executor, address)
     # Everything that would fail every trial, or the end of the run, is refused before a study exists.
     s = check_model(s, source)
     check_writable(Path(reports_dir), "reports")

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.execution.accuracy import compare
-from autotuner.execution.harness import HarnessSettings, measure
-from autotuner.execution.worker import build, run_trial
+from autotuner.measure.accuracy import compare
+from autotuner.measure.build import build
+from autotuner.measure.harness import HarnessSettings, measure
+from autotuner.measure.worker import run_trial
 from autotuner.models.artifacts import accuracy_inputs, reference_outputs
 from autotuner.models.builtins import model_inputs
 from autotuner.models.inputs import chunks, make_inputs

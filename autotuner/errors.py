@@ -1,7 +1,7 @@
 """The exception tree. The CLI catches AutotuneError, prints one line and exits with its code.
 
 Two exceptions outside the tree are internal and never reach a user as themselves:
-`processes.ChildFailed` (a child process failed; callers turn it into one of these) and
+`subprocesses.ChildFailed` (a child process failed; callers turn it into one of these) and
 `models.tasks.TaskMetricError` (a task metric failed; the worker stores it as the trial's failure)."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ METRICS: dict[str, str] = {
         "no allocator reserve), kept apart from peak_memory_mb"
     ),
     "host_rss_mb": "peak resident set size of the worker process (MiB)",
-    # Device telemetry (autotuner.execution.telemetry), sampled every 50 ms; absent where unreadable;
+    # Device telemetry (autotuner.measure.telemetry), sampled every 50 ms; absent where unreadable;
     # a trial holding several GPUs (a command's resources.gpus) reads their sum.
     "gpu_peak_memory_mb": (
         "most device memory in use (NVML, whole GPU, sampled) during the timed window, minus the use "
@@ -80,7 +80,7 @@ METRICS: dict[str, str] = {
         "requests per second that met the SLOs: the workload's TTFT and TPOT (LLM serving), or an "
         "answer within serving.slo_p95_ms of the request's arrival (serving scenario)"
     ),
-    # The serving scenario (timed runners behind the dynamic batcher, autotuner.execution.serving).
+    # The serving scenario (timed runners behind the dynamic batcher, autotuner.measure.serving).
     "request_latency_p50_ms": (
         "median time from a request's scheduled arrival to its answer: queueing, batching wait and the "
         "batch's run"

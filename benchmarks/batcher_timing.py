@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import load_average  # noqa: E402
 
-from autotuner.execution.arrivals import poisson  # noqa: E402
-from autotuner.execution.batcher import Request  # noqa: E402
-from autotuner.execution.serving import Lane, Server  # noqa: E402
+from autotuner.measure.arrivals import poisson  # noqa: E402
+from autotuner.measure.batcher import Request  # noqa: E402
+from autotuner.measure.serving import Lane, Server  # noqa: E402
 
 SLACK_S = 0.015
 

@@ -39,7 +39,7 @@ from _machine import load_average, machine_lines  # noqa: E402
 from autotuner import api  # noqa: E402
 from autotuner.api import load_spec, probe  # noqa: E402
 from autotuner.execution import Executor, TrialRequest  # noqa: E402
-from autotuner.execution.harness import keep, summarize  # noqa: E402
+from autotuner.measure.harness import keep, summarize  # noqa: E402
 from autotuner.metrics import HARNESS_METRICS  # noqa: E402
 from autotuner.progress import Progress  # noqa: E402
 from autotuner.result import TrialResult  # noqa: E402

@@ -30,8 +30,9 @@ from _machine import load_average, machine_lines  # noqa: E402
 
 from autotuner.api import load_spec  # noqa: E402
 from autotuner.execution.capabilities import probe  # noqa: E402
-from autotuner.execution.harness import HarnessSettings, measure  # noqa: E402
-from autotuner.execution.worker import build, settings_of  # noqa: E402
+from autotuner.measure.build import build  # noqa: E402
+from autotuner.measure.harness import HarnessSettings, measure  # noqa: E402
+from autotuner.measure.scenarios import settings_of  # noqa: E402
 from autotuner.models.builtins import model_inputs  # noqa: E402
 from autotuner.models.inputs import make_inputs  # noqa: E402
 from autotuner.runners.base import Device  # noqa: E402
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = [
         "# Harness against a hand-written timing loop",
         "",
-        "Does `autotuner.execution.harness.measure` report the latency a minimal hand loop sees on the same",
+        "Does `autotuner.measure.harness.measure` report the latency a minimal hand loop sees on the same",
         "model? Both time the same runner instance in one process, interleaved over the rounds.",
         "",
         "Produced by `python benchmarks/harness_vs_loop.py`.",

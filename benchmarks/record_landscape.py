@@ -77,7 +77,7 @@ def main() -> None:
 
     from autotuner.api import load_spec, make_executor, precheck, probe
     from autotuner.execution.base import TrialRequest
-    from autotuner.execution.load import over_limit
+    from autotuner.measure.load import over_limit
     from autotuner.search.estimates import config_key
     from autotuner.search.space import all_configs
 

@@ -145,18 +145,18 @@ def test_the_reference_is_fp32_sdpa_and_matches_a_plain_forward(tmp_path: Path, 
 
 
 def test_the_reference_is_made_once_in_a_child_and_cached(tmp_path: Path, monkeypatch) -> None:
-    import autotuner.processes
+    import autotuner.subprocesses
     from autotuner.backends.llm.workload import requests
 
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
     children: list[str] = []
-    run_module = autotuner.processes.run_module
+    run_module = autotuner.subprocesses.run_module
 
     def counted(module: str, *a: Any, **k: Any) -> str:
         children.append(module)
         return run_module(module, *a, **k)
 
-    monkeypatch.setattr(autotuner.processes, "run_module", counted)
+    monkeypatch.setattr(autotuner.subprocesses, "run_module", counted)
     spec = spec_from_dict(llm_spec())
     reqs = requests(spec, LlmRunner.settings_of(spec), MODEL["options"]["vocab"])
     first = lref.reference(spec, reqs, "cpu")
@@ -306,7 +306,7 @@ def test_the_telemetry_window_covers_the_served_requests_only(monkeypatch: pytes
 
 
 def test_energy_per_token_is_power_over_generated_tokens() -> None:
-    from autotuner.execution.worker import derived
+    from autotuner.measure.scenarios import derived
 
     class Window:
         def result(self, items_s: float | None) -> dict[str, float]:

@@ -370,7 +370,7 @@ def _ort_gpu(provider: str) -> bool:
 @pytest.mark.parametrize("extra", [{}, {"tf32": True}, {"cuda_graph": True}])
 def test_ort_cuda_device_resident_trial(extra: dict, caps: dict) -> None:
     from autotuner.conformance import check_timed
-    from autotuner.execution.worker import build
+    from autotuner.measure.worker import build
 
     config = {"backend": "onnxruntime-cuda", "precision": "fp32", "batch_size": 4, **extra}
     reason = OnnxRuntimeRunner.check(SPEC, config, caps)

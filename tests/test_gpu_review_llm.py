@@ -68,7 +68,7 @@ def test_page_size_16_with_flash_attention_2_turns_the_fast_path_off_in_transfor
 def test_a_cpu_run_records_its_decode_path_in_the_result() -> None:
     import os
 
-    from autotuner.execution.worker import run_trial
+    from autotuner.measure.worker import run_trial
 
     config = {"backend": "llm", "batch_size": 8, "kv_budget_mb": 0.25, "threads": 1, "page_size": 8}
     device = Device("cpu", tuple(sorted(os.sched_getaffinity(0)))[:1])

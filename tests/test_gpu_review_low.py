@@ -25,8 +25,8 @@ from autotuner.backends.onnxruntime.options import (
     timing_folder_name,
 )
 from autotuner.backends.onnxruntime.runner import INT8_ON_CUDA, OnnxRuntimeRunner
-from autotuner.execution import telemetry
 from autotuner.execution.process import worker_env
+from autotuner.measure import telemetry
 from autotuner.runners.base import Device
 
 SPEC = spec_from_dict(make_spec_dict())

@@ -14,14 +14,15 @@ from helpers import make_spec_dict
 from test_telemetry import Clock, FakeNvml, _probe
 
 from autotuner.api import spec_from_dict
-from autotuner.execution import worker
-from autotuner.execution.harness import (
+from autotuner.measure import worker
+from autotuner.measure.harness import (
     ENERGY_WINDOW_S,
     GPU_WARMUP_S,
     HarnessSettings,
     RunningCv,
     measure,
 )
+from autotuner.measure.scenarios import _energy_chosen, derived
 from autotuner.runners.base import Device
 
 MiB = 2**20
@@ -77,8 +78,8 @@ def test_an_energy_objective_gets_a_window_nvml_can_count() -> None:
     spec = spec_from_dict(
         make_spec_dict(objectives=[{"metric": "energy_j_per_item", "direction": "minimize"}])
     )
-    assert worker._energy_chosen(spec)
-    assert not worker._energy_chosen(spec_from_dict(make_spec_dict()))
+    assert _energy_chosen(spec)
+    assert not _energy_chosen(spec_from_dict(make_spec_dict()))
 
 
 def test_the_running_cv_is_numpys() -> None:
@@ -118,9 +119,9 @@ def test_a_workload_runners_missing_peak_memory_is_nvmls_over_its_run() -> None:
     nv.state["used"] = 4000 * MiB
     probe.take()
     spec = spec_from_dict(make_spec_dict())
-    out = worker.derived(spec, {"output_tokens_s": 10.0, "torch_allocated_mb": 900.0}, probe, windowed=False)
+    out = derived(spec, {"output_tokens_s": 10.0, "torch_allocated_mb": 900.0}, probe, windowed=False)
     assert out["peak_memory_mb"] == pytest.approx(3000.0) and out["torch_allocated_mb"] == 900.0
-    own = worker.derived(spec, {"output_tokens_s": 10.0, "peak_memory_mb": 5.0}, probe, windowed=False)
+    own = derived(spec, {"output_tokens_s": 10.0, "peak_memory_mb": 5.0}, probe, windowed=False)
     assert own["peak_memory_mb"] == 5.0
     probe.close()
 
@@ -136,7 +137,7 @@ def test_llm_on_cuda_reports_device_memory_as_peak_and_torchs_apart() -> None:
     from test_llm_runner import llm_spec
 
     from autotuner.backends.llm.runner import LlmRunner
-    from autotuner.execution.telemetry import probe_for
+    from autotuner.measure.telemetry import probe_for
 
     spec = spec_from_dict(llm_spec())
     config = {"backend": "llm", "device": "cuda", "batch_size": 8, "kv_budget_mb": 0.25, "page_size": 16}
@@ -144,7 +145,7 @@ def test_llm_on_cuda_reports_device_memory_as_peak_and_torchs_apart() -> None:
     probe = probe_for(device)
     runner = LlmRunner(spec, config, device)
     runner.window = probe
-    metrics = worker.derived(spec, runner.run_workload(), probe, windowed=False)
+    metrics = derived(spec, runner.run_workload(), probe, windowed=False)
     probe.close()
     assert metrics["torch_allocated_mb"] > 0
     if probe.why_off:

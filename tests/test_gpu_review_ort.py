@@ -195,7 +195,7 @@ def _ort_gpu(provider: str) -> bool:
 
 @pytest.mark.skipif(not _ort_gpu(CUDA), reason="no CUDA device with onnxruntime's CUDA provider here")
 def test_the_builtin_on_ort_cuda_keeps_only_scalars_on_the_cpu(caps: dict) -> None:
-    from autotuner.execution.worker import build
+    from autotuner.measure.worker import build
 
     config = {"backend": "onnxruntime-cuda", "precision": "fp32", "batch_size": 4}
     runner = build(SPEC, config, Device("cuda", (0,), 0), caps)
@@ -208,7 +208,7 @@ def test_the_builtin_on_ort_cuda_keeps_only_scalars_on_the_cpu(caps: dict) -> No
 
 @pytest.mark.skipif(not _ort_gpu(CUDA), reason="no CUDA device with onnxruntime's CUDA provider here")
 def test_ort_cuda_serving_accuracy_after_a_one_row_batch(caps: dict) -> None:
-    from autotuner.execution.worker import build
+    from autotuner.measure.worker import build
 
     config = {"backend": "onnxruntime-cuda", "precision": "fp32", "batch_size": 4}
     runner = build(SPEC, config, Device("cuda", (0,), 0), caps)

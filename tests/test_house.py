@@ -16,7 +16,6 @@ LITERAL_TABLES: dict[str, str] = {}
 PENDING_SPLIT: dict[str, str] = {
     "backends/onnxruntime/runner.py:OnnxRuntimeRunner.setup": "the onnxruntime backend package",
     "backends/vllm_runner.py:VllmRunner.run_workload": "the backend packages",
-    "execution/worker.py:run_trial": "the worker's scenario objects",
 }
 
 

@@ -161,7 +161,7 @@ def test_a_worker_nobody_ends_ends_itself_at_its_deadline(tmp_path: Path, in_tmp
     read, write = os.pipe()
     started = time.monotonic()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "autotuner.execution.worker", str(req), str(res), "--watch", str(read), "1"],
+        [sys.executable, "-m", "autotuner.measure.worker", str(req), str(res), "--watch", str(read), "1"],
         pass_fds=(read,),
         start_new_session=True,
     )

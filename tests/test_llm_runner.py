@@ -115,7 +115,7 @@ def test_study_with_a_predicted_oom_that_never_launches(in_tmp: Path) -> None:
 
 
 def test_a_budget_below_one_request_is_an_oom_failure() -> None:
-    from autotuner.execution.worker import classify
+    from autotuner.measure.worker import classify
 
     with pytest.raises(RuntimeError) as e:
         measure({"page_size": 16, "kv_budget_mb": 0.01})

@@ -14,7 +14,7 @@ from helpers import write_spec
 from optuna.trial import TrialState
 
 from autotuner.api import run
-from autotuner.execution.load import LoadMeter
+from autotuner.measure.load import LoadMeter
 from autotuner.progress import Progress
 from autotuner.search.estimates import uses_budget
 

@@ -123,7 +123,7 @@ def test_a_worker_host_lost_mid_trial_is_a_crash_and_the_study_goes_on_on_the_he
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            if any("autotuner.execution.worker" in c for c in marked(worker.mark).values()):
+            if any("autotuner.measure.worker" in c for c in marked(worker.mark).values()):
                 break
             time.sleep(0.2)
         else:

@@ -13,7 +13,7 @@ from helpers import make_spec_dict
 from autotuner.api import spec_from_dict
 from autotuner.conformance import check_declarations, check_one_trial, check_timed
 from autotuner.errors import UnsupportedConfig
-from autotuner.execution.worker import build
+from autotuner.measure.worker import build
 from autotuner.runners.base import Device
 from autotuner.runners.exclusive import refusal
 from autotuner.runners.registry import all_backends, runner_for, runners

@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 
 from autotuner.api import load_spec, run
 from autotuner.errors import SpecError
-from autotuner.execution.arrivals import from_trace, poisson
-from autotuner.execution.batcher import ACCEPTED, CLOSED, Batcher, Request
-from autotuner.execution.serving import Lane, Server, find_max_rate, meets_slo, split_cores, summarize
+from autotuner.measure.arrivals import from_trace, poisson
+from autotuner.measure.batcher import ACCEPTED, CLOSED, Batcher, Request
+from autotuner.measure.serving import Lane, Server, find_max_rate, meets_slo, split_cores, summarize
 from autotuner.metrics import SERVING_METRICS
 from autotuner.progress import Progress
 
@@ -375,7 +375,7 @@ def test_a_batch_of_one_never_waits(tmp_path: Path, caps: dict[str, Any]) -> Non
 
 
 def test_the_worker_serves_the_real_model_at_a_rate(tmp_path: Path, caps: dict[str, Any]) -> None:
-    from autotuner.execution.worker import run_trial
+    from autotuner.measure.worker import run_trial
     from autotuner.runners.base import Device
 
     trace = tmp_path / "trace.jsonl"

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from autotuner.api import load_spec, run, spec_from_dict
 from autotuner.errors import SpecError
-from autotuner.execution import telemetry, worker
-from autotuner.execution.telemetry import GpuProbe, NvmlGpu, Off, RaplProbe, probe_for, rapl_zones
+from autotuner.measure import telemetry, worker
+from autotuner.measure.telemetry import GpuProbe, NvmlGpu, Off, RaplProbe, probe_for, rapl_zones
 from autotuner.progress import Progress
 from autotuner.runners.base import Device, TimedRunner
 

@@ -56,7 +56,6 @@ class Executor(ABC):
         self.close()
 
 
-EXECUTORS = ("local", "ray")
 GPUS_VAR = "CUDA_VISIBLE_DEVICES"
 
 
@@ -88,17 +87,3 @@ def visible_gpus(ids: Sequence[int | str] | None) -> Iterator[None]:
         else:
             os.environ[GPUS_VAR] = before
 
-
-def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:
-    """An executor by name. Heavy ones (ray) are imported only when asked for."""
-    if address is not None and name != "ray":
-        raise UsageError("--address applies to --executor ray")
-    if name == "local":
-        from autotuner.execution.local import LocalExecutor
-
-        return LocalExecutor(spec, caps)
-    if name == "ray":
-        from autotuner.execution.ray_executor import RayExecutor
-
-        return RayExecutor(spec, caps, address)
-    raise UsageError(f"--executor {name!r} is not available; allowed: {', '.join(EXECUTORS)}")

@@ -34,7 +34,7 @@ _LIBS = (
 
 def probe(timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the probe in a fresh interpreter so the driver never imports torch itself."""
-    from autotuner.processes import ChildFailed, run_module
+    from autotuner.subprocesses import ChildFailed, run_module
 
     try:
         return json.loads(
@@ -121,7 +121,7 @@ def cpu_model() -> str:
 
 
 def _nvidia_driver() -> str | None:
-    from autotuner.processes import nvidia_smi
+    from autotuner.subprocesses import nvidia_smi
 
     rows = nvidia_smi("gpu", "driver_version")
     return rows[0][0] if rows and rows[0] else None

@@ -8,11 +8,11 @@ from typing import Any
 
 from autotuner.execution.base import GPUS_VAR, Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.execution.process import run_worker
-from autotuner.processes import nvidia_smi
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.subprocesses import nvidia_smi
 
 
 class LocalExecutor(Executor):

@@ -27,7 +27,7 @@ def kill_all() -> None:
 def run_worker(
     request: dict[str, Any], timeout_s: float, threads: int | None = None
 ) -> dict[str, Any] | TrialResult:
-    """Run `python -m autotuner.execution.worker` on a request; the raw result dict, or a failure.
+    """Run `python -m autotuner.measure.worker` on a request; the raw result dict, or a failure.
 
     The worker gets a session of its own, and nothing of that session outlives the trial: its
     group is killed when the worker ends (by a normal exit too: a grandchild that the model
@@ -56,7 +56,7 @@ def _run_in(
                 [
                     sys.executable,
                     "-m",
-                    "autotuner.execution.worker",
+                    "autotuner.measure.worker",
                     str(req_path),
                     str(res_path),
                     "--watch",

@@ -90,7 +90,7 @@ def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
 
 
 def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
-    from autotuner.processes import ChildFailed, run_module
+    from autotuner.subprocesses import ChildFailed, run_module
 
     try:
         run_module("autotuner.models.artifacts", {"kind": kind, "spec": public_spec_dict(spec), **extra})

@@ -108,9 +108,9 @@ def _find_model_digest(spec: Spec) -> str:
 def _factory_digest(spec: Spec) -> str:
     """The built model's hash, found in a child (the factory imports torch and reads its files
     there, not in the driver)."""
-    from autotuner.processes import ChildFailed, run_module
     from autotuner.spec.fields import FieldError
     from autotuner.spec.loading import public_spec_dict
+    from autotuner.subprocesses import ChildFailed, run_module
 
     try:
         out = run_module("autotuner.models.identity", {"spec": public_spec_dict(spec)})

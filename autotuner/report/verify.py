@@ -20,7 +20,7 @@ from typing import Any
 from autotuner.errors import AutotuneError, UsageError
 from autotuner.execution import Executor, TrialRequest, make_executor
 from autotuner.execution.capabilities import probe
-from autotuner.execution.load import over_limit
+from autotuner.measure.load import over_limit
 from autotuner.models.checks import checked_model
 from autotuner.progress import Progress
 from autotuner.report.best_config import BestConfig

@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotuner.execution import Executor, TrialRequest, stop_workers
-from autotuner.execution.load import over_limit
 from autotuner.files import pid_alive
+from autotuner.measure.load import over_limit
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.search.estimates import budget_use, config_key, counted, uses_budget

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autotuner.execution.load import over_limit
+from autotuner.measure.load import over_limit
 from autotuner.result import TrialResult
 from autotuner.search.estimates import Estimate, config_key, feasible, reaches, relative_spread
 from autotuner.search.pick import Candidate, Rule, race_mean, settle

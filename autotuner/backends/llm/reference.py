@@ -59,8 +59,8 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
     path = cache_dir() / "llm-reference" / f"{h.hexdigest()[:24]}.npz"
     if not path.exists():
         from autotuner.errors import AutotuneError
-        from autotuner.processes import ChildFailed, run_module
         from autotuner.spec.loading import public_spec_dict
+        from autotuner.subprocesses import ChildFailed, run_module
 
         payload = {"spec": public_spec_dict(spec), "prompts": prompts, "device": device, "path": str(path)}
         try:

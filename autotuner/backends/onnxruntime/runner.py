@@ -197,7 +197,7 @@ class OnnxRuntimeRunner(TimedRunner):
 
     def _build_env(self) -> dict[str, str | None]:
         """What an engine depends on beyond the model and the options: TensorRT and the GPU."""
-        from autotuner.processes import nvidia_smi
+        from autotuner.subprocesses import nvidia_smi
 
         rows = nvidia_smi("gpu", "index,uuid,name")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -317,7 +317,7 @@ class OnnxRuntimeRunner(TimedRunner):
     def device_peak_memory_mb(self) -> float | None:
         if not self._on_gpu:
             return None
-        from autotuner.processes import nvidia_smi
+        from autotuner.subprocesses import nvidia_smi
 
         return process_memory_mb(nvidia_smi("compute-apps", "pid,used_memory"), os.getpid())
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from autotuner.execution.batcher import ACCEPTED, Batcher, Request
+from autotuner.measure.batcher import ACCEPTED, Batcher, Request
 
 OnDone = Callable[[list[Request]], None]
 

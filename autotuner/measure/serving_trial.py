@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from autotuner.errors import UnsupportedConfig
-from autotuner.execution.arrivals import from_trace, poisson
-from autotuner.execution.harness import keep
-from autotuner.execution.load import LoadMeter
-from autotuner.execution.serving import Lane, Server, find_max_rate, meets_slo, split_cores, summarize
+from autotuner.measure.arrivals import from_trace, poisson
+from autotuner.measure.build import checked_class
+from autotuner.measure.harness import keep
+from autotuner.measure.load import LoadMeter
+from autotuner.measure.serving import Lane, Server, find_max_rate, meets_slo, split_cores, summarize
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, TimedRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
@@ -53,12 +54,8 @@ class RunnerInstance:
 def instances_of(
     spec: Spec, config: dict[str, Any], device: Device, caps: dict[str, Any]
 ) -> list[RunnerInstance]:
-    from autotuner.runners.registry import runner_for
-
-    cls = runner_for(backend_of(config))
-    reason = cls.check(spec, config, caps)
-    if reason:
-        raise UnsupportedConfig(reason)
+    """The config's runner as `instances` copies, `threads` split evenly between them."""
+    cls = checked_class(spec, config, caps)
     if not issubclass(cls, TimedRunner):
         raise UnsupportedConfig(f"the serving scenario drives timed runners; {cls.name} is not one")
     n = int(cls.value(config, "instances"))
@@ -76,7 +73,7 @@ def run_serving_trial(
     block_s: float | None,
 ) -> TrialResult:
     """Setup, the load (and the max-rate bisection), then the accuracy check (a search trial only)."""
-    from autotuner.execution.accuracy import check_reference, compare, data_info, task_scores
+    from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
     from autotuner.models.artifacts import accuracy_inputs, reference_outputs
     from autotuner.models.inputs import chunks
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.execution.load import LoadMeter
+from autotuner.measure.load import LoadMeter
 
 # On a GPU the warm-up is also a time: a few sub-ms calls after an idle setup leave the clocks
 # ramping into the first timed samples (Triton's do_bench and flashinfer warm up for 25 ms).
