@@ -4,7 +4,7 @@ Packages, in the order data flows through them (each imports only the ones below
 contract is checked by `lint-imports`, see pyproject.toml):
 
     api, cli      the commands, each a few lines over the stages
-    report        report data, figures, HTML, console summary, `show`, exports
+    report        report data, figures, HTML, console summary, `show`, exports, `verify`
     search        space, samplers, the ask/tell driver, estimates, the race and the pick
     execution     executors, the worker process, the harness, accuracy, load, capabilities
     study         the only code that knows how results are stored in Optuna
@@ -21,22 +21,45 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autotuner._version import __version__
+from autotuner.errors import AutotuneError, SpecError, UsageError
 
-__all__ = ["__version__", "bench", "load_spec", "results", "run"]
+# The public surface: the commands, reading a spec, the spec and result types, the errors. The
+# stages (api.open_study, api.search, ...) are in autotuner.api; the plug-in API in autotuner.runners.
+_COMMANDS = ("run", "bench", "export", "report", "verify", "quantize", "load_spec")
+_TYPES = {"Spec": "autotuner.spec.schema", "TrialResult": "autotuner.result"}
+
+__all__ = [
+    "AutotuneError",
+    "Spec",
+    "SpecError",
+    "TrialResult",
+    "UsageError",
+    "__version__",
+    "bench",
+    "export",
+    "load_spec",
+    "quantize",
+    "report",
+    "results",
+    "run",
+    "verify",
+]
 
 if TYPE_CHECKING:
-    from autotuner.api import bench, load_spec, run
+    from autotuner.api import bench, export, load_spec, quantize, report, run, verify
     from autotuner.report.frames import results
+    from autotuner.result import TrialResult
+    from autotuner.spec.schema import Spec
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `autotune --help` and `import autotuner` stay instant.
-    if name in ("run", "bench", "load_spec"):
-        from autotuner import api
+    import importlib
 
-        return getattr(api, name)
+    if name in _COMMANDS:
+        return getattr(importlib.import_module("autotuner.api"), name)
     if name == "results":  # the study's results as pandas frames
-        from autotuner.report.frames import results
-
-        return results
+        return importlib.import_module("autotuner.report.frames").results
+    if name in _TYPES:
+        return getattr(importlib.import_module(_TYPES[name]), name)
     raise AttributeError(name)

@@ -30,8 +30,8 @@ from autotuner.study.storage import default_url, redact
 
 if TYPE_CHECKING:
     from autotuner.execution.base import Executor
+    from autotuner.report.verify import Verification
     from autotuner.search.pick import Pick
-    from autotuner.search.verify import Verification
 
 
 @dataclass
@@ -67,18 +67,9 @@ def check_model(spec: Spec, source: str = "<spec>") -> Spec:
     trial's artifacts are keyed on. SpecError (exit 2) when the model's source cannot be loaded (a
     factory that is not there or raises, an ONNX file that is missing or not ONNX): before a study
     is created, not once per trial."""
-    from autotuner.models.dataset import forget_factory_reads
-    from autotuner.models.identity import with_digests
-    from autotuner.models.sources import check_source
-    from autotuner.spec.loading import field_error
-    from autotuner.spec.schema import FieldError
+    from autotuner.models.checks import checked_model
 
-    try:
-        forget_factory_reads()  # a data factory is called once a command: by the data check below
-        check_source(spec)
-        return with_digests(spec)
-    except FieldError as e:
-        raise field_error(source, e) from None
+    return checked_model(spec, source)
 
 
 def check_space(spec: Spec, caps: dict[str, Any], source: str = "<spec>") -> None:
@@ -151,7 +142,7 @@ def choose(
     progress: Progress | None = None,
 ) -> Pick | None:
     """Pick the winner. With an executor, race the contenders first; without one, read the last race."""
-    from autotuner.search.choose import choose as _choose
+    from autotuner.search.selection import choose as _choose
 
     return _choose(spec, study, rule, executor, progress or Progress(quiet=True))
 
@@ -159,19 +150,18 @@ def choose(
 def precheck(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> TrialResult | None:
     """The failure a config meets without being launched (its runner refuses it, or the memory
     model predicts it runs out), or None: what `run` stores for free instead of measuring."""
-    from autotuner.search.driver import precheck as _precheck
+    from autotuner.runners.refusals import refusal
 
-    return _precheck(spec, config, caps, [])
+    return refusal(spec, config, caps)
 
 
 def write_best_config(
     spec: Spec, study: optuna.Study, pick: Pick, path: str | Path, storage: str = ""
 ) -> Path:
     """The best-config YAML of a pick: parameters, deploy settings, evidence and provenance."""
-    from autotuner.report.export import best_config, write_yaml
+    from autotuner.report.export import best_config
 
-    url = _url(spec, storage)
-    return write_yaml(Path(path), best_config(spec, study, pick, url))
+    return best_config(spec, study, pick, _url(spec, storage)).write(Path(path))
 
 
 # ---- the commands --------------------------------------------------------------------------------
@@ -194,11 +184,12 @@ def run(
     from autotuner.search.driver import sized_budget
 
     s = _spec(spec, study, storage)
+    source = _source(spec)
     if trials is not None and trials < 1:
         raise UsageError("--trials must be at least 1")
     check_executor(executor, address)
     # Everything that would fail every trial, or the end of the run, is refused before a study exists.
-    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    s = check_model(s, source)
     check_writable(Path(reports_dir), "reports")
     progress = progress or Progress()
     url = _url(s, None)
@@ -211,7 +202,7 @@ def run(
     if ex.caps_note:
         progress.say(ex.caps_note)
     try:
-        check_space(s, caps, str(spec) if isinstance(spec, str | Path) else "<spec>")
+        check_space(s, caps, source)
         st = open_study(s, storage=url, caps=caps, progress=progress)
         if isinstance(spec, str | Path):
             rec.set_spec_path(st, str(spec))
@@ -253,45 +244,32 @@ def export(
 ) -> Path | str:
     """Write the best-config YAML of a stored study again, by a chosen rule. Measures nothing.
 
-    fmt="vllm" returns the `vllm serve` command line of the chosen config instead; fmt="triton"
-    writes a Triton model repository entry (DIR/MODEL/config.pbtxt, DIR/MODEL/1/model.onnx) and
-    returns DIR/MODEL; fmt="ort" writes the ONNX Runtime session settings as JSON, the ONNX file
-    beside it. Both need an onnxruntime config.
+    The formats are report.formats.EXPORT_FORMATS. fmt="vllm" returns the `vllm serve` command
+    line of the chosen config instead; fmt="triton" writes a Triton model repository entry
+    (DIR/MODEL/config.pbtxt, DIR/MODEL/1/model.onnx) and returns DIR/MODEL; fmt="ort" writes the
+    ONNX Runtime session settings as JSON, the ONNX file beside it. Both need an onnxruntime config.
     """
-    from autotuner.report.export import vllm_serve, write_ort
-    from autotuner.report.triton import write_triton
+    from autotuner.report.formats import EXPORT_FORMATS
     from autotuner.study.storage import load_study
 
-    defaults = {
-        "yaml": f"reports/{study_name}.best.yaml",
-        "triton": f"reports/{study_name}.triton",
-        "ort": f"reports/{study_name}.ort.json",
-        "k8s": f"reports/{study_name}.k8s.yaml",
-    }
-    if fmt not in (*defaults, "vllm"):
-        raise UsageError(f"--format {fmt!r}: allowed: yaml, vllm, triton, ort, k8s")
-    target = Path(output or defaults.get(fmt, "."))
-    if fmt in defaults:
-        what = "-o" if output else ("the best config" if fmt == "yaml" else f"the {fmt} export")
-        check_writable(target if fmt == "triton" else target.parent, what)
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format {fmt!r}: allowed: {', '.join(EXPORT_FORMATS)}")
+    form = EXPORT_FORMATS[fmt]
+    given = {k: v for k, v in {"target_rps": target_rps, "image": image}.items() if v is not None}
+    for k in given:
+        if k not in form.options:
+            raise UsageError(f"--{k.replace('_', '-')} applies to --format k8s, not {fmt}")
+    target = Path(output or (form.default.format(study=study_name) if form.default else "."))
+    if form.default is not None:
+        check_writable(target if form.directory else target.parent, "-o" if output else form.what)
     progress = progress or Progress()
     url = storage or default_url(study_name)
     st = load_study(study_name, url)
     spec = spec_from_dict(rec.stored_spec(st), f"study {study_name}")
-    pick = choose(spec, st, rule, None, Progress(quiet=True) if fmt == "vllm" else progress)
+    pick = choose(spec, st, rule, None, Progress(quiet=True) if form.default is None else progress)
     if pick is None:
         raise UsageError(f"study {study_name!r} has no feasible completed trial to export")
-    if fmt == "vllm":
-        return vllm_serve(spec, pick.config)
-    if fmt == "triton":
-        return write_triton(spec, st, pick, target)
-    if fmt == "ort":
-        return write_ort(spec, st, pick, target)
-    if fmt == "k8s":  # report/k8s.py: a Deployment and a Service (and the Triton repository beside)
-        from autotuner.report.k8s import write_k8s
-
-        return write_k8s(spec, st, pick, target, url, target_rps=target_rps, image=image)
-    return write_best_config(spec, st, pick, target, url)
+    return form.write(spec, st, pick, target, url, **given)
 
 
 def report(
@@ -305,23 +283,17 @@ def report(
 
 def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, Any], TrialResult]:
     """Measure one config (no search, nothing stored). Unset parameters take their first value."""
-    from autotuner.search.driver import precheck
+    from autotuner.execution.base import TrialRequest
     from autotuner.search.space import bench_config
 
-    s = _spec(spec, None, None)
-    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
+    s = _checked(spec)
     full = bench_config(s, config)
     caps = probe()
-    known = precheck(s, full, caps, [])
+    known = precheck(s, full, caps)
     if known is not None:
         return full, known
-    from autotuner.execution.base import TrialRequest
-
-    ex = make_executor("local", s, caps)
-    try:
+    with make_executor("local", s, caps) as ex:
         return full, ex.submit(TrialRequest(0, full)).result()
-    finally:
-        ex.close()
 
 
 def quantize(
@@ -330,40 +302,11 @@ def quantize(
     """Write the ONNX model an onnxruntime config runs (static int8: calibrated on the spec's data,
     as its trials were) to `output`; the path and what was done. The same settings and data give
     the same file the trials measured (its sha256 is in the record)."""
-    import shutil
-
-    from autotuner.files import atomic_write, file_sha256
-    from autotuner.models.artifacts import onnx_path, quantization_record
-    from autotuner.models.quantization import settings_of
-    from autotuner.runners.base import backend_of
-    from autotuner.runners.registry import runner_for
+    from autotuner.report.model_file import write_model
     from autotuner.search.space import bench_config
 
-    s = _spec(spec, None, None)
-    s = check_model(s, str(spec) if isinstance(spec, str | Path) else "<spec>")
-    full = bench_config(s, config)
-    backend = backend_of(full)
-    if not backend.startswith("onnxruntime-"):
-        raise UsageError(
-            f"quantize writes ONNX models; {backend} quantizes in the serving process "
-            "(the best-config YAML's deploy section gives the code)"
-        )
-    cls = runner_for(backend)
-    reason = cls.check(s, full, probe())
-    if reason:
-        raise UsageError(f"quantize: this config does not run here: {reason}")
-    precision = str(cls.value(full, "precision"))
-    quant = settings_of(cls.value, full) if precision == "int8" else None
-    source = onnx_path(s, precision, quant)
-    out = Path(output)
-    atomic_write(out, lambda tmp: shutil.copyfile(source, tmp), ".onnx")
-    record: dict[str, Any] = {"sha256": file_sha256(out), "precision": precision, "params": full}
-    record.update(quantization_record(source))
-    if s.data is not None:
-        from autotuner.models.dataset import data_sets
-
-        record["data"] = data_sets(s).summary(s)
-    return out, record
+    s = _checked(spec)
+    return Path(output), write_model(s, bench_config(s, config), output)
 
 
 def verify(
@@ -380,53 +323,47 @@ def verify(
     """A/B check before rollout: BEST.yaml against OTHER.yaml (or the spec's baseline), measured
     here in interleaved rounds, nothing stored. The spec: `spec`, else the one the study named in
     BEST.yaml's provenance ran (in `storage`, else the recorded storage). Bad input: UsageError."""
-    import math
+    from autotuner.report.verify import verify as _verify
 
-    from autotuner.search import verify as v
-    from autotuner.search.choose import baseline_config
-
-    if (against is None) == (not baseline):
-        raise UsageError("give one of --against OTHER.yaml or --baseline")
-    if rounds is not None and rounds < v.MIN_ROUNDS:
-        raise UsageError(f"--rounds must be at least {v.MIN_ROUNDS}")
-    if require_gain is not None and not (math.isfinite(require_gain) and require_gain >= 0):
-        raise UsageError(f"--require-gain {require_gain}: give a percentage of 0 or more")
-    progress = progress or Progress(quiet=True)
-    best_data = v.read_best_config(best)
-    other_data = v.read_best_config(against) if against is not None else None
-    s, source = v.resolve_spec(best_data, str(best), spec, storage)
-    fp = best_data["provenance"].get("spec_fingerprint")
-    if spec is not None and fp and fp != s.fingerprint():
-        study = best_data["provenance"].get("study")
-        progress.say(f"note: {spec} is not the spec study {study} ran; measuring with {spec}")
-    s = check_model(s, source)
-    cand = v.Arm("candidate", str(best), v.arm_config(s, best_data, str(best)))
-    if other_data is not None:
-        other = v.Arm("other", str(against), v.arm_config(s, other_data, str(against)))
-    else:
-        base = baseline_config(s)
-        if base is None:
-            raise UsageError(f"--baseline: the spec ({source}) has no baseline")
-        other = v.Arm("other", "the spec's baseline", base)
-    n = rounds or max(s.pick.rounds, v.MIN_ROUNDS)
-    caps = probe()
-    for arm in (cand, other):
-        known = precheck(s, arm.config, caps)
-        if known is not None:
-            arm.error = f"before launch: {known.failure_class}: {known.failure_message}"
-            return v.judge(s, cand, other, 0, 0.0, require_gain)
-    progress.say(
-        f"verify {best} against {other.source} (spec: {source}): a full trial each, then {n} "
-        "interleaved rounds, each block in a fresh worker"
+    return _verify(
+        best,
+        against=against,
+        baseline=baseline,
+        spec=spec,
+        storage=storage,
+        rounds=rounds,
+        require_gain=require_gain,
+        progress=progress or Progress(quiet=True),
     )
-    with make_executor("local", s, caps) as ex:
-        block_s = v.measure(s, ex, (cand, other), n, progress.say)
-    return v.judge(s, cand, other, min(len(cand.rounds), len(other.rounds)), block_s, require_gain)
+
+
+def studies(storage: str | None = None) -> int:
+    """Print the stored studies (in `storage`, else every studies/*.db). Returns the exit status."""
+    from autotuner.report.show import list_studies
+
+    return list_studies(storage)
+
+
+def show(study: str, storage: str | None = None) -> int:
+    """Print one study at a glance. Returns the exit status."""
+    from autotuner.report.show import show_study
+
+    return show_study(study, storage)
 
 
 def _url(spec: Spec, storage: str | None) -> str:
     """Where the spec's study lives: as given, else the spec's storage, else SQLite under studies/."""
     return storage or spec.storage or default_url(spec.study_name)
+
+
+def _source(spec: Spec | str | Path) -> str:
+    """How errors name where a spec came from."""
+    return str(spec) if isinstance(spec, str | Path) else "<spec>"
+
+
+def _checked(spec: Spec | str | Path) -> Spec:
+    """The spec loaded (where a path) with its model checked and its digests found."""
+    return check_model(_spec(spec, None, None), _source(spec))
 
 
 def _spec(spec: Spec | str | Path, study: str | None, storage: str | None) -> Spec:
@@ -450,10 +387,13 @@ __all__ = [
     "open_study",
     "precheck",
     "probe",
+    "quantize",
     "report",
     "run",
     "search",
+    "show",
     "spec_from_dict",
+    "studies",
     "verify",
     "write_best_config",
 ]

@@ -1,4 +1,8 @@
-"""The exception tree. The CLI catches AutotuneError, prints one line and exits with its code."""
+"""The exception tree. The CLI catches AutotuneError, prints one line and exits with its code.
+
+Two exceptions outside the tree are internal and never reach a user as themselves:
+`subprocesses.ChildFailed` (a child process failed; callers turn it into one of these) and
+`models.tasks.TaskMetricError` (a task metric failed; the worker stores it as the trial's failure)."""
 
 from __future__ import annotations
 

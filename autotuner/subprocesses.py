@@ -62,6 +62,9 @@ def run_module(module: str, payload: dict[str, Any] | None = None, timeout_s: fl
 
 
 class ChildFailed(RuntimeError):
+    """Internal, not an AutotuneError: a child process exited non-zero. Every caller turns it
+    into a user error or a classified trial failure, so it never reaches the CLI as itself."""
+
     def __init__(self, code: int, last_line: str) -> None:
         super().__init__(f"exit {code}: {last_line}")
         self.code, self.last_line = code, last_line

@@ -195,8 +195,8 @@ def run_study(
 PROFILED = (
     ("ask (Optuna: the sampler's relative search space, trial creation)", "ask", "optuna/study/study.py"),
     ("suggest (Optuna: the sampler's draws)", "suggest", "autotuner/search/space.py"),
-    ("precheck (runner checks, failed-before)", "precheck", "autotuner/search/driver.py"),
-    ("record (one transaction per trial)", "record", "autotuner/search/driver.py"),
+    ("precheck (runner checks, failed-before)", "precheck", "autotuner/search/precheck.py"),
+    ("record (one transaction per trial)", "record", "autotuner/search/tell.py"),
     ("reading the study (get_trials)", "get_trials", "optuna/study/study.py"),
     ("best_line (the console's best so far)", "best_line", "autotuner/search/driver.py"),
     ("proposals (arms: update, propose, refinement)", "propose", "autotuner/search/proposals.py"),

@@ -207,7 +207,7 @@ def run_row(row: Row, caps: dict[str, Any], quick: bool, executor: str = "local"
     """One trial of the row's config through an executor (the probed caps reused: no re-probe)."""
     from autotuner.api import check_model
     from autotuner.execution.base import TrialRequest
-    from autotuner.search.driver import precheck
+    from autotuner.search.precheck import precheck
     from autotuner.search.space import bench_config
 
     spec = check_model(spec_for(row, quick))

@@ -28,8 +28,8 @@ ENTRY_POINTS: dict[tuple[str, str], Any] = {
     ("autotuner.api", "bench"): ({"batch_size": 1}, TrialResult.failure("error", "recorded")),
     ("autotuner.api", "quantize"): (Path("model.onnx"), {"sha256": "0" * 64}),
     ("autotuner.api", "verify"): SimpleNamespace(to_dict=lambda: {}, lines=lambda: ["verdict"], exit_code=0),
-    ("autotuner.report.show", "list_studies"): 0,
-    ("autotuner.report.show", "show_study"): 0,
+    ("autotuner.api", "studies"): 0,
+    ("autotuner.api", "show"): 0,
 }
 
 

@@ -36,7 +36,7 @@ H100 = {
 
 @pytest.mark.parametrize("row", [*gv.ROWS, gv.RAY_ROW], ids=lambda r: r.name)
 def test_every_row_is_a_valid_spec_its_runner_admits_on_a_gpu(row: gc.Row) -> None:
-    from autotuner.search.driver import precheck
+    from autotuner.search.precheck import precheck
     from autotuner.search.space import bench_config
 
     spec = gv.spec_for(row, quick=True)

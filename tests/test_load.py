@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from autotuner.api import run
 from autotuner.measure.load import LoadMeter
 from autotuner.progress import Progress
-from autotuner.search.driver import uses_budget
+from autotuner.search.estimates import uses_budget
 
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass\n"
 # Spins until the study holds a trial flagged under load (or 60 s), then stops: the repeat is clean.

@@ -13,7 +13,7 @@ from helpers import make_spec_dict
 from autotuner.api import spec_from_dict
 from autotuner.progress import Progress
 from autotuner.result import TrialResult
-from autotuner.search.pick import Candidate, Rule, baseline_gain, decide
+from autotuner.search.pick import Candidate, Rule, baseline_gain, pick_winner
 from autotuner.search.race import run_race
 from autotuner.search.stats import (
     mean_ci,
@@ -140,7 +140,7 @@ def test_a_clearly_worse_candidate_is_dropped_early_and_the_race_stops() -> None
     rounds = _race(spec, cands, measure)
     assert rounds == 3, "three rounds are enough to beat a 40% worse config at 2% noise"
     assert cands[1].dropped and "beaten by trial #1" in cands[1].dropped
-    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    pick = pick_winner(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert pick.winner == 1 and pick.tied_with == [] and pick.remeasured
     assert len(measure.calls) == 6
 
@@ -152,7 +152,7 @@ def test_two_identical_configs_end_as_a_tie_not_a_win() -> None:
     rounds = _race(spec, cands, Noisy({1: same, 2: same}, rel_noise=0.01, seed=3))
     assert rounds <= 12
     assert all(c.dropped is None for c in cands), "neither may be 'beaten' by noise"
-    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    pick = pick_winner(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert len(pick.tied_with) == 1 and "tie on max:throughput_items_s" in pick.reason
 
 
@@ -174,11 +174,11 @@ def test_a_tie_break_must_itself_be_beyond_noise() -> None:
     # Same throughput; 0.1 MB apart on 500 MB (noise), p95 four times apart (real).
     measure = Noisy({1: (100.0, 500.1, 40.0), 2: (100.0, 500.0, 10.0)}, rel_noise=0.01, seed=1)
     _race(spec, cands, measure)
-    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    pick = pick_winner(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert pick.winner == 2
     assert "better on min:latency_p95_ms" in pick.reason, pick.reason
     # Memory alone (0.02% apart) may not decide: without the latency rule, the best mean stands.
-    only_mem = decide(cands, MAX_TP, TIE_BREAKS[:1], 0.95, 0.02)
+    only_mem = pick_winner(cands, MAX_TP, TIE_BREAKS[:1], 0.95, 0.02)
     assert "no tie-break" in only_mem.reason
 
 
@@ -186,14 +186,14 @@ def test_baseline_gain_is_paired_and_says_when_there_is_none() -> None:
     spec = _spec(max_rounds=5)
     cands = _cands(1, baseline=9)
     _race(spec, cands, Noisy({1: (100.0, 1, 1), 9: (100.0, 1, 1)}, rel_noise=0.02, seed=2))
-    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    pick = pick_winner(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert pick.winner == 1
     same = baseline_gain(pick.chosen, cands[1], MAX_TP, 0.95)
     assert not same["significant"] and same["text"].startswith("no significant gain")
 
     cands = _cands(1, baseline=9)
     _race(spec, cands, Noisy({1: (150.0, 1, 1), 9: (100.0, 1, 1)}, rel_noise=0.02, seed=2))
-    pick = decide(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    pick = pick_winner(cands, MAX_TP, TIE_BREAKS, 0.95, 0.02)
     gain = baseline_gain(pick.chosen, cands[1], MAX_TP, 0.95)
     assert gain["significant"] and 1.4 < gain["ratio"] < 1.6 and gain["ci"][0] > 1
 
@@ -225,7 +225,7 @@ def test_a_block_under_foreign_load_is_measured_again() -> None:
 
 
 def test_single_candidate_without_rounds_is_not_remeasured() -> None:
-    lone = decide([Candidate(trial=3, config={}, value=1.0)], MAX_TP, TIE_BREAKS, 0.95, 0.02)
+    lone = pick_winner([Candidate(trial=3, config={}, value=1.0)], MAX_TP, TIE_BREAKS, 0.95, 0.02)
     assert lone.winner == 3 and not lone.remeasured
     assert "best pooled estimate" in lone.reason
 

@@ -167,7 +167,7 @@ def test_two_drivers_share_one_budget_in_postgresql(in_tmp: Path) -> None:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
         study = optuna.load_study(study_name=name, storage=PG)
-        from autotuner.search.driver import uses_budget
+        from autotuner.search.estimates import uses_budget
 
         counted = [t for t in study.trials if uses_budget(t)]
         assert len(counted) == 6, "together the drivers measured exactly the budget"

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from autotuner import api
 from autotuner.api import spec_from_dict
 from autotuner.execution.replay import ReplayExecutor, load_landscape
-from autotuner.search import driver
+from autotuner.search import driver, tell
 from autotuner.search.estimates import config_key
 from autotuner.search.proposals import Arms
 from autotuner.search.space import all_configs, initial_design, neighbors
@@ -82,7 +82,7 @@ def _arms(spec: Any, tmp_path: Path, measured: dict[tuple[str, str, int, int], f
         cfg = recs[0]["config"]
         t.set_user_attr("config", cfg)
         res = ex.answer(TrialRequest(t.number, cfg))
-        driver.record(spec, study, t, res)
+        tell.record(spec, study, t, res)
     return Arms(spec, study.get_trials(deepcopy=False), repeats=1)
 
 

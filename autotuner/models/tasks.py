@@ -19,7 +19,8 @@ from autotuner.spec.schema import Spec
 
 
 class TaskMetricError(RuntimeError):
-    """The task metric raised, or returned something that is not a finite number."""
+    """The task metric raised, or returned something that is not a finite number. Internal, not
+    an AutotuneError: the worker records it as the trial's failure (measure.worker)."""
 
 
 def _similarities(outputs: np.ndarray, evaluation: Mapping[str, np.ndarray], name: str) -> tuple[Any, Any]:

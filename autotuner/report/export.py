@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from autotuner._version import __version__
 from autotuner.errors import UsageError
 from autotuner.files import atomic_write, atomic_write_text, file_sha256
+from autotuner.report.best_config import BestConfig
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
-from autotuner.search.pick import Pick
+from autotuner.search.estimates import Estimate, config_key, pool, relative_spread
+from autotuner.search.pick import Candidate, Pick
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
 from autotuner.study.storage import redact
@@ -39,14 +40,38 @@ KEY_METRICS = (
 )
 
 
-def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -> dict[str, Any]:
-    from autotuner.search.estimates import Estimate, config_key, pool, relative_spread
-
+def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -> BestConfig:
+    """The best config of a pick: its parameters, deploy settings, evidence and provenance."""
     trial = study.trials[pick.winner]
     config = dict(pick.config or rec.trial_config(trial))
     estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
     est = estimates.get(config_key(config)) or Estimate(config_key(config), config)
     config = rec.config_now(study, config)  # as today's runners name it (a study's old int8)
+    runner = runner_for(backend_of(config))
+    spec_path = rec.study_attr(study, rec.SPEC_PATH, f"{spec.name}.yaml")
+    sets = [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+    evidence = _data_evidence(spec, trial, config, runner, spec_path, sets)
+    return BestConfig(
+        autotune_version=__version__,
+        model=spec.model.model_dump(mode="json", exclude_none=True),
+        params=config,
+        deploy={"batch_size": config.get("batch_size", 1), **runner.deploy_settings(config)},
+        data=evidence.get("data"),
+        quantization=evidence.get("quantization"),
+        metrics=_metrics(spec, trial, est, estimates, pick.confidence),
+        constraints=_constraints(spec, est),
+        choice=_choice(pick, est),
+        environment=rec.environment(study),
+        provenance=_provenance(study, trial, storage_url),
+        remeasure_command=shlex.join(["autotune", "bench", spec_path, *sets]),
+    )
+
+
+def _metrics(
+    spec: Spec, trial: Any, est: Estimate, estimates: dict[str, Estimate], confidence: float
+) -> dict[str, Any]:
+    """Each objective, constraint and key metric: its pooled mean, with an interval where measured
+    in two blocks or more."""
     wanted = list(
         dict.fromkeys(
             [*(o.metric for o in spec.objectives), *(c.metric for c in spec.constraints), *KEY_METRICS]
@@ -54,14 +79,14 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
     )
     metrics: dict[str, Any] = {}
     for m in wanted:
-        iv = est.interval(m, pick.confidence, relative_spread(estimates, m))
+        iv = est.interval(m, confidence, relative_spread(estimates, m))
         if iv is not None and len(est.values(m)) >= 2:
             entry: dict[str, Any] = {
                 "mean": _r(iv[0]),
                 "ci_low": _r(iv[1]),
                 "ci_high": _r(iv[2]),
                 "blocks": len(est.values(m)),
-                "confidence": pick.confidence,
+                "confidence": confidence,
             }
         elif est.mean(m) is not None:
             # Measured once (accuracy: by the trial; it does not vary between processes).
@@ -74,11 +99,15 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
         declared = spec.declared_metrics.get(m, {})
         entry.update({k: declared[k] for k in ("unit", "description") if k in declared})
         metrics[m] = entry
-    constraints = []
+    return metrics
+
+
+def _constraints(spec: Spec, est: Estimate) -> list[dict[str, Any]]:
+    out = []
     for c in spec.constraints:
         v = est.mean(c.metric)
         if v is not None:
-            constraints.append(
+            out.append(
                 {
                     "constraint": c.text,
                     "value": _r(v),
@@ -86,66 +115,55 @@ def best_config(spec: Spec, study: optuna.Study, pick: Pick, storage_url: str) -
                     "satisfied": c.violation(v) <= 0,
                 }
             )
-    runner = runner_for(backend_of(config))
-    spec_path = rec.study_attr(study, rec.SPEC_PATH, f"{spec.name}.yaml")
-    sets = [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
-    argv = ["autotune", "bench", spec_path, *sets]
-    evidence = _data_evidence(spec, trial, config, runner, spec_path, sets)
+    return out
+
+
+def _choice(pick: Pick, est: Estimate) -> dict[str, Any]:
+    """Why this config: the rule, the race, the estimate it was chosen on, every candidate."""
     return {
+        "rule": pick.rule,
+        "reason": pick.reason,
+        "tied_with_trials": pick.tied_with,
+        "tie_break": pick.tie_break,
+        "remeasured": pick.remeasured,
+        "race_rounds": pick.rounds,
+        "baseline": pick.baseline,
+        "estimate": {
+            "blocks": est.n,
+            "blocks_under_load_left_out": est.under_load,
+            "measure_s": round(est.measure_s, 3),
+            "trials": est.trials,
+        },
+        "candidates": [_candidate(c) for c in pick.candidates],
+    }
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    return {
+        "trial": c.trial,
+        "params": c.config,
+        "before_race": _r(c.value) if c.value == c.value else None,
+        "blocks_before_race": c.blocks,
+        "race_rounds": len(c.rounds),
+        **({"mean": _r(c.mean), "ci": [_r(c.ci[0]), _r(c.ci[1])]} if c.ci and c.mean is not None else {}),
+        **({"left_race": c.dropped} if c.dropped else {}),
+        **({"error": c.error} if c.error else {}),
+        **({"baseline": True} if c.baseline else {}),
+    }
+
+
+def _provenance(study: optuna.Study, trial: Any, storage_url: str) -> dict[str, Any]:
+    return {
+        "study": study.study_name,
+        "storage": redact(storage_url),
+        "trial": trial.number,
+        "measured_at": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "autotune_version": __version__,
-        "model": spec.model.model_dump(mode="json", exclude_none=True),
-        "params": config,
-        "deploy": {"batch_size": config.get("batch_size", 1), **runner.deploy_settings(config)},
-        **evidence,
-        "metrics": metrics,
-        "constraints": constraints,
-        "choice": {
-            "rule": pick.rule,
-            "reason": pick.reason,
-            "tied_with_trials": pick.tied_with,
-            "tie_break": pick.tie_break,
-            "remeasured": pick.remeasured,
-            "race_rounds": pick.rounds,
-            "baseline": pick.baseline,
-            "estimate": {
-                "blocks": est.n,
-                "blocks_under_load_left_out": est.under_load,
-                "measure_s": round(est.measure_s, 3),
-                "trials": est.trials,
-            },
-            "candidates": [
-                {
-                    "trial": c.trial,
-                    "params": c.config,
-                    "before_race": _r(c.value) if c.value == c.value else None,
-                    "blocks_before_race": c.blocks,
-                    "race_rounds": len(c.rounds),
-                    **(
-                        {"mean": _r(c.mean), "ci": [_r(c.ci[0]), _r(c.ci[1])]}
-                        if c.ci and c.mean is not None
-                        else {}
-                    ),
-                    **({"left_race": c.dropped} if c.dropped else {}),
-                    **({"error": c.error} if c.error else {}),
-                    **({"baseline": True} if c.baseline else {}),
-                }
-                for c in pick.candidates
-            ],
-        },
-        "environment": rec.environment(study),
-        "provenance": {
-            "study": study.study_name,
-            "storage": redact(storage_url),
-            "trial": trial.number,
-            "measured_at": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "autotune_version": __version__,
-            "spec_fingerprint": rec.study_attr(study, rec.SPEC_FINGERPRINT),
-            # What the model computed when this config was measured (its weights and graph, not its
-            # name): a retrained model has another.
-            **({"model_sha256": m} if (m := _model_sha256(study, trial)) else {}),
-        },
-        "remeasure_command": shlex.join(argv),
+        "spec_fingerprint": rec.study_attr(study, rec.SPEC_FINGERPRINT),
+        # What the model computed when this config was measured (its weights and graph, not its
+        # name): a retrained model has another.
+        **({"model_sha256": m} if (m := _model_sha256(study, trial)) else {}),
     }
 
 
@@ -191,12 +209,6 @@ def _data_evidence(
         )
     out["quantization"] = quant
     return out
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    """Write atomically: a reader never sees half a file."""
-    header = f"# autotune best config for study {data['provenance']['study']}\n"
-    return atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def _r(v: Any) -> Any:

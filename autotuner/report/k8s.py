@@ -382,7 +382,7 @@ def write_k8s(
     from autotuner.files import atomic_write_text
     from autotuner.report.export import best_config
 
-    best = best_config(spec, study, pick, storage_url)
+    best = best_config(spec, study, pick, storage_url).to_dict()
     measured = pick.config or best["params"]
     best["metrics"] = {**sizing_metrics(study, measured, pick.confidence), **best["metrics"]}
     repository = ""

@@ -106,6 +106,14 @@ class Runner(ABC):
         return common_check(cls, config, caps)
 
     @classmethod
+    def predict_memory(
+        cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]
+    ) -> tuple[int, int] | None:
+        """(predicted bytes, bytes the device has) for the predicted-oom check before launch, or
+        None where this runner has no memory model (the default). Milliseconds; no model load."""
+        return None
+
+    @classmethod
     def needs_gpu(cls, config: dict[str, Any]) -> bool:
         """Whether this config holds a GPU (executors place it on one)."""
         return config.get("device") == "cuda"

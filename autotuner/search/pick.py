@@ -163,7 +163,7 @@ def settle(active: list[Candidate], rule: Rule, confidence: float, tolerance: fl
     )
 
 
-def decide(
+def pick_winner(
     cands: list[Candidate],
     rule: Rule,
     tie_breaks: list[Rule],

@@ -16,7 +16,7 @@ SAMPLES = 2_000
 
 
 def _refusal(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-    from autotuner.search.driver import precheck
+    from autotuner.search.precheck import precheck
 
     known = precheck(spec, config, caps, [])
     if known is None or known.failure_class != "unsupported":

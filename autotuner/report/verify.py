@@ -17,16 +17,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from autotuner.errors import AutotuneError, UsageError
-from autotuner.execution.base import Executor, TrialRequest
+from autotuner.execution import Executor, TrialRequest, make_executor
+from autotuner.execution.capabilities import probe
 from autotuner.measure.load import over_limit
+from autotuner.models.checks import checked_model
+from autotuner.progress import Progress
+from autotuner.report.best_config import BestConfig
 from autotuner.result import TrialResult
+from autotuner.runners.refusals import refusal
+from autotuner.search.selection import baseline_config, block_seconds
 from autotuner.search.stats import mean_ci, paired_difference
 from autotuner.spec.schema import Spec
 
-BEST_KEYS = ("params", "provenance")
 MIN_ROUNDS = 3
 
 
@@ -110,32 +113,70 @@ class Verification:
         return out
 
 
+# ---- the command ---------------------------------------------------------------------------------
+
+
+def verify(
+    best: str | Path,
+    *,
+    against: str | Path | None = None,
+    baseline: bool = False,
+    spec: str | None = None,
+    storage: str | None = None,
+    rounds: int | None = None,
+    require_gain: float | None = None,
+    progress: Progress,
+) -> Verification:
+    """`autotune verify` (see api.verify): read the files, resolve the spec, measure, judge."""
+    _check_options(against, baseline, rounds, require_gain)
+    best_config = BestConfig.read(best)
+    other_config = BestConfig.read(against) if against is not None else None
+    s, source = resolve_spec(best_config, str(best), spec, storage)
+    fp = best_config.provenance.get("spec_fingerprint")
+    if spec is not None and fp and fp != s.fingerprint():
+        study = best_config.provenance.get("study")
+        progress.say(f"note: {spec} is not the spec study {study} ran; measuring with {spec}")
+    s = checked_model(s, source)
+    cand = Arm("candidate", str(best), arm_config(s, best_config, str(best)))
+    if other_config is not None:
+        other = Arm("other", str(against), arm_config(s, other_config, str(against)))
+    else:
+        base = baseline_config(s)
+        if base is None:
+            raise UsageError(f"--baseline: the spec ({source}) has no baseline")
+        other = Arm("other", "the spec's baseline", base)
+    n = rounds or max(s.pick.rounds, MIN_ROUNDS)
+    caps = probe()
+    for arm in (cand, other):
+        known = refusal(s, arm.config, caps)
+        if known is not None:
+            arm.error = f"before launch: {known.failure_class}: {known.failure_message}"
+            return judge(s, cand, other, 0, 0.0, require_gain)
+    progress.say(
+        f"verify {best} against {other.source} (spec: {source}): a full trial each, then {n} "
+        "interleaved rounds, each block in a fresh worker"
+    )
+    with make_executor("local", s, caps) as ex:
+        block_s = measure_arms(s, ex, (cand, other), n, progress.say)
+    return judge(s, cand, other, min(len(cand.rounds), len(other.rounds)), block_s, require_gain)
+
+
+def _check_options(
+    against: str | Path | None, baseline: bool, rounds: int | None, require_gain: float | None
+) -> None:
+    if (against is None) == (not baseline):
+        raise UsageError("give one of --against OTHER.yaml or --baseline")
+    if rounds is not None and rounds < MIN_ROUNDS:
+        raise UsageError(f"--rounds must be at least {MIN_ROUNDS}")
+    if require_gain is not None and not (math.isfinite(require_gain) and require_gain >= 0):
+        raise UsageError(f"--require-gain {require_gain}: give a percentage of 0 or more")
+
+
 # ---- the input ------------------------------------------------------------------------------------
 
 
-def read_best_config(path: str | Path) -> dict[str, Any]:
-    """A best-config YAML (written by `autotune run` or `export`), or UsageError (exit 2)."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a best-config YAML") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"{path}: not a best-config YAML ({first})") from None
-    missing = [k for k in BEST_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), dict)]
-    if missing:
-        raise UsageError(
-            f"{path}: not a best-config YAML (no {' or '.join(repr(k) for k in missing)} mapping; "
-            "`autotune run` and `autotune export` write one)"
-        )
-    return data
-
-
 def resolve_spec(
-    best: dict[str, Any], shown: str, spec_path: str | None, storage: str | None
+    best: BestConfig, shown: str, spec_path: str | None, storage: str | None
 ) -> tuple[Spec, str]:
     """The spec to measure with, and where it came from. A best-config YAML does not hold the spec;
     its provenance names the study, whose storage holds the spec the study ran. --spec overrides;
@@ -147,7 +188,7 @@ def resolve_spec(
 
     if spec_path is not None:
         return bind(read_spec(spec_path), spec_path), spec_path
-    prov = best["provenance"]
+    prov = best.provenance
     name = prov.get("study")
     url = storage or prov.get("storage")
     if not name or not url:
@@ -170,14 +211,14 @@ def resolve_spec(
     return bind(parse_spec(data, source), source), source
 
 
-def arm_config(spec: Spec, best: dict[str, Any], shown: str) -> dict[str, Any]:
+def arm_config(spec: Spec, best: BestConfig, shown: str) -> dict[str, Any]:
     """The config a best-config YAML names, checked against the spec (its model and parameters)."""
     from autotuner.search.space import complete
 
     model = spec.model.model_dump(mode="json", exclude_none=True)
-    if "model" in best and best["model"] != model:
-        raise UsageError(f"{shown}: its model {best['model']} is not the spec's ({model})")
-    params = dict(best["params"])
+    if best.model is not None and best.model != model:
+        raise UsageError(f"{shown}: its model {best.model} is not the spec's ({model})")
+    params = dict(best.params)
     precisions = spec.space["precision"].values() or [] if "precision" in spec.space else []
     if params.get("precision") == "int8" and spec.data is None and "int8-dynamic" in precisions:
         params["precision"] = "int8-dynamic"  # a YAML from before static INT8, whose int8 was dynamic
@@ -192,7 +233,7 @@ def arm_config(spec: Spec, best: dict[str, Any], shown: str) -> dict[str, Any]:
 # ---- measuring -------------------------------------------------------------------------------------
 
 
-def measure(
+def measure_arms(
     spec: Spec,
     executor: Executor,
     arms: tuple[Arm, Arm],
@@ -202,7 +243,6 @@ def measure(
     """One full trial of each arm, then `rounds` interleaved rounds of fixed-time blocks (the
     order alternating: A B, B A, ...). Stops at the first block that fails (its arm's `error`).
     Returns the block seconds (the longer of the two arms' race block lengths)."""
-    from autotuner.search.choose import block_seconds
     from autotuner.search.estimates import Block, Estimate, config_key
 
     def run(arm: Arm, block_s: float | None) -> TrialResult | None:
