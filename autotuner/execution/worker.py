@@ -150,6 +150,7 @@ def run_trial(
             from autotuner.execution.load import LoadMeter
 
             runner.window = probe  # the runner marks its timed part
+            runner.block_s = block_s  # a race block measures its own load level only (search.ladder)
             meter = LoadMeter()
             meter.start()
             started = time.perf_counter()

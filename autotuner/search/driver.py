@@ -25,6 +25,7 @@ from autotuner.result import TrialResult
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
 from autotuner.search.estimates import NOT_LAUNCHED, budget_use, counted, uses_budget
+from autotuner.search.ladder import tell_levels
 from autotuner.search.space import make_sampler, suggest
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
@@ -441,6 +442,10 @@ def drive(session: Session, executor: Executor, wall_time_s: float | None) -> No
                     else:
                         result.info["under_load"] = True
                 summary, failure = store(trial, result)
+                if failure is None:  # the other load levels its server measured (search.ladder)
+                    summary += db(
+                        lambda t=trial, c=config, r=result: tell_levels(spec, study, t, c, r), "storing"
+                    )
                 if result.ok or failure == "under-load":
                     arms.add(trial.number, config, result.metrics, loaded)
                 if result.ok:
