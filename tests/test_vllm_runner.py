@@ -20,6 +20,7 @@ import yaml
 
 from autotuner.api import load_spec, run, spec_from_dict
 from autotuner.progress import Progress
+from autotuner.study import records as rec
 
 pytestmark = [
     pytest.mark.slow,
@@ -185,7 +186,7 @@ def test_one_server_serves_the_concurrency_ladder_and_the_race_has_two_contender
         assert t.user_attrs["server_generation_tokens"] == 8 * 8
     assert levels[1].user_attrs["requests_running_peak"] <= 1  # one in flight at concurrency 1
     # The race: one round, each contender in a fresh server measuring its own level only.
-    blocks = study.user_attrs["race"]
+    blocks = rec.race_blocks(study)
     assert sorted(b["config"]["concurrency"] for b in blocks) == [1, 4], blocks
     assert all(b["metrics"]["startup_s"] > 1.0 for b in blocks)
     assert study.user_attrs["pick"]["winner"] in {measured[0].number, sibling.number}
