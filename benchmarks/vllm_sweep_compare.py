@@ -9,7 +9,8 @@ and the same objective (output tokens/s of the configs that meet the SLO):
 
 1. vLLM's sweep: a grid of `--starts` configs over block_size (32, 128) x max_num_seqs (16, 64;
    with --starts 6: 4, 16, 64), the rest fixed (max_num_batched_tokens 2048, chunked prefill on),
-   one server per config, `vllm bench serve` on each. Its pick: the highest output throughput among the rows that meet the SLO.
+   one server per config, `vllm bench serve` on each. Its pick: the highest output throughput
+   among the rows that meet the SLO.
 2. autotune: `autotune run` over block_size, max_num_seqs, max_num_batched_tokens and chunked
    prefill (24 configs), `--starts` trials (TPE), no race: the same number of server starts.
 3. The interleaved re-check: `autotune verify` of autotune's pick against the sweep's (one full
@@ -45,7 +46,8 @@ VLLM = [sys.executable, "-m", "autotuner.backends.vllm_cli"]
 AUTOTUNE = [sys.executable, "-m", "autotuner.cli"]
 PORT = 18431
 N, LIN, LOUT = 64, 64, 32
-SLO_TTFT_MS, SLO_TPOT_MS = 2000.0, 60.0
+# Loose enough for this shared machine at load 7-8 (a TPOT of 140 ms p95 there; 24 ms at load 2).
+SLO_TTFT_MS, SLO_TPOT_MS = 5000.0, 200.0
 GRID = {"block_size": [32, 128], "max_num_seqs": [16, 64]}  # --starts 6: max_num_seqs 4, 16, 64
 FIXED = {"max_num_batched_tokens": 2048, "enable_chunked_prefill": True}
 KNOBS = ("block_size", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill")
@@ -100,8 +102,10 @@ def run_sweep(work: Path, folder: Path, starts: int) -> dict[str, Any]:
     argv += ["--after-bench-cmd", f"curl -s -X POST http://127.0.0.1:{PORT}/reset_prefix_cache"]
     t0, load0 = time.monotonic(), loadavg()
     log = work / "sweep.log"
-    with open(log, "wb") as out:
-        subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, env=engine_env(), cwd=work)
+    done = len(list((work / "sweep").rglob("summary.json"))) if (work / "sweep").exists() else 0
+    if done < len(grid):  # else: read the results of a sweep already run (the SLO is applied here)
+        with open(log, "wb") as out:
+            subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, env=engine_env(), cwd=work)
     rows = []
     for f in sorted((work / "sweep").rglob("run=*.json")):
         r = json.loads(f.read_text())
