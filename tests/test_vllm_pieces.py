@@ -18,15 +18,15 @@ from optuna.trial import TrialState
 
 from autotuner.api import spec_from_dict
 from autotuner.backends.llm_workload import Request
-from autotuner.backends.vllm_client import (
+from autotuner.backends.vllm.client import (
     RequestTiming,
     parse_prometheus,
     run_load,
     serving_metrics,
     sse_events,
 )
-from autotuner.backends.vllm_runner import VllmRunner, level_requests
-from autotuner.backends.vllm_server import classify_start, flag_args, last_exception
+from autotuner.backends.vllm.runner import VllmRunner, level_requests
+from autotuner.backends.vllm.server import classify_start, flag_args, last_exception
 from autotuner.result import TrialResult
 from autotuner.runners.ladder import LADDER, level_of, levels
 from autotuner.search.driver import precheck, record

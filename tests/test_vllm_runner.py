@@ -71,7 +71,7 @@ def _vllm_processes() -> dict[int, str]:
             state = (d / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        marks = ("VLLM::", "vllm.entrypoints", "autotuner.backends.vllm_server")
+        marks = ("VLLM::", "vllm.entrypoints", "autotuner.backends.vllm.server")
         if state != "Z" and any(m in argv for m in marks):
             found[int(d.name)] = argv.strip()
     return found

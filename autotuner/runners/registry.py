@@ -24,7 +24,7 @@ _FALLBACK = {
     "onnxruntime": "autotuner.backends.onnxruntime_runner:OnnxRuntimeRunner",
     "command": "autotuner.backends.command_runner:CommandRunner",
     "llm": "autotuner.backends.llm_runner:LlmRunner",
-    "vllm": "autotuner.backends.vllm_runner:VllmRunner",
+    "vllm": "autotuner.backends.vllm.runner:VllmRunner",
 }
 
 

@@ -1,9 +1,9 @@
 """vLLM runner: a real vLLM OpenAI-compatible server per trial, driven over HTTP with streaming.
 
-A trial writes (or finds) the model folder, starts the server as a managed child (vllm_server),
+A trial writes (or finds) the model folder, starts the server as a managed child (vllm.server),
 waits for /health (`startup_s`), sends a few warm-up requests, runs the spec's `workload` (the
 llm runner's section: request count, length distributions, Poisson arrivals or a trace, SLOs)
-from the streaming client (vllm_client) while it reads the server's /metrics, checks greedy
+from the streaming client (vllm.client) while it reads the server's /metrics, checks greedy
 outputs against the fp32 reference, and stops the server with everything it started.
 
 Knobs are the engine's flags as vLLM names them; other flags pass through `vllm.engine_args`.
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotuner.backends.llm_workload import WorkloadSpec
-from autotuner.backends.vllm_server import API_SERVER, flag_args
+from autotuner.backends.vllm.server import API_SERVER, flag_args
 from autotuner.errors import UsageError
 from autotuner.runners.base import WorkloadRunner, common_check
 from autotuner.runners.ladder import LADDER, level_of, levels
@@ -181,7 +181,7 @@ class VllmRunner(WorkloadRunner):
     def server_args(
         cls, spec: Spec, config: dict[str, Any], model_dir: Path, settings: VllmSettings
     ) -> list[str]:
-        from autotuner.backends.vllm_client import MODEL_NAME
+        from autotuner.backends.vllm.client import MODEL_NAME
 
         args = ["--model", str(model_dir), "--served-model-name", MODEL_NAME]
         if not has_tokenizer(model_dir):
@@ -234,10 +234,9 @@ class VllmRunner(WorkloadRunner):
         return model_dir(self.spec)
 
     def run_workload(self) -> dict[str, float]:
-        from autotuner.backends import vllm_client as client
-        from autotuner.backends import vllm_server as server
         from autotuner.backends.llm_runner import REFERENCE_REQUESTS, REFERENCE_TOKENS, llama_shape, reference
         from autotuner.backends.llm_workload import requests
+        from autotuner.backends.vllm import client, server
 
         workload = WorkloadSpec.model_validate(self.spec.sections.get("workload") or {})
         vocab = llama_shape(self.spec)["vocab"]
