@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotuner.backends import vllm_client as client
-from autotuner.backends import vllm_server as server
+from autotuner.backends.vllm import client, server
 from autotuner.models.hf_folder import tiny_llama_folder
 
 VOCAB = 30522  # MiniLM's tokenizer
@@ -50,7 +49,7 @@ def model_folder(root: Path) -> Path:
 def bench_serve(url: str, folder: Path, out: Path, n: int, lin: int, lout: int) -> dict[str, float]:
     port = url.rsplit(":", 1)[1]
     argv = [
-        sys.executable, "-m", "autotuner.backends.vllm_cli", "bench", "serve",
+        sys.executable, "-m", "autotuner.backends.vllm.cli", "bench", "serve",
         "--host", "127.0.0.1", "--port", port, "--model", client.MODEL_NAME, "--tokenizer", str(folder),
         "--dataset-name", "random", "--random-input-len", str(lin), "--random-output-len", str(lout),
         "--random-range-ratio", "0", "--num-prompts", str(n), "--ignore-eos", "--temperature", "0",

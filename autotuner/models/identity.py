@@ -50,7 +50,11 @@ def model_identity(spec: Spec) -> str:
     h = hashlib.sha256()
     h.update(model_digest(spec).encode())
     h.update(json.dumps(spec.model.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(json.dumps([i.model_dump(mode="json") for i in model_inputs(spec)]).encode())
+    try:
+        inputs = model_inputs(spec)
+    except UsageError:  # a served model (vllm on model.hf) has no tensor inputs: its digest names it
+        inputs = []
+    h.update(json.dumps([i.model_dump(mode="json") for i in inputs]).encode())
     h.update(str(spec.model_seed).encode())
     return h.hexdigest()[:24]
 

@@ -344,3 +344,68 @@ def rate_curves(data: StudyData, numbers: list[int]) -> Figure | None:
             dict(type="line", xref="paper", x0=0, x1=1, y0=slo, y1=slo, line=dict(color="grey", dash="dot"))
         ]
     return _fig(traces, layout)
+
+
+def load_curves(data: StudyData, numbers: list[int]) -> Figure | None:
+    """LLM serving: p95 TTFT (left axis) and p95 TPOT (right axis) against the load level, for
+    the top candidates' engine configs. A family is one server's ladder (search.ladder): the
+    trial that started it and the levels stored beside it; x is the knob that differs among
+    them (rate_rps or concurrency). The workload's SLOs are dotted lines."""
+    by_number = {t.number: t for t in data.trials}
+    traces: list[Any] = []
+    roots: list[int] = []
+    for n in numbers:
+        t = by_number.get(n)
+        if t is None:
+            continue
+        root = int(rec.marker(t, rec.LADDER_OF, t.number))
+        if root not in roots:
+            roots.append(root)
+    knob = None
+    for root in roots:
+        family = [by_number[root]] if root in by_number else []
+        family += [t for t in data.completed if rec.marker(t, rec.LADDER_OF) == root]
+        configs = [data.config(t) for t in family]
+        varying = [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1] if configs else []
+        if len(family) < 2 or len(varying) != 1:
+            continue
+        knob = varying[0]
+        points = sorted(
+            ((c[knob], t) for c, t in zip(configs, family, strict=True) if is_number(c[knob])),
+            key=lambda p: float(p[0]),
+        )
+        if len(points) < 2:
+            continue
+        fixed = {k: v for k, v in configs[0].items() if k != knob}
+        cfg = esc(" ".join(f"{k}={v}" for k, v in fixed.items()))
+        for metric, axis, dash in (("ttft_p95_ms", "y", "solid"), ("tpot_p95_ms", "y2", "dash")):
+            traces.append(
+                go.Scatter(
+                    x=[x for x, _ in points],
+                    y=[rec.metric(t, metric) for _, t in points],
+                    yaxis=axis,
+                    mode="lines+markers",
+                    line=dict(dash=dash),
+                    name=esc(f"#{root} {metric.removesuffix('_ms').replace('_p95', ' p95')}"),
+                    hovertext=cfg,
+                )
+            )
+    if not traces or knob is None:
+        return None
+    layout = _layout(
+        "TTFT and TPOT against load, one server per engine config (top candidates)",
+        {"rate_rps": "offered rate (requests/s)", "concurrency": "requests in flight"}.get(knob, knob),
+        "TTFT p95 (ms), solid",
+        yaxis2=dict(title=dict(text="TPOT p95 (ms), dashed"), overlaying="y", side="right"),
+    )
+    layout["margin"] = {**layout["margin"], "r": 70}  # room for the right axis's title
+    workload = data.spec.get("workload") or {}
+    shapes = []
+    for key, ref in (("slo_ttft_ms", "y"), ("slo_tpot_ms", "y2")):
+        if workload.get(key):
+            v = float(workload[key])
+            shapes.append(dict(type="line", xref="paper", x0=0, x1=1, yref=ref, y0=v, y1=v,
+                               line=dict(color="grey", dash="dot")))  # fmt: skip
+    if shapes:
+        layout["shapes"] = shapes
+    return _fig(traces, layout)

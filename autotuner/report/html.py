@@ -198,6 +198,7 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
     ]
     page.add(f"<h2>{esc(prefix)}Latency distributions</h2>")
     page.figure(figs.latency_boxes(d, top), "no latency samples were kept for the top candidates")
+    page.figure(figs.load_curves(d, top))  # LLM serving: TTFT/TPOT against rate or concurrency
     if d.spec.get("scenario") == "serving":
         page.add(f"<h2>{esc(prefix)}Latency under load</h2>")
         page.figure(

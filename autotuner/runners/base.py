@@ -197,6 +197,8 @@ class WorkloadRunner(Runner):
     # Set by the worker before run_workload: the telemetry of the trial's device (anything with
     # begin() and end()). The runner marks its timed part with `with self.timed():`.
     window: Any = None
+    # Set by the worker too: a race or verify block's seconds; None for a search trial.
+    block_s: float | None = None
 
     @abstractmethod
     def run_workload(self) -> dict[str, float]:

@@ -25,7 +25,7 @@ _FALLBACK = {
     "onnxruntime": "autotuner.backends.onnxruntime.runner:OnnxRuntimeRunner",
     "command": "autotuner.backends.command_runner:CommandRunner",
     "llm": "autotuner.backends.llm.runner:LlmRunner",
-    "vllm": "autotuner.backends.vllm_runner:VllmRunner",
+    "vllm": "autotuner.backends.vllm.runner:VllmRunner",
 }
 
 

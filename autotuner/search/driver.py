@@ -28,6 +28,7 @@ from autotuner.measure.load import over_limit
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.search.estimates import budget_use, config_key, counted, uses_budget
+from autotuner.search.ladder import tell_levels
 from autotuner.search.precheck import precheck
 from autotuner.search.proposals import Arms, Proposal
 from autotuner.search.space import grid_size, initial_design, make_sampler, sampled_params, suggest
@@ -393,6 +394,10 @@ class Driver:
         if loaded:
             result = self._under_load(trial, config, result)
         summary, failure = self._store(trial, result)
+        if failure is None:  # the other load levels its server measured (search.ladder)
+            summary += self._db(
+                lambda: tell_levels(self.spec, self.study, trial, config, result), "storing"
+            )
         if result.ok or failure == "under-load":
             self.arms.add(trial.number, config, result.metrics, loaded)
         if result.ok:

