@@ -10,13 +10,6 @@ MAX_LINES = 80
 PACKAGE = Path(__file__).resolve().parent.parent / "autotuner"
 # "path/inside/autotuner.py:Qualified.name" -> why it may be longer: literal tables only.
 LITERAL_TABLES: dict[str, str] = {}
-# Not tables: long functions in packages that another issue-21 change splits (execution/ and
-# backends/, edited in parallel). Listed so that each is named; remove an entry when its split
-# lands (test_every_listed_function_is_still_long fails until it is removed).
-PENDING_SPLIT: dict[str, str] = {
-    "backends/onnxruntime/runner.py:OnnxRuntimeRunner.setup": "the onnxruntime backend package",
-    "backends/vllm/runner.py:VllmRunner.run_workload": "the backend packages",
-}
 
 
 def long_functions(root: Path = PACKAGE, limit: int = MAX_LINES) -> list[tuple[str, int]]:
@@ -45,8 +38,7 @@ def _functions(node: ast.AST, prefix: str) -> list[tuple[str, int]]:
 
 
 def test_no_function_is_over_80_lines_outside_a_literal_table() -> None:
-    allowed = {**LITERAL_TABLES, **PENDING_SPLIT}
-    over = [(name, n) for name, n in long_functions() if name not in allowed]
+    over = [(name, n) for name, n in long_functions() if name not in LITERAL_TABLES]
     assert not over, "functions over 80 lines: " + ", ".join(f"{name} ({n})" for name, n in over)
 
 
@@ -58,7 +50,7 @@ def test_the_check_finds_a_long_function(tmp_path: Path) -> None:
 
 def test_every_listed_function_is_still_long() -> None:
     names = {name for name, _ in long_functions()}
-    listed = {*LITERAL_TABLES, *PENDING_SPLIT}
+    listed = set(LITERAL_TABLES)
     assert listed <= names, f"listed but no longer over {MAX_LINES} lines (remove them): {listed - names}"
 
 

@@ -223,6 +223,32 @@ def torch_server(best: dict[str, Any], image: str | None) -> Server:
     )
 
 
+def server_for(spec: Any, best: dict[str, Any], image: str | None, repository: str) -> Server:
+    """The server that serves the chosen config: vLLM, Triton (onnxruntime) or the user's image."""
+    backend = str(best["params"].get("backend", ""))
+    name = dns_name(best["provenance"]["study"])
+    deploy = best.get("deploy") or {}
+    if "vllm" in deploy or backend == "vllm":
+        return vllm_server(spec, best, image)
+    if backend.startswith("onnxruntime-"):
+        return triton_server(name, best, image, repository)
+    if backend.startswith("torch"):
+        return torch_server(best, image)
+    raise UsageError(
+        f"--format k8s: no server for a {backend or 'command'} config "
+        "(vllm, onnxruntime-* and torch-* have one)"
+    )
+
+
+def _probe(path: str, delay: int, period: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "initialDelaySeconds": delay,
+        "periodSeconds": period,
+        "failureThreshold": 3,
+    }
+
+
 def manifests(
     spec: Any,
     best: dict[str, Any],
@@ -232,21 +258,8 @@ def manifests(
     repository: str = "",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The Deployment and the Service, and the comment lines of evidence that head them."""
-    params = best["params"]
-    backend = str(params.get("backend", ""))
     name = dns_name(best["provenance"]["study"])
-    deploy = best.get("deploy") or {}
-    if "vllm" in deploy or backend == "vllm":
-        server = vllm_server(spec, best, image)
-    elif backend.startswith("onnxruntime-"):
-        server = triton_server(name, best, image, repository)
-    elif backend.startswith("torch"):
-        server = torch_server(best, image)
-    else:
-        raise UsageError(
-            f"--format k8s: no server for a {backend or 'command'} config "
-            "(vllm, onnxruntime-* and torch-* have one)"
-        )
+    server = server_for(spec, best, image, repository)
     mem, mem_why = memory_mib(best)
     cores = cpu_cores(best)
     start, start_why = startup_s(best)
@@ -265,18 +278,8 @@ def manifests(
         **({"env": [{"name": k, "value": v} for k, v in sorted(server.env.items())]} if server.env else {}),
         "ports": [{"name": p, "containerPort": port} for p, port in server.ports],
         "resources": {"requests": dict(limits), "limits": dict(limits)},
-        "readinessProbe": {
-            "httpGet": {"path": server.ready_path, "port": "http"},
-            "initialDelaySeconds": ready_delay,
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": server.live_path, "port": "http"},
-            "initialDelaySeconds": live_delay,
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": _probe(server.ready_path, ready_delay, 5),
+        "livenessProbe": _probe(server.live_path, live_delay, 10),
         **({"volumeMounts": server.mounts} if server.mounts else {}),
     }
     deployment = {

@@ -112,8 +112,6 @@ class OnnxRuntimeRunner(TimedRunner):
     def setup(self) -> None:
         import onnxruntime as ort
 
-        from autotuner.files import cache_dir
-        from autotuner.models.artifacts import onnx_path
 
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
@@ -122,18 +120,7 @@ class OnnxRuntimeRunner(TimedRunner):
             from autotuner.runners.gpu_libraries import load_ort_libraries
 
             load_ort_libraries(ort)
-        self.quantization: dict[str, Any] | None = None
-        if precision == "int8":
-            # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
-            quant = settings_of(self.value, self.config)
-            path = onnx_path(self.spec, "int8", quant)
-            from autotuner.models.artifacts import quantization_record
-
-            self.quantization = quantization_record(path)
-        else:
-            # TensorRT builds its own fp16 engine from the fp32 graph.
-            path = onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision)
-        self.model_file = path
+        path = self.model_file = self._model_file(backend, precision)
         self.ort = ort
         self.binding: Any = None
         # One binding per batch size (serving binds 1..max_batch_size): (binding, inputs, outputs).
@@ -141,16 +128,7 @@ class OnnxRuntimeRunner(TimedRunner):
         self.placement: dict[str, Any] | None = None
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
-        so = ort.SessionOptions()
-        threads = self.value(self.config, "threads")
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = int(self.value(self.config, "inter_op_threads"))
-        so.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, OPT_LEVELS[self.value(self.config, "graph_optimization_level")]
-        )
-        so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
-        so.log_severity_level = 3
+        so = self._session_options(ort)
         shapes = input_shapes(self.spec, int(self.value(self.config, "batch_size")))
         min_shapes = None
         if self.spec.scenario == "serving":
@@ -158,23 +136,8 @@ class OnnxRuntimeRunner(TimedRunner):
             # tuned for the full batch, instead of a rebuild at each new size.
             shapes = input_shapes(self.spec, int(self.value(self.config, "max_batch_size")))
             min_shapes = input_shapes(self.spec, 1)
-        cache = Path()
-        timing_root: Path | None = None
         self._timing_lock: FolderLock | None = None
-        if self.provider == TENSORRT:
-            env = self._build_env()
-            sha = file_sha256(path)
-            final = cache_dir() / "tensorrt" / engine_folder_name(
-                sha, self.config, shapes, ort.__version__, min_shapes, env
-            )
-            if self.value(self.config, "trt_timing_cache"):
-                shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)
-                lock = FolderLock(shared)
-                if lock.acquire():  # held until the engine is built (the first run)
-                    timing_root, self._timing_lock = shared, lock
-            cache = claim_engine_dir(final)
-            if cache != final:
-                self._engine = (cache, final)
+        cache, timing_root = self._engine_folders(ort, path, shapes, min_shapes)
         if self._on_gpu and not self.value(self.config, "cuda_graph"):
             # The first run is profiled to learn where each node ran (ORT stops profiling after it).
             self._profile_dir = Path(tempfile.mkdtemp(prefix="autotune-ort-profile-"))
@@ -194,6 +157,56 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"onnxruntime created the session on {active[0] if active else 'nothing'} "
                 f"instead of {self.provider}; not accepted as a silent fallback"
             )
+
+    def _model_file(self, backend: str, precision: str) -> Path:
+        """The ONNX file this config runs (an int8 variant records how it was quantized)."""
+        from autotuner.models.artifacts import onnx_path, quantization_record
+
+        self.quantization: dict[str, Any] | None = None
+        if precision == "int8":
+            # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
+            path = onnx_path(self.spec, "int8", settings_of(self.value, self.config))
+            self.quantization = quantization_record(path)
+            return path
+        # TensorRT builds its own fp16 engine from the fp32 graph.
+        return onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision)
+
+    def _session_options(self, ort: Any) -> Any:
+        so = ort.SessionOptions()
+        threads = self.value(self.config, "threads")
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = int(self.value(self.config, "inter_op_threads"))
+        so.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, OPT_LEVELS[self.value(self.config, "graph_optimization_level")]
+        )
+        so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
+        so.log_severity_level = 3
+        return so
+
+    def _engine_folders(
+        self, ort: Any, path: Path, shapes: Any, min_shapes: Any
+    ) -> tuple[Path, Path | None]:
+        """TensorRT's engine folder (claimed for this build) and the shared timing cache (when
+        this process holds its lock); (Path(), None) for the other providers."""
+        from autotuner.files import cache_dir
+
+        if self.provider != TENSORRT:
+            return Path(), None
+        timing_root: Path | None = None
+        env = self._build_env()
+        final = cache_dir() / "tensorrt" / engine_folder_name(
+            file_sha256(path), self.config, shapes, ort.__version__, min_shapes, env
+        )
+        if self.value(self.config, "trt_timing_cache"):
+            shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)
+            lock = FolderLock(shared)
+            if lock.acquire():  # held until the engine is built (the first run)
+                timing_root, self._timing_lock = shared, lock
+        cache = claim_engine_dir(final)
+        if cache != final:
+            self._engine = (cache, final)
+        return cache, timing_root
 
     def _build_env(self) -> dict[str, str | None]:
         """What an engine depends on beyond the model and the options: TensorRT and the GPU."""

@@ -231,6 +231,30 @@ class VllmRunner(WorkloadRunner):
     def model_dir(self) -> Path:
         return model_dir(self.spec)
 
+    def _capacity(
+        self, url: str, reqs: list[Any], workload: WorkloadSpec, timeout: float
+    ) -> dict[str, float]:
+        """vllm.max_rate: the highest Poisson rate that meets the SLOs, bisected on this server."""
+        from autotuner.backends.vllm import client
+
+        mr = self.settings.max_rate
+        if mr is None:
+            return {}
+        rate, _ = client.max_rate_rps(
+            url,
+            [r.prompt for r in reqs],
+            [r.output_len for r in reqs],
+            mr.low,
+            mr.high,
+            mr.steps,
+            mr.duration_s,
+            workload.slo_ttft_ms,
+            workload.slo_tpot_ms,
+            timeout,
+            self.spec.data_seed,
+        )
+        return {"max_rate_rps": rate}
+
     def run_workload(self) -> dict[str, float]:
         from autotuner.backends.llm.memory import llama_shape
         from autotuner.backends.llm.reference import REFERENCE_REQUESTS, REFERENCE_TOKENS, reference
@@ -270,45 +294,11 @@ class VllmRunner(WorkloadRunner):
             with self.timed():
                 for level in ladder:
                     lreqs = level_requests(reqs, level, all_levels.index(level), self.spec.data_seed, vocab)
-                    with client.MetricsSampler(srv.url) as sampler:
-                        timings, wall = client.run_load(
-                            srv.url,
-                            [r.prompt for r in lreqs],
-                            [r.output_len for r in lreqs],
-                            [r.arrival_s for r in lreqs],
-                            timeout,
-                            level.get("concurrency"),
-                        )
-                    failed = [t for t in timings if t.error is not None]
-                    if failed and level == asked:  # another level's failures are its failed_requests
-                        n_failed = f"{len(failed)} of {len(timings)} requests failed"
-                        raise RuntimeError(f"{n_failed} at load {level}: {failed[0].error}")
-                    m = client.serving_metrics(
-                        timings,
-                        wall,
-                        sum(len(r.prompt) for r in lreqs),
-                        workload.slo_ttft_ms,
-                        workload.slo_tpot_ms,
+                    measured[repr(sorted(level.items()))] = _measure_level(
+                        srv.url, level, lreqs, workload, timeout, must_succeed=level == asked
                     )
-                    measured[repr(sorted(level.items()))] = {**m, **sampler.result()}
             rss_mb = group_rss_mb(srv.proc.pid)
-            capacity: dict[str, float] = {}
-            if self.settings.max_rate is not None:
-                mr = self.settings.max_rate
-                rate, _ = client.max_rate_rps(
-                    srv.url,
-                    [r.prompt for r in reqs],
-                    [r.output_len for r in reqs],
-                    mr.low,
-                    mr.high,
-                    mr.steps,
-                    mr.duration_s,
-                    workload.slo_ttft_ms,
-                    workload.slo_tpot_ms,
-                    timeout,
-                    self.spec.data_seed,
-                )
-                capacity = {"max_rate_rps": rate}
+            capacity = self._capacity(srv.url, reqs, workload, timeout)
             got = [
                 client.complete(srv.url, r.prompt, REFERENCE_TOKENS, timeout)
                 for r in reqs[:REFERENCE_REQUESTS]
@@ -444,3 +434,36 @@ def group_rss_mb(pgid: int) -> float:
 
 
 __all__ = ["VllmRunner"]
+
+
+def _measure_level(
+    url: str,
+    level: dict[str, Any],
+    reqs: list[Any],
+    workload: WorkloadSpec,
+    timeout: float,
+    must_succeed: bool,
+) -> dict[str, float]:
+    """One load level on the running server: its requests, its serving metrics and its own
+    /metrics window. Failed requests end the trial only at the level the trial was asked for
+    (another level's failures are its failed_requests)."""
+    from autotuner.backends.vllm import client
+
+    with client.MetricsSampler(url) as sampler:
+        timings, wall = client.run_load(
+            url,
+            [r.prompt for r in reqs],
+            [r.output_len for r in reqs],
+            [r.arrival_s for r in reqs],
+            timeout,
+            level.get("concurrency"),
+        )
+    failed = [t for t in timings if t.error is not None]
+    if failed and must_succeed:
+        n_failed = f"{len(failed)} of {len(timings)} requests failed"
+        raise RuntimeError(f"{n_failed} at load {level}: {failed[0].error}")
+    m = client.serving_metrics(
+        timings, wall, sum(len(r.prompt) for r in reqs), workload.slo_ttft_ms, workload.slo_tpot_ms
+    )
+    return {**m, **sampler.result()}
+
