@@ -18,6 +18,7 @@ _version. Runners live in autotuner.backends and are found through entry points.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotuner._version import __version__
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Lazy: `autotune --help` and `import autotuner` stay instant.
-    import importlib
 
     if name in _COMMANDS:
         return getattr(importlib.import_module("autotuner.api"), name)

@@ -21,12 +21,31 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotuner.errors import UsageError
+from autotuner.execution import check_executor
+from autotuner.execution import make_executor as _make
+from autotuner.execution.base import TrialRequest
+from autotuner.execution.capabilities import probe as _probe
 from autotuner.files import check_writable
+from autotuner.models.checks import checked_model
 from autotuner.progress import Progress
+from autotuner.report.export import best_config
+from autotuner.report.formats import EXPORT_FORMATS
+from autotuner.report.model_file import write_model
+from autotuner.report.show import list_studies, show_study
+from autotuner.report.summary import summary
+from autotuner.report.verify import verify as _verify
 from autotuner.result import TrialResult
-from autotuner.spec.schema import Spec
+from autotuner.runners.binding import bind
+from autotuner.runners.refusals import refusal
+from autotuner.search.driver import Session, drive, sized_budget
+from autotuner.search.runnable import check_runnable
+from autotuner.search.selection import choose as _choose
+from autotuner.search.space import bench_config
+from autotuner.spec.loading import field_error, parse_spec, read_spec, spec_to_dict
+from autotuner.spec.schema import FieldError, Spec
 from autotuner.study import records as rec
-from autotuner.study.storage import default_url, redact
+from autotuner.study.storage import default_url, load_study, redact
+from autotuner.study.storage import open_study as _open
 
 if TYPE_CHECKING:
     from autotuner.execution.base import Executor
@@ -48,16 +67,12 @@ class RunOutcome:
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     """Read SPEC.yaml and bind it to the installed runners. Bad input: SpecError (exit 2)."""
-    from autotuner.runners.binding import bind
-    from autotuner.spec.loading import read_spec
 
     return bind(read_spec(path, overrides), str(path))
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> Spec:
     """A spec from plain data (as YAML would give it), validated and bound to the runners."""
-    from autotuner.runners.binding import bind
-    from autotuner.spec.loading import parse_spec
 
     return bind(parse_spec(data, source), source)
 
@@ -67,7 +82,6 @@ def check_model(spec: Spec, source: str = "<spec>") -> Spec:
     trial's artifacts are keyed on. SpecError (exit 2) when the model's source cannot be loaded (a
     factory that is not there or raises, an ONNX file that is missing or not ONNX): before a study
     is created, not once per trial."""
-    from autotuner.models.checks import checked_model
 
     return checked_model(spec, source)
 
@@ -75,9 +89,6 @@ def check_model(spec: Spec, source: str = "<spec>") -> Spec:
 def check_space(spec: Spec, caps: dict[str, Any], source: str = "<spec>") -> None:
     """SpecError (exit 2) when every config of the space is refused before launch on a machine
     with these capabilities: said before a study exists, with a change that would make one run."""
-    from autotuner.search.runnable import check_runnable
-    from autotuner.spec.loading import field_error
-    from autotuner.spec.schema import FieldError
 
     try:
         check_runnable(spec, caps)
@@ -87,14 +98,12 @@ def check_space(spec: Spec, caps: dict[str, Any], source: str = "<spec>") -> Non
 
 def probe() -> dict[str, Any]:
     """What this machine offers (cores, GPUs, providers, library versions), probed in a child."""
-    from autotuner.execution.capabilities import probe as _probe
 
     return _probe()
 
 
 def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:
     """An executor by name: "local" (the default) or "ray"."""
-    from autotuner.execution import make_executor as _make
 
     return _make(name, spec, caps, address)
 
@@ -107,7 +116,6 @@ def open_study(
     progress: Progress | None = None,
 ) -> optuna.Study:
     """The spec's study in its storage (the spec's, or SQLite under studies/): created or resumed."""
-    from autotuner.study.storage import open_study as _open
 
     url = _url(spec, storage)
     return _open(spec, url, caps if caps is not None else {}, progress or Progress(quiet=True))
@@ -124,7 +132,6 @@ def search(
     storage: str | None = None,
 ) -> int:
     """Run the ask/tell search on the executor until the budget is spent. Returns the budget."""
-    from autotuner.search.driver import Session, drive, sized_budget
 
     progress = progress or Progress(quiet=True)
     url = _url(spec, storage)
@@ -142,7 +149,6 @@ def choose(
     progress: Progress | None = None,
 ) -> Pick | None:
     """Pick the winner. With an executor, race the contenders first; without one, read the last race."""
-    from autotuner.search.selection import choose as _choose
 
     return _choose(spec, study, rule, executor, progress or Progress(quiet=True))
 
@@ -150,7 +156,6 @@ def choose(
 def precheck(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> TrialResult | None:
     """The failure a config meets without being launched (its runner refuses it, or the memory
     model predicts it runs out), or None: what `run` stores for free instead of measuring."""
-    from autotuner.runners.refusals import refusal
 
     return refusal(spec, config, caps)
 
@@ -159,7 +164,6 @@ def write_best_config(
     spec: Spec, study: optuna.Study, pick: Pick, path: str | Path, storage: str = ""
 ) -> Path:
     """The best-config YAML of a pick: parameters, deploy settings, evidence and provenance."""
-    from autotuner.report.export import best_config
 
     return best_config(spec, study, pick, _url(spec, storage)).write(Path(path))
 
@@ -179,9 +183,6 @@ def run(
     reports_dir: str | Path = "reports",
 ) -> RunOutcome:
     """Search, race the contenders, pick, and write the best-config YAML and the report."""
-    from autotuner.execution import check_executor
-    from autotuner.report.summary import summary
-    from autotuner.search.driver import sized_budget
 
     s = _spec(spec, study, storage)
     source = _source(spec)
@@ -249,8 +250,6 @@ def export(
     (DIR/MODEL/config.pbtxt, DIR/MODEL/1/model.onnx) and returns DIR/MODEL; fmt="ort" writes the
     ONNX Runtime session settings as JSON, the ONNX file beside it. Both need an onnxruntime config.
     """
-    from autotuner.report.formats import EXPORT_FORMATS
-    from autotuner.study.storage import load_study
 
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format {fmt!r}: allowed: {', '.join(EXPORT_FORMATS)}")
@@ -276,15 +275,13 @@ def report(
     studies: list[str], *, storage: str | None = None, output: str | Path | None = None, fmt: str = "html"
 ) -> Path:
     """Write the HTML report (several studies: fronts overlaid), or the trial table as CSV/JSON."""
-    from autotuner.report.html import write_report
+    from autotuner.report.html import write_report  # noqa: PLC0415 (heavy: plotly)
 
     return write_report(studies, storage, output, fmt)
 
 
 def bench(spec: Spec | str | Path, config: dict[str, Any]) -> tuple[dict[str, Any], TrialResult]:
     """Measure one config (no search, nothing stored). Unset parameters take their first value."""
-    from autotuner.execution.base import TrialRequest
-    from autotuner.search.space import bench_config
 
     s = _checked(spec)
     full = bench_config(s, config)
@@ -302,8 +299,6 @@ def quantize(
     """Write the ONNX model an onnxruntime config runs (static int8: calibrated on the spec's data,
     as its trials were) to `output`; the path and what was done. The same settings and data give
     the same file the trials measured (its sha256 is in the record)."""
-    from autotuner.report.model_file import write_model
-    from autotuner.search.space import bench_config
 
     s = _checked(spec)
     return Path(output), write_model(s, bench_config(s, config), output)
@@ -323,7 +318,6 @@ def verify(
     """A/B check before rollout: BEST.yaml against OTHER.yaml (or the spec's baseline), measured
     here in interleaved rounds, nothing stored. The spec: `spec`, else the one the study named in
     BEST.yaml's provenance ran (in `storage`, else the recorded storage). Bad input: UsageError."""
-    from autotuner.report.verify import verify as _verify
 
     return _verify(
         best,
@@ -339,14 +333,12 @@ def verify(
 
 def studies(storage: str | None = None) -> int:
     """Print the stored studies (in `storage`, else every studies/*.db). Returns the exit status."""
-    from autotuner.report.show import list_studies
 
     return list_studies(storage)
 
 
 def show(study: str, storage: str | None = None) -> int:
     """Print one study at a glance. Returns the exit status."""
-    from autotuner.report.show import show_study
 
     return show_study(study, storage)
 
@@ -370,8 +362,6 @@ def _spec(spec: Spec | str | Path, study: str | None, storage: str | None) -> Sp
     s = spec if isinstance(spec, Spec) else load_spec(spec)
     updates = {k: v for k, v in (("study", study), ("storage", storage)) if v is not None}
     if updates:
-        from autotuner.spec.loading import spec_to_dict
-
         s = spec_from_dict({**spec_to_dict(s), **updates}, "command line")
     return s
 

@@ -6,12 +6,16 @@ them, through `autotuner.api` only. Heavy imports happen inside the commands."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import yaml
+
 from autotuner._version import __version__
 from autotuner.errors import AutotuneError, UsageError
+from autotuner.progress import Progress
 from autotuner.report.formats import EXPORT_FORMATS
 
 
@@ -26,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _api() -> Any:
-    from autotuner import api
+    from autotuner import api  # noqa: PLC0415 (heavy: numpy, optuna, sqlalchemy)
 
     return api
 
@@ -141,8 +145,6 @@ class Bench(Command):
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        import json
-
         full, result = _api().bench(args.spec, _sets(args.sets))
         if args.json:
             print(json.dumps({"params": full, **result.to_dict()}, indent=2))
@@ -219,10 +221,6 @@ class Verify(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        import json
-
-        from autotuner.progress import Progress
-
         out = _api().verify(
             args.best,
             against=args.against,
@@ -287,7 +285,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _sets(items: list[str]) -> dict[str, Any]:
     """--set KEY=VALUE items as a config (values read as YAML scalars)."""
-    import yaml
 
     config: dict[str, Any] = {}
     for item in items:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from autotuner.errors import UsageError
 
 
 def _umask() -> int:
@@ -84,7 +88,6 @@ def pid_alive(pid: int) -> bool:
 def check_writable(folder: Path, what: str) -> None:
     """UsageError (exit 2) now, when outputs could not be written into `folder` later. Leaves no
     trace: folders it had to create to find out are removed again."""
-    from autotuner.errors import UsageError
 
     folder = Path(folder)
     missing = [d for d in (folder, *folder.parents) if not d.exists()]
@@ -109,7 +112,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's content (hex), read in 1 MiB blocks: model files can be large."""
-    import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -123,8 +125,6 @@ def content_sha256(path: Path) -> str:
     inode, size, mtime and ctime in nanoseconds): a big model file is read once, not once a
     run. Any write to the file changes its ctime (which no tool can set back), so a changed
     file is always read again."""
-    import hashlib
-    import json
 
     path = Path(path).resolve()
     st = path.stat()
@@ -148,7 +148,6 @@ def content_sha256(path: Path) -> str:
 def tree_sha256(folder: Path) -> str:
     """One hash of a folder's files: each regular file's path below it and content, in name
     order; hidden files and folders (.git, .cache) are left out."""
-    import hashlib
 
     folder = Path(folder)
     h = hashlib.sha256()

@@ -3,6 +3,8 @@ calibrated on the spec's data) and int8-dynamic on CPU."""
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -10,7 +12,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autotuner.backends.int8_knobs import int8_knobs
-from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason
+from autotuner.models.artifacts import first_tensor
+from autotuner.models.builtins import build_torch_model, model_inputs
+from autotuner.models.dataset import calibration_batches, data_sets
+from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason, quantize_torch, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
 from autotuner.runners.knobs import SERVING, Knob, precisions
 from autotuner.spec.schema import Spec
@@ -79,9 +84,7 @@ class TorchRunner(TimedRunner):
         return exclude_reason(cls.value, config, ("none", "first-last"), "torch")
 
     def setup(self) -> None:
-        import torch
-
-        from autotuner.models.builtins import build_torch_model
+        import torch  # noqa: PLC0415 (heavy: torch)
 
         threads = self.value(self.config, "threads")
         if threads:
@@ -97,8 +100,6 @@ class TorchRunner(TimedRunner):
         self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
         self.quantization: dict[str, Any] | None = None
         if precision == "int8-dynamic":
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -115,9 +116,6 @@ class TorchRunner(TimedRunner):
 
     def _quantize_static(self, model: Any) -> dict[str, Any]:
         """Calibrate the Linear layers' input scales on the data's calibration set, in place."""
-        from autotuner.models.builtins import model_inputs
-        from autotuner.models.dataset import calibration_batches, data_sets
-        from autotuner.models.quantization import quantize_torch, settings_of
 
         specs = model_inputs(self.spec)
         torch = self.torch
@@ -148,7 +146,6 @@ class TorchRunner(TimedRunner):
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> list[Any]:
         """The batch as positional tensors, in the spec's input order (what forward() takes)."""
-        from autotuner.models.builtins import model_inputs
 
         torch = self.torch
         out = []
@@ -170,8 +167,6 @@ class TorchRunner(TimedRunner):
         return step
 
     def predict(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        from autotuner.models.artifacts import first_tensor
-
         with self.torch.inference_mode():
             out = first_tensor(self.model(*self._tensors(batch)))
         return out.float().cpu().numpy()
@@ -202,7 +197,6 @@ class TorchRunner(TimedRunner):
             # After the first (compiling) call: max-autotune's benchmarking buffers are not the
             # steady state's peak, neither in torch's count nor in NVML's (which sees the
             # caching allocator's reserve, so the freed blocks go back to the driver first).
-            import gc
 
             gc.collect()
             self.torch.cuda.empty_cache()
@@ -236,8 +230,6 @@ class TorchRunner(TimedRunner):
                 "torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
             )
         elif precision == "int8":
-            from autotuner.models.quantization import settings_of
-
             settings["quantization"] = {
                 "method": "static, eager mode (each Linear in a QuantWrapper, calibrated, converted)",
                 **settings_of(cls.value, config),

@@ -13,7 +13,9 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest
+from autotuner.execution.local import LocalExecutor
 from autotuner.execution.process import kill_all as stop_workers
+from autotuner.execution.ray_executor import RayExecutor
 from autotuner.spec.schema import Spec
 
 __all__ = ["EXECUTORS", "Executor", "TrialRequest", "check_executor", "make_executor", "stop_workers"]
@@ -33,9 +35,6 @@ def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | No
     """An executor by name. Heavy ones (ray) are imported only when asked for."""
     check_executor(name, address)
     if name == "ray":
-        from autotuner.execution.ray_executor import RayExecutor
-
         return RayExecutor(spec, caps, address)
-    from autotuner.execution.local import LocalExecutor
 
     return LocalExecutor(spec, caps)

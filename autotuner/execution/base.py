@@ -12,6 +12,8 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.result import TrialResult
+from autotuner.runners.base import backend_of
+from autotuner.runners.registry import runner_for
 from autotuner.spec.schema import Spec
 
 
@@ -61,8 +63,6 @@ GPUS_VAR = "CUDA_VISIBLE_DEVICES"
 
 def trial_gpus(spec: Spec, config: dict[str, Any]) -> int:
     """The GPUs a config holds, as its runner says (`Runner.gpus`; an unknown backend: none)."""
-    from autotuner.runners.base import backend_of
-    from autotuner.runners.registry import runner_for
 
     try:
         return int(runner_for(backend_of(config)).gpus(spec, config))

@@ -17,6 +17,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from autotuner.subprocesses import ChildFailed, nvidia_smi, run_module
+
 _LIBS = (
     "torch",
     "onnxruntime",
@@ -34,7 +36,6 @@ _LIBS = (
 
 def probe(timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the probe in a fresh interpreter so the driver never imports torch itself."""
-    from autotuner.subprocesses import ChildFailed, run_module
 
     try:
         return json.loads(
@@ -84,7 +85,7 @@ def c_compiler() -> str | None:
 def _live() -> dict[str, Any]:
     caps = _static()
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch)
 
         caps["torch_cuda"] = torch.version.cuda
         if torch.cuda.is_available():
@@ -96,9 +97,9 @@ def _live() -> dict[str, Any]:
     except ImportError:
         pass
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
-        from autotuner.runners.gpu_libraries import load_ort_libraries, provider_load_probe
+        from autotuner.runners.gpu_libraries import load_ort_libraries, provider_load_probe  # noqa: PLC0415 (optional dependency)
 
         caps["ort_providers"] = list(ort.get_available_providers())  # built in, not yet loaded
         caps["ort_libraries"] = load_ort_libraries(ort)
@@ -121,8 +122,6 @@ def cpu_model() -> str:
 
 
 def _nvidia_driver() -> str | None:
-    from autotuner.subprocesses import nvidia_smi
-
     rows = nvidia_smi("gpu", "driver_version")
     return rows[0][0] if rows and rows[0] else None
 

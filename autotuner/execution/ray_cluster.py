@@ -46,7 +46,7 @@ def resolve(ray: Any, address: str) -> str:
     if address != "auto":
         return address
     try:
-        from ray._private.services import canonicalize_bootstrap_address
+        from ray._private.services import canonicalize_bootstrap_address  # noqa: PLC0415 (heavy: ray)
 
         found = canonicalize_bootstrap_address("auto")
     except Exception as e:  # noqa: BLE001 - Ray's own lookup, one line whatever it raises

@@ -21,6 +21,9 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest, trial_gpus, visible_gpus
+from autotuner.execution.capabilities import probe
+from autotuner.execution.cores import hold_cores
+from autotuner.execution.process import run_worker
 from autotuner.execution.ray_cluster import describe, join, session_name
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
@@ -147,10 +150,7 @@ def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> 
 def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict[str, Any]:
     """Runs on a Ray worker: hold cores on this node, run the trial in a worker process that sees
     exactly the GPUs Ray assigned this task (none for a CPU trial)."""
-    import ray
-
-    from autotuner.execution.cores import hold_cores
-    from autotuner.execution.process import run_worker
+    import ray  # noqa: PLC0415 (heavy: ray)
 
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
@@ -173,9 +173,7 @@ def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict
 
 def _probe_task() -> dict[str, Any]:
     """Runs on a Ray worker that holds one GPU: this node's capabilities."""
-    import ray
-
-    from autotuner.execution.capabilities import probe
+    import ray  # noqa: PLC0415 (heavy: ray)
 
     caps = probe()
     caps["probe_node"] = ray.get_runtime_context().get_node_id()
@@ -187,7 +185,7 @@ class RayExecutor(Executor):
     def __init__(self, spec: Spec, caps: dict[str, Any], address: str | None = None) -> None:
         super().__init__(spec, dict(caps))
         try:
-            import ray
+            import ray  # noqa: PLC0415 (heavy: ray)
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'autotune[ray]'") from None
         self.ray = ray
@@ -349,7 +347,7 @@ def dead_node(message: str) -> str | None:
 
 def _node_cpus() -> int | None:
     """The CPUs Ray was told this node has."""
-    import ray
+    import ray  # noqa: PLC0415 (heavy: ray)
 
     node = ray.get_runtime_context().get_node_id()
     for n in ray.nodes():

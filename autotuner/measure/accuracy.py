@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from autotuner.models.tasks import TaskMetricError
+from autotuner.models.dataset import data_sets
+from autotuner.models.tasks import TaskMetricError, load_metric, score
 from autotuner.spec.schema import Spec
 
 
@@ -66,8 +67,6 @@ def task_scores(spec: Spec, outputs: np.ndarray, reference: np.ndarray) -> dict[
     a metric. TaskMetricError when the metric raises or gives no finite number, for either."""
     if spec.accuracy.metric is None:
         return {}
-    from autotuner.models.dataset import data_sets
-    from autotuner.models.tasks import load_metric, score
 
     evaluation = data_sets(spec).evaluation
     fn = load_metric(spec)
@@ -90,6 +89,5 @@ def data_info(spec: Spec) -> dict[str, object]:
     """The data a trial's accuracy was measured on, for its info (the evidence travels with it)."""
     if spec.data is None:
         return {}
-    from autotuner.models.dataset import data_sets
 
     return {"data": data_sets(spec).summary(spec)}

@@ -8,12 +8,12 @@ from typing import Any
 
 from autotuner.errors import UnsupportedConfig
 from autotuner.runners.base import Device, Runner, backend_of
+from autotuner.runners.registry import runner_for
 from autotuner.spec.schema import Spec
 
 
 def checked_class(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> type[Runner]:
     """The config's runner class, once its check has passed."""
-    from autotuner.runners.registry import runner_for
 
     cls = runner_for(backend_of(config))
     reason = cls.check(spec, config, caps)

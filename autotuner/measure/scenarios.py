@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.measure.harness import HarnessSettings, measure
+from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
+from autotuner.measure.harness import ENERGY_METRICS, HarnessSettings, measure
+from autotuner.measure.load import LoadMeter
+from autotuner.measure.serving_trial import run_serving_trial
 from autotuner.measure.telemetry import Probe
+from autotuner.metrics import usd_per_million_items
+from autotuner.models.artifacts import accuracy_inputs, reference_outputs
+from autotuner.models.builtins import model_inputs
+from autotuner.models.inputs import chunks, make_inputs
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, TimedRunner, WorkloadRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
@@ -46,7 +53,6 @@ def derived(
     """The probe's figures and the cost. The sampled GPU memory is peak_memory_mb; over a whole
     workload (setup and accuracy check included) only where the runner gives none. `items`: the
     items run in the probe's window (energy per item is its energy over them)."""
-    from autotuner.metrics import usd_per_million_items
 
     # Items: batch items for timed runners, generated tokens for LLM serving.
     items_s = metrics.get("throughput_items_s", metrics.get("output_tokens_s"))
@@ -61,7 +67,6 @@ def derived(
 
 def _energy_chosen(spec: Spec) -> bool:
     """Whether an energy figure is an objective or a constraint of the spec."""
-    from autotuner.measure.harness import ENERGY_METRICS
 
     named = [o.metric for o in spec.objectives] + [c.metric for c in spec.constraints]
     return any(m in ENERGY_METRICS for m in named)
@@ -88,11 +93,6 @@ class BatchScenario(Scenario):
         self.runner = runner
 
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult:
-        from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
-        from autotuner.models.artifacts import accuracy_inputs, reference_outputs
-        from autotuner.models.builtins import model_inputs
-        from autotuner.models.inputs import chunks, make_inputs
-
         spec, runner = self.spec, self.runner
         batch_size = int(runner.value(runner.config, "batch_size"))
         specs = model_inputs(spec)
@@ -137,8 +137,6 @@ class ServingScenario(Scenario):
         self.caps = caps
 
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult:
-        from autotuner.measure.serving_trial import run_serving_trial
-
         result = run_serving_trial(self.spec, self.config, device, self.caps, probe, block_s)
         return dataclasses.replace(result, metrics=derived(self.spec, result.metrics, probe))
 
@@ -152,8 +150,6 @@ class WorkloadScenario(Scenario):
         self.runner = runner
 
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult:
-        from autotuner.measure.load import LoadMeter
-
         runner = self.runner
         runner.window = probe  # the runner marks its timed part
         runner.block_s = block_s  # a race block measures its own load level only (search.ladder)

@@ -17,22 +17,25 @@ from typing import Any
 import numpy as np
 
 from autotuner.errors import UnsupportedConfig
+from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
 from autotuner.measure.arrivals import from_trace, poisson
 from autotuner.measure.build import checked_class
 from autotuner.measure.harness import keep
 from autotuner.measure.load import LoadMeter
 from autotuner.measure.serving import Lane, Server, find_max_rate, meets_slo, split_cores, summarize
+from autotuner.models.artifacts import accuracy_inputs, reference_outputs
+from autotuner.models.builtins import model_inputs
+from autotuner.models.inputs import chunks, make_inputs
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, TimedRunner, backend_of, host_peak_rss_mb
 from autotuner.spec.schema import Spec
+from autotuner.spec.trace import read_trace
 
 
 class RunnerInstance:
     """A timed runner as a serving instance: a step per batch size, prepared on first use."""
 
     def __init__(self, runner: TimedRunner, spec: Spec) -> None:
-        from autotuner.models.builtins import model_inputs
-
         self.runner = runner
         self.spec = spec
         self.specs = model_inputs(spec)
@@ -44,8 +47,6 @@ class RunnerInstance:
     def run(self, rows: int) -> None:
         step = self.steps.get(rows)
         if step is None:
-            from autotuner.models.inputs import make_inputs
-
             step = self.steps[rows] = self.runner.prepare(make_inputs(self.specs, rows, self.spec.data_seed))
         with self.runner.instance_stream():
             step()
@@ -73,9 +74,6 @@ def run_serving_trial(
     block_s: float | None,
 ) -> TrialResult:
     """Setup, the load (and the max-rate bisection), then the accuracy check (a search trial only)."""
-    from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
-    from autotuner.models.artifacts import accuracy_inputs, reference_outputs
-    from autotuner.models.inputs import chunks
 
     s = spec.serving
     assert s is not None, "bound specs with scenario serving have a serving section"
@@ -185,8 +183,6 @@ def measure_load(
         metrics = one(fixed)
         point(s.rate_rps, fixed)
     elif s.trace is not None:
-        from autotuner.spec.trace import read_trace
-
         metrics = one(
             server.run_open(from_trace(read_trace(spec.resolve(s.trace)), s.duration_s, s.requests))
         )

@@ -66,7 +66,7 @@ class NvmlGpu:
         """The GPU the trial's CUDA device `cuda_index` is, or None and why not."""
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml as nvml  # noqa: PLC0415 (heavy: pynvml)
             except ImportError:
                 return None, "no NVML: pip install 'autotune[gpu]' (nvidia-ml-py) for GPU telemetry"
         try:

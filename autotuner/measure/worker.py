@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from autotuner.errors import UnsupportedConfig
+from autotuner.measure.accuracy import ReferenceMismatch
 from autotuner.measure.build import build
 from autotuner.measure.scenarios import BatchScenario, Scenario, ServingScenario, WorkloadScenario
 from autotuner.measure.telemetry import probe_for
 from autotuner.models.tasks import TaskMetricError
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device, TimedRunner, WorkloadRunner
+from autotuner.spec.loading import parse_spec
 from autotuner.spec.schema import Spec
+from autotuner.watchdog import arm
 
 _OOM_MARKERS = (
     "out of memory",
@@ -77,7 +80,6 @@ def run_trial(
 ) -> TrialResult:
     """One measurement block of a config in this fresh process (see `Scenario`); whatever goes
     wrong becomes a classified failure."""
-    from autotuner.measure.accuracy import ReferenceMismatch
 
     pin(device, config)
     probe = probe_for(device)  # before setup: the GPU memory baseline
@@ -95,10 +97,7 @@ def run_trial(
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 6 and argv[3] == "--watch":
-        from autotuner.watchdog import arm
-
         arm(int(argv[4]), float(argv[5]))  # first: before a model can hang or start anything
-    from autotuner.spec.loading import parse_spec
 
     request = json.loads(Path(argv[1]).read_text())
     out_path = Path(argv[2])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,14 @@ import numpy as np
 
 from autotuner.errors import AutotuneError
 from autotuner.files import atomic_write, cache_dir
+from autotuner.models.builtins import build_torch_model, model_inputs
+from autotuner.models.dataset import calibration_batches, data_sets, model_batch
+from autotuner.models.identity import artifact_key
+from autotuner.models.inputs import chunks, make_inputs
+from autotuner.models.quantization import quantize_onnx, variant_name
 from autotuner.spec.loading import parse_spec, public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.subprocesses import ChildFailed, run_module
 
 OPSET = 17
 
@@ -31,15 +38,11 @@ OPSET = 17
 def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -> Path:
     """The ONNX file for a precision, made on first use; static int8 takes its settings
     (models.quantization.settings_of) and is calibrated on the data's calibration set."""
-    from autotuner.models.identity import artifact_key
 
     if spec.model.onnx is not None and precision == "fp32":
         return spec.resolve(spec.model.onnx)
     variant = precision
     if precision == "int8":
-        from autotuner.models.dataset import data_sets
-        from autotuner.models.quantization import variant_name
-
         if quant is None or spec.data is None:
             raise AutotuneError("static int8 needs its calibration settings and the spec's data")
         variant = variant_name(quant, data_sets(spec).sha256)
@@ -59,11 +62,7 @@ def quantization_record(path: Path) -> dict[str, Any]:
 
 
 def reference_outputs(spec: Spec) -> np.ndarray:
-    from autotuner.models.identity import artifact_key
-
     if spec.data is not None:
-        from autotuner.models.dataset import data_sets
-
         sets = data_sets(spec)
         name = (
             f"{artifact_key(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
@@ -79,19 +78,13 @@ def reference_outputs(spec: Spec) -> np.ndarray:
 def accuracy_inputs(spec: Spec) -> dict[str, np.ndarray]:
     """The samples every config's accuracy is checked on: the data's evaluation set, else seeded
     random samples (a seed apart from the timed batch); the same for every config."""
-    from autotuner.models.builtins import model_inputs
-    from autotuner.models.inputs import make_inputs
 
     if spec.data is not None:
-        from autotuner.models.dataset import data_sets, model_batch
-
         return model_batch(data_sets(spec).evaluation, model_inputs(spec))
     return make_inputs(model_inputs(spec), spec.accuracy.samples, spec.data_seed + 1)
 
 
 def _in_child(kind: str, spec: Spec, extra: dict[str, Any]) -> None:
-    from autotuner.subprocesses import ChildFailed, run_module
-
     try:
         run_module("autotuner.models.artifacts", {"kind": kind, "spec": public_spec_dict(spec), **extra})
     except ChildFailed as e:
@@ -104,13 +97,13 @@ def _export(spec: Spec, precision: str, path: Path, quant: dict[str, Any] | None
         return
     source = onnx_path(spec, "fp32")
     if precision == "fp16":
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        import onnx  # noqa: PLC0415 (heavy: onnx)
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415 (heavy: onnxruntime)
 
         model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
         atomic_write(path, lambda tmp: onnx.save(model, tmp), ".onnx")
     elif precision == "int8-dynamic":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 (heavy: onnxruntime)
 
         atomic_write(
             path,
@@ -129,8 +122,6 @@ def _export(spec: Spec, precision: str, path: Path, quant: dict[str, Any] | None
 
 def write_static_int8(spec: Spec, source: Path, path: Path, quant: dict[str, Any]) -> dict[str, Any]:
     """Calibrate on the data's calibration set and write the QDQ model to `path` (atomically)."""
-    from autotuner.models.dataset import calibration_batches, data_sets
-    from autotuner.models.quantization import quantize_onnx
 
     sets = data_sets(spec)
     calibration = calibration_batches(spec)
@@ -144,12 +135,7 @@ def write_static_int8(spec: Spec, source: Path, path: Path, quant: dict[str, Any
 
 
 def _export_fp32(spec: Spec, path: Path) -> None:
-    import warnings
-
-    import torch
-
-    from autotuner.models.builtins import build_torch_model, model_inputs
-    from autotuner.models.inputs import make_inputs
+    import torch  # noqa: PLC0415 (heavy: torch)
 
     model = build_torch_model(spec)
     specs = model_inputs(spec)
@@ -178,10 +164,7 @@ def _export_fp32(spec: Spec, path: Path) -> None:
 def _reference(spec: Spec, path: Path) -> None:
     inputs = accuracy_inputs(spec)
     if spec.model.onnx is not None:
-        import onnxruntime as ort
-
-        from autotuner.models.builtins import model_inputs
-        from autotuner.models.inputs import chunks
+        import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
         sess = ort.InferenceSession(str(onnx_path(spec, "fp32")), providers=["CPUExecutionProvider"])
         # A model exported with a fixed batch takes the samples in batches of exactly that size.
@@ -198,9 +181,7 @@ def _reference(spec: Spec, path: Path) -> None:
             ]
             out = np.concatenate(outs)
     else:
-        import torch
-
-        from autotuner.models.builtins import build_torch_model, model_inputs
+        import torch  # noqa: PLC0415 (heavy: torch)
 
         model = build_torch_model(spec)
         with torch.inference_mode():

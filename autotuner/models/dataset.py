@@ -10,6 +10,7 @@ study exists: `check_data` runs in the driver.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from autotuner.files import atomic_write, cache_dir
+from autotuner._version import __version__
+from autotuner.files import atomic_write, cache_dir, content_sha256
+from autotuner.models.builtins import _on_path, minilm_tokenizer, model_inputs
+from autotuner.models.quantization import batches
+from autotuner.models.versions import library_versions
 from autotuner.spec.fields import FieldError
 from autotuner.spec.schema import InputSpec, Spec
 
@@ -65,8 +70,6 @@ def model_batch(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dic
 
 def calibration_batches(spec: Spec) -> list[dict[str, np.ndarray]]:
     """The calibration set in batches of CALIBRATION_BATCH, as the model takes them."""
-    from autotuner.models.builtins import model_inputs
-    from autotuner.models.quantization import batches
 
     specs = model_inputs(spec)
     return [model_batch(b, specs) for b in batches(data_sets(spec).calibration)]
@@ -83,7 +86,6 @@ _READ: dict[Path, DataSets] = {}  # this process's sets by cache file: a trial a
 
 def data_sets(spec: Spec) -> DataSets:
     """The calibration and evaluation sets, from the cache or made (and cached) now."""
-    from autotuner.models.builtins import model_inputs
 
     assert spec.data is not None
     specs = model_inputs(spec)
@@ -165,9 +167,6 @@ def _read_jsonl(path: Path, specs: list[InputSpec], where: tuple[str | int, ...]
 
 def _from_factory(spec: Spec, where: tuple[str | int, ...]) -> dict[str, np.ndarray]:
     """The factory's batches (dicts of arrays, batch axis as the inputs say), joined."""
-    import importlib
-
-    from autotuner.models.builtins import _on_path
 
     assert spec.data is not None and spec.data.factory is not None
     mod_name, _, fn_name = spec.data.factory.partition(":")
@@ -195,7 +194,6 @@ def _sentences(spec: Spec, where: tuple[str | int, ...]) -> dict[str, np.ndarray
         raise FieldError(
             where, "sentences are tokenized with the minilm model's tokenizer; the model is not minilm"
         )
-    from autotuner.models.builtins import minilm_tokenizer
 
     pairs, texts = [], []
     for line in SENTENCES.read_text(encoding="utf-8").splitlines():
@@ -343,7 +341,6 @@ def _content_hash(arrays: Mapping[str, np.ndarray]) -> str:
 
 def _cache_key(spec: Spec, specs: list[InputSpec]) -> str:
     """What the sets depend on: the source's content (or code), the inputs and the split."""
-    from autotuner._version import __version__
 
     data = spec.data
     assert data is not None
@@ -369,7 +366,6 @@ def data_digest(spec: Spec) -> str:
     trial), else found now. A file: its content; the builtin sentences: the shipped file and the
     tokenizer's package; a factory: the samples it returns (it is called: its code may read
     anything)."""
-    from autotuner.files import content_sha256
 
     if spec.data_digest is not None:
         return spec.data_digest
@@ -380,14 +376,12 @@ def data_digest(spec: Spec) -> str:
         return content_sha256(path) if path.is_file() else "unreadable"  # reading it says why
     if data.factory is not None:
         return _factory_samples(spec)[0]
-    from autotuner.models.versions import library_versions
 
     return hashlib.sha256(f"{content_sha256(SENTENCES)}:{library_versions()}".encode()).hexdigest()
 
 
 def _factory_samples(spec: Spec) -> tuple[str, dict[str, np.ndarray]]:
     """The factory's checked samples and their content hash, read once in this process."""
-    from autotuner.models.builtins import model_inputs
 
     specs = model_inputs(spec)
     key = json.dumps(

@@ -14,23 +14,21 @@ import json
 import os
 import shutil
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from autotuner.files import cache_dir
+from autotuner.models.builtins import TINY_LLAMA_DEFAULTS, tiny_llama
 
 FOLDER_VERSION = 1  # bump when what the folder holds changes
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {"torch": version("torch"), "transformers": version("transformers")}
 
 
 def folder_key(options: dict[str, Any]) -> str:
-    from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
-
     o = {**TINY_LLAMA_DEFAULTS, **options}
     blob = json.dumps({"options": o, "versions": _versions(), "v": FOLDER_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -47,7 +45,6 @@ def tiny_llama_folder(options: dict[str, Any]) -> Path:
     path = tiny_llama_folder_path(options)
     if (path / "config.json").exists():
         return path
-    from autotuner.models.builtins import tiny_llama
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

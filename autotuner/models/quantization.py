@@ -20,7 +20,12 @@ attention mask) gave a worst-sample cosine of 0.16 on real sentences.
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
+import logging
 import re
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +82,6 @@ def settings_of(value: Callable[[dict[str, Any], str], Any], config: dict[str, A
 
 def variant_name(settings: dict[str, Any], data_sha256: str) -> str:
     """The cache name of a quantized model: its settings and the calibration data."""
-    import hashlib
 
     exclude = settings["exclude"]
     if exclude.startswith("re:"):
@@ -115,9 +119,8 @@ def excluded_onnx_nodes(model: Any, exclude: str) -> list[str]:
 @functools.cache
 def entropy_refusal() -> str | None:
     """Why this onnxruntime cannot calibrate by entropy as autotune does, or None."""
-    import inspect
 
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import quantize_static  # noqa: PLC0415 (heavy: onnxruntime)
 
     if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
         return None
@@ -134,18 +137,16 @@ def quantize_onnx(
 
     `calibration`: the calibration set in batches, as the model takes them.
     """
-    import logging
-    import tempfile
 
-    import onnx
-    from onnxruntime.quantization import (
+    import onnx  # noqa: PLC0415 (heavy: onnx)
+    from onnxruntime.quantization import (  # noqa: PLC0415 (heavy: onnxruntime)
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
-    )
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    )  # noqa: PLC0415 (heavy: onnxruntime)
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data  # noqa: PLC0415 (heavy: onnxruntime)
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -210,10 +211,9 @@ def quantize_torch(
     """Static INT8 of the model's Linear layers in eager mode, in place: each runs int8 weights on
     an int8 input whose scale the calibration set fixed (QuantWrapper: quantize, int8 linear,
     dequantize). `calibration` yields positional input tuples."""
-    import warnings
 
-    import torch
-    import torch.ao.quantization as tq
+    import torch  # noqa: PLC0415 (heavy: torch)
+    import torch.ao.quantization as tq  # noqa: PLC0415 (heavy: torch)
 
     act = tq.MinMaxObserver if settings["calibration"] == "minmax" else tq.HistogramObserver
     weight = (

@@ -13,6 +13,7 @@ import importlib.util
 from pathlib import Path
 
 from autotuner.models.builtins import _on_path
+from autotuner.models.dataset import check_data
 from autotuner.spec.schema import FieldError, Spec
 
 
@@ -31,8 +32,6 @@ def check_source(spec: Spec) -> None:
     if spec.accuracy.metric is not None:
         _factory(spec, spec.accuracy.metric, ("accuracy", "metric"))
     if spec.data is not None:
-        from autotuner.models.dataset import check_data
-
         check_data(spec)  # reads and splits it once; the trials read the cached sets
 
 
@@ -107,7 +106,7 @@ def _onnx(spec: Spec, path: Path) -> None:
         raise FieldError(where, f"no such file: {path}")
     if not path.is_file():
         raise FieldError(where, f"{path} is not a file")
-    import onnx
+    import onnx  # noqa: PLC0415 (heavy: onnx)
 
     try:
         model = onnx.load_model(str(path), load_external_data=False)

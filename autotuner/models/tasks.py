@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from autotuner.models.builtins import _on_path
 from autotuner.spec.schema import Spec
 
 
@@ -69,7 +70,6 @@ def paraphrase_mrr(outputs: np.ndarray, evaluation: Mapping[str, np.ndarray]) ->
 
 def load_metric(spec: Spec) -> Callable[..., Any]:
     """The accuracy.metric function (imported from the spec's folder, the current one or sys.path)."""
-    from autotuner.models.builtins import _on_path
 
     target = spec.accuracy.metric
     assert target is not None

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,10 @@ import optuna
 from autotuner._version import __version__
 from autotuner.errors import UsageError
 from autotuner.files import atomic_write, atomic_write_text, file_sha256
+from autotuner.models.artifacts import onnx_path
+from autotuner.models.builtins import model_inputs
+from autotuner.models.dataset import data_sets
+from autotuner.models.quantization import settings_of
 from autotuner.report.best_config import BestConfig
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
@@ -184,8 +190,6 @@ def _data_evidence(
         # As the trial recorded it; else read now (a study from before trials recorded it).
         out["data"] = dict(info.get("data") or {})
         if not out["data"]:
-            from autotuner.models.dataset import data_sets
-
             try:
                 out["data"] = data_sets(spec).summary(spec)
             except Exception as e:  # noqa: BLE001 - not readable here: say so, keep the rest
@@ -219,7 +223,6 @@ def _r(v: Any) -> Any:
 
 def vllm_serve(spec: Spec, config: dict[str, Any]) -> str:
     """`vllm serve MODEL --block-size 16 ...` from a vLLM study's chosen parameters."""
-    import shlex
 
     if backend_of(config) == "vllm":  # the vllm runner's own server line, with its environment
         serve_command = getattr(runner_for("vllm"), "serve_command", None)
@@ -264,7 +267,6 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
     A torch (or command, llm) winner is refused rather than exported to ONNX: its measurements
     belong to the engine it ran, and an ONNX Runtime session would be another one.
     """
-    from autotuner.models.artifacts import onnx_path
 
     backend = backend_of(config)
     runner = runner_for(backend)
@@ -278,7 +280,6 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
     precision = str(runner.value(config, "precision"))
     quant = None
     if precision == "int8":  # the calibrated QDQ model (TensorRT too: explicit quantization)
-        from autotuner.models.quantization import settings_of
 
         quant = settings_of(runner.value, config)
     elif first == TENSORRT_PROVIDER:
@@ -290,8 +291,6 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
 
 
 def input_shapes(spec: Spec, batch_size: int) -> dict[str, list[int]]:
-    from autotuner.models.builtins import model_inputs
-
     return {s.name: [batch_size if d == "batch" else int(d) for d in s.shape] for s in model_inputs(spec)}
 
 
@@ -309,7 +308,6 @@ def ort_config(
 ) -> dict[str, Any]:
     """The `--format ort` JSON: providers in order with their options, session options (enum
     members by name), io_binding and the recipe of the model file, which lies beside it."""
-    from autotuner.models.builtins import model_inputs
 
     config = chosen_config(study, pick)
     batch = int(config.get("batch_size", 1))
@@ -357,8 +355,6 @@ def fallback_note(providers: list[dict[str, Any]]) -> str:
 
 def write_ort(spec: Spec, study: optuna.Study, pick: Pick, path: Path) -> Path:
     """PATH (JSON) and the ONNX file it names beside it (PATH less .json, plus .onnx)."""
-    import json
-    import shutil
 
     dep = onnx_deployment(spec, chosen_config(study, pick), "ort")
     model = path.with_name(path.name.removesuffix(".json") + ".onnx")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial
 
 from autotuner.metrics import is_number
@@ -269,7 +270,6 @@ def history(data: StudyData) -> Figure | None:
     feas = [t for t in ts if data.is_feasible(t)]
     if not feas:
         return None
-    from optuna._hypervolume import compute_hypervolume
 
     losses = np.array([signs * np.array(t.values) for t in feas])
     span = losses.max(axis=0) - losses.min(axis=0)

@@ -22,31 +22,31 @@ class ExportFormat(NamedTuple):
 
 
 def _yaml(spec: Any, study: Any, pick: Any, target: Path, url: str) -> Path:
-    from autotuner.report.export import best_config
+    from autotuner.report.export import best_config  # noqa: PLC0415 (keeps `autotune --help` light)
 
     return best_config(spec, study, pick, url).write(target)
 
 
 def _vllm(spec: Any, study: Any, pick: Any, target: Path, url: str) -> str:
-    from autotuner.report.export import vllm_serve
+    from autotuner.report.export import vllm_serve  # noqa: PLC0415 (keeps `autotune --help` light)
 
     return vllm_serve(spec, pick.config)
 
 
 def _triton(spec: Any, study: Any, pick: Any, target: Path, url: str) -> Path:
-    from autotuner.report.triton import write_triton
+    from autotuner.report.triton import write_triton  # noqa: PLC0415 (keeps `autotune --help` light)
 
     return write_triton(spec, study, pick, target)
 
 
 def _ort(spec: Any, study: Any, pick: Any, target: Path, url: str) -> Path:
-    from autotuner.report.export import write_ort
+    from autotuner.report.export import write_ort  # noqa: PLC0415 (keeps `autotune --help` light)
 
     return write_ort(spec, study, pick, target)
 
 
 def _k8s(spec: Any, study: Any, pick: Any, target: Path, url: str, **options: Any) -> Path:
-    from autotuner.report.k8s import write_k8s  # a Deployment and a Service (Triton's repository beside)
+    from autotuner.report.k8s import write_k8s  # noqa: PLC0415 (keeps `autotune --help` light)
 
     return write_k8s(spec, study, pick, target, url, **options)
 

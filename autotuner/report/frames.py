@@ -14,6 +14,7 @@ has a `study` column, so several studies concatenate into one. The estimates are
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from autotuner.files import atomic_write, atomic_write_text
+from autotuner.report import data as report_data
 from autotuner.search.estimates import NOT_LAUNCHED, feasible, front, relative_spread
+from autotuner.search.pick import race_status
 from autotuner.spec.schema import Constraint, Objective, config_key
 from autotuner.study import records as rec
+from autotuner.study.storage import default_url, load_study, redact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,8 +60,6 @@ class Results:
 def results(study: str | list[str], storage: str | None = None) -> Results:
     """The frames of the named stored study (or studies, each at `storage` or its default
     sqlite:///studies/NAME.db). Reads only; nothing is re-measured."""
-    from autotuner.report import data as report_data
-    from autotuner.study.storage import default_url, load_study, redact
 
     names = [study] if isinstance(study, str) else list(study)
     datas = []
@@ -67,7 +70,7 @@ def results(study: str | list[str], storage: str | None = None) -> Results:
 
 
 def frames_of(datas: list[StudyData]) -> Results:
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 (heavy: pandas)
 
     parts = [study_frames(d) for d in datas]
     return Results(
@@ -221,7 +224,6 @@ def config_rows(d: StudyData) -> list[dict[str, Any]]:
 
 def race_rows(d: StudyData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The race as the stored choice recorded it: per candidate, and per candidate and round."""
-    from autotuner.search.pick import race_status
 
     pick = d.pick or {}
     winner = d.winner if d.winner is not None else -2
@@ -261,7 +263,7 @@ def race_rows(d: StudyData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 def study_frames(d: StudyData) -> Results:
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 (heavy: pandas)
 
     cands, rounds = race_rows(d)
     configs = pd.DataFrame(config_rows(d))
@@ -288,9 +290,6 @@ def write_frames(res: Results, path: Path, fmt: str, studies: list[str]) -> list
     """Write the frames: json as one file ({"study", "trials", "configs", ...}); csv and parquet
     as PATH (the trials) and PATH's siblings STEM.configs.EXT, STEM.pareto.EXT, STEM.race.EXT,
     STEM.race_rounds.EXT. Returns the paths written, PATH first."""
-    import json
-
-    from autotuner.files import atomic_write, atomic_write_text
 
     if fmt == "json":
         body = {
@@ -324,8 +323,8 @@ def _parquet(df: pd.DataFrame, tmp: str) -> None:
 
 def _need_pyarrow() -> None:
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow  # noqa: F401, PLC0415 (optional dependency)
     except ImportError as e:
-        from autotuner.errors import UsageError
+        from autotuner.errors import UsageError  # noqa: PLC0415 (optional dependency)
 
         raise UsageError("--format parquet needs pyarrow: pip install pyarrow") from e

@@ -14,16 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from autotuner._version import __version__
+from autotuner.errors import UsageError
+from autotuner.files import atomic_write_text, check_writable
+from autotuner.report import data as report_data
 from autotuner.report import figures as figs
+from autotuner.report import frames
 from autotuner.report.data import StudyData
 from autotuner.report.figures import esc
 from autotuner.report.frames import PARAM, Results, confidence, study_frames
 from autotuner.result import FAILURE_CLASSES
+from autotuner.search.estimates import uses_budget
+from autotuner.spec.schema import Constraint
 from autotuner.study import records as rec
+from autotuner.study.storage import default_url, load_study, redact
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;
@@ -86,7 +94,6 @@ def importances(study: optuna.Study, data: StudyData) -> dict[str, dict[str, flo
     out: dict[str, dict[str, float]] = {}
     if len(data.completed) < 3:
         return out
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     for i, name in enumerate(data.objectives):
         try:
@@ -212,8 +219,6 @@ def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) 
 
 
 def _summary(page: Page, d: StudyData) -> None:
-    from autotuner.spec.schema import Constraint
-
     env = d.environment
     states = Counter(t.state.name.lower() for t in d.trials)
     classes = Counter(rec.failure_class(t) for t in d.trials if rec.failure_class(t))
@@ -278,7 +283,6 @@ def _summary(page: Page, d: StudyData) -> None:
 
 def _budget_used(d: StudyData, budget: Any) -> str:
     """Measurements against the budget; the trials that measured nothing are said apart."""
-    from autotuner.search.estimates import uses_budget
 
     n = sum(1 for t in d.trials if uses_budget(t))
     free = len(d.trials) - n
@@ -436,11 +440,6 @@ def _definitions(page: Page, datas: list[StudyData]) -> None:
 def write_report(studies: list[str], storage: str | None, output: str | Path | None, fmt: str) -> Path:
     """Write the HTML report (several studies: fronts overlaid), or the results frames of the
     studies (report/frames.py) as CSV, JSON or parquet."""
-    from autotuner.errors import UsageError
-    from autotuner.files import atomic_write_text, check_writable
-    from autotuner.report import data as report_data
-    from autotuner.report import frames
-    from autotuner.study.storage import default_url, load_study, redact
 
     if fmt not in ("html", *frames.TABLE_FORMATS):
         raise UsageError(f"--format {fmt!r}: allowed: html, {', '.join(frames.TABLE_FORMATS)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ from typing import Any
 import yaml
 
 from autotuner.errors import UsageError
+from autotuner.files import atomic_write_text
+from autotuner.report.export import best_config, vllm_serve
+from autotuner.report.triton import write_triton
+from autotuner.search.estimates import config_key, pool, relative_spread
+from autotuner.study import records as rec
 
 HEADROOM = 1.25  # memory request = measured peak x 1.25, rounded up to 64 MiB
 MIN_MEMORY_MIB = 256
@@ -127,14 +133,11 @@ def replicas(best: dict[str, Any], target_rps: float | None) -> tuple[int, str]:
 
 
 def vllm_server(spec: Any, best: dict[str, Any], image: str | None) -> Server:
-    from autotuner.report.export import vllm_serve
-
     gpu = uses_gpu(best)
     version = ((best.get("environment") or {}).get("libraries") or {}).get("vllm")
     tag = f"v{version}" if version else "latest"
     settings = (best.get("deploy") or {}).get("vllm") or {}
     env = {str(k): str(v) for k, v in (settings.get("env") or {}).items()}
-    import shlex
 
     words = shlex.split(vllm_serve(spec, best["params"]))
     while words and "=" in words[0] and not words[0].startswith("-"):  # the line's env prefix
@@ -348,8 +351,6 @@ SIZING_METRICS = ("host_rss_mb", "peak_memory_mb", "startup_s", "setup_s", "max_
 def sizing_metrics(study: Any, config: dict[str, Any], confidence: float) -> dict[str, dict[str, Any]]:
     """The chosen config's pooled estimates of what sizes a pod (memory, start-up, rate), as the
     best-config YAML writes its metrics (mean, and the interval where there are two blocks)."""
-    from autotuner.search.estimates import config_key, pool, relative_spread
-    from autotuner.study import records as rec
 
     estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
     est = estimates.get(config_key(config))
@@ -382,16 +383,12 @@ def write_k8s(
     image: str | None = None,
 ) -> Path:
     """PATH (the manifests); for an onnxruntime config, the Triton repository beside it."""
-    from autotuner.files import atomic_write_text
-    from autotuner.report.export import best_config
 
     best = best_config(spec, study, pick, storage_url).to_dict()
     measured = pick.config or best["params"]
     best["metrics"] = {**sizing_metrics(study, measured, pick.confidence), **best["metrics"]}
     repository = ""
     if str(best["params"].get("backend", "")).startswith("onnxruntime-"):
-        from autotuner.report.triton import write_triton
-
         repo_dir = path.with_name(path.name.removesuffix(".yaml") + ".model_repository")
         write_triton(spec, study, pick, repo_dir)
         repository = repo_dir.name

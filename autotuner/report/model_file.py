@@ -10,6 +10,7 @@ from autotuner.errors import UsageError
 from autotuner.execution.capabilities import probe
 from autotuner.files import atomic_write, file_sha256
 from autotuner.models.artifacts import onnx_path, quantization_record
+from autotuner.models.dataset import data_sets
 from autotuner.models.quantization import settings_of
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
@@ -38,7 +39,5 @@ def write_model(spec: Spec, config: dict[str, Any], output: str | Path) -> dict[
     record: dict[str, Any] = {"sha256": file_sha256(out), "precision": precision, "params": config}
     record.update(quantization_record(source))
     if spec.data is not None:
-        from autotuner.models.dataset import data_sets
-
         record["data"] = data_sets(spec).summary(spec)
     return record

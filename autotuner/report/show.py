@@ -10,6 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from autotuner.progress import Progress, fmt_config
+from autotuner.report import data as report_data
+from autotuner.report import frames as fr
 from autotuner.study import records as rec
 from autotuner.study.storage import default_url, load_study, open_storage, redact
 
@@ -82,8 +84,6 @@ def _configs(out: Progress, study: optuna.Study, url: str) -> None:
     apart (with the constraint), then (two or more objectives) the front of the feasible configs'
     pooled estimates. All read from the results frames (report/frames.py): the same estimates
     and front as the run's summary, the report and the best-config YAML."""
-    from autotuner.report import data as report_data
-    from autotuner.report import frames as fr
 
     d = report_data.load(study, redact(url))
     try:

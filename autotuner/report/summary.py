@@ -8,7 +8,7 @@ import optuna
 
 from autotuner.metrics import label
 from autotuner.progress import Progress, fmt_config
-from autotuner.search.estimates import config_key
+from autotuner.search.estimates import config_key, feasible, front, pool, relative_spread
 from autotuner.search.pick import Pick, race_status
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
@@ -16,7 +16,6 @@ from autotuner.study import records as rec
 
 def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progress) -> None:
     """The front of the configs' pooled estimates, the race side by side, and the choice."""
-    from autotuner.search.estimates import feasible, front, pool, relative_spread
 
     estimates = pool(study.get_trials(deepcopy=False), rec.race_blocks(study))
     ok = [e for e in estimates.values() if feasible(e, spec.constraints)[0]]

@@ -21,6 +21,7 @@ import optuna
 
 from autotuner._version import __version__
 from autotuner.files import atomic_write, atomic_write_text
+from autotuner.models.builtins import model_inputs
 from autotuner.report.export import (
     TENSORRT_PROVIDER,
     OnnxDeployment,
@@ -109,9 +110,7 @@ def write_triton(spec: Spec, study: optuna.Study, pick: Pick, repository: Path) 
 
 def tensors(spec: Spec, model: Path) -> tuple[list[Tensor], list[Tensor]]:
     """The inputs as the spec gives them; the outputs as the ONNX graph declares them."""
-    import onnx
-
-    from autotuner.models.builtins import model_inputs
+    import onnx  # noqa: PLC0415 (heavy: onnx)
 
     inputs = [
         Tensor(s.name, DATA_TYPES[s.dtype], [-1 if d == "batch" else int(d) for d in s.shape])

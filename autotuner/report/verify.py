@@ -25,10 +25,16 @@ from autotuner.models.checks import checked_model
 from autotuner.progress import Progress
 from autotuner.report.best_config import BestConfig
 from autotuner.result import TrialResult
+from autotuner.runners.binding import bind
 from autotuner.runners.refusals import refusal
+from autotuner.search.estimates import Block, Estimate, config_key
 from autotuner.search.selection import baseline_config, block_seconds
+from autotuner.search.space import complete
 from autotuner.search.stats import mean_ci, paired_difference
+from autotuner.spec.loading import parse_spec, read_spec
 from autotuner.spec.schema import Spec
+from autotuner.study import records as rec
+from autotuner.study.storage import load_study, redact
 
 MIN_ROUNDS = 3
 
@@ -181,10 +187,6 @@ def resolve_spec(
     """The spec to measure with, and where it came from. A best-config YAML does not hold the spec;
     its provenance names the study, whose storage holds the spec the study ran. --spec overrides;
     --storage says where the study lives when the recorded URL does not reach it."""
-    from autotuner.runners.binding import bind
-    from autotuner.spec.loading import parse_spec, read_spec
-    from autotuner.study import records as rec
-    from autotuner.study.storage import load_study, redact
 
     if spec_path is not None:
         return bind(read_spec(spec_path), spec_path), spec_path
@@ -213,7 +215,6 @@ def resolve_spec(
 
 def arm_config(spec: Spec, best: BestConfig, shown: str) -> dict[str, Any]:
     """The config a best-config YAML names, checked against the spec (its model and parameters)."""
-    from autotuner.search.space import complete
 
     model = spec.model.model_dump(mode="json", exclude_none=True)
     if best.model is not None and best.model != model:
@@ -243,7 +244,6 @@ def measure_arms(
     """One full trial of each arm, then `rounds` interleaved rounds of fixed-time blocks (the
     order alternating: A B, B A, ...). Stops at the first block that fails (its arm's `error`).
     Returns the block seconds (the longer of the two arms' race block lengths)."""
-    from autotuner.search.estimates import Block, Estimate, config_key
 
     def run(arm: Arm, block_s: float | None) -> TrialResult | None:
         meta = {} if block_s is None else {"block_s": block_s}

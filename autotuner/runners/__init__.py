@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from autotuner.runners import base, knobs
+
 __all__ = [
     "DEVICE_RESIDENT",
     "SERVING",
@@ -53,11 +55,7 @@ _KNOBS = ("Knob", "SERVING", "SHARED", "precisions")
 def __getattr__(name: str) -> Any:
     # Lazy: importing one submodule (runners.knobs, runners.registry) does not load the base.
     if name in _KNOBS:
-        from autotuner.runners import knobs
-
         return getattr(knobs, name)
     if name in __all__:
-        from autotuner.runners import base
-
         return getattr(base, name)
     raise AttributeError(name)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autotuner.models.builtins import BUILTINS
 from autotuner.runners.base import TimedRunner
 from autotuner.runners.knobs import SERVING_KNOBS, SHARED_KNOBS
 from autotuner.runners.registry import all_backends, all_knobs, load, runners
 from autotuner.spec.loading import field_error, validate
 from autotuner.spec.schema import FieldError, ParamSpec, Spec
+from autotuner.spec.trace import TraceError, read_trace
 
 if TYPE_CHECKING:
     from autotuner.runners.base import Runner
@@ -91,7 +93,6 @@ _COUNTS = {"batch_size": 1 << 24, "threads": 4096, "max_batch_size": 1 << 24, "i
 
 def _scenario(spec: Spec, classes: list[type[Runner]]) -> None:
     """The serving scenario: its knobs only with it, timed runners only, a trace that parses."""
-    from autotuner.spec.trace import TraceError, read_trace
 
     space = spec.space
     if spec.scenario != "serving":
@@ -225,8 +226,6 @@ def _baseline(spec: Spec) -> None:
 
 
 def _model(spec: Spec) -> None:
-    from autotuner.models.builtins import BUILTINS
-
     v = spec.model.builtin
     if v is not None and v not in BUILTINS:
         raise FieldError(

@@ -12,6 +12,7 @@ and, for those that do not, what ONNX Runtime printed.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -29,7 +30,7 @@ def load_ort_libraries(ort: Any = None) -> str:
     if _loaded is not None:
         return _loaded
     if ort is None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
     done: list[str] = []
     if not set(GPU_PROVIDERS) & set(ort.get_available_providers()):
         _loaded = "nothing to load: this onnxruntime has no GPU provider"
@@ -40,7 +41,7 @@ def load_ort_libraries(ort: Any = None) -> str:
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:  # onnxruntime < 1.21: torch, imported first, loads the CUDA wheels
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401, PLC0415 (heavy: torch)
 
             done.append("torch imported first (onnxruntime has no preload_dlls)")
         except ImportError:
@@ -58,7 +59,6 @@ def load_ort_libraries(ort: Any = None) -> str:
 def _load_tensorrt_libs() -> str | None:
     """dlopen libnvinfer* from the tensorrt wheel's `tensorrt_libs` folder (global symbols, so
     that the TensorRT provider's own dlopen finds them), or None when that wheel is absent."""
-    import importlib.util
 
     spec = importlib.util.find_spec("tensorrt_libs")
     if spec is None or not spec.submodule_search_locations:
@@ -75,7 +75,7 @@ def _load_tensorrt_libs() -> str | None:
 
 
 def _one_node_model() -> bytes:
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper  # noqa: PLC0415 (heavy: onnx)
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
@@ -90,7 +90,7 @@ def provider_load_probe(ort: Any = None) -> dict[str, Any]:
     whose session really has them (`ort_providers_loaded`, CPU always) and, for each that did
     not load, the text ONNX Runtime printed (`ort_provider_errors`)."""
     if ort is None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
     built = list(ort.get_available_providers())
     loaded = [p for p in built if p not in GPU_PROVIDERS]
     errors: dict[str, str] = {}

@@ -64,8 +64,6 @@ class Session:
 def sized_budget(spec: Spec, trials: int) -> int:
     """The trial budget: as asked, or the size of a grid that holds fewer configs."""
     if spec.sampler.type == "grid":
-        from autotuner.search.space import grid_size
-
         size = grid_size(spec)
         if size is not None and size < trials:
             return size

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.metrics import is_number
@@ -199,7 +200,6 @@ def trial_feasible(trial: FrozenTrial) -> bool:
 
 def trial_front(trials: list[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
     """Trials no other trial dominates (the report's per-trial scatter), first of each config."""
-    import numpy as np
 
     if not trials:
         return []

@@ -13,15 +13,27 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
-from autotuner.search.estimates import Block, Estimate, config_key, feasible, reaches, relative_spread
+from autotuner.search.estimates import (
+    Block,
+    Estimate,
+    config_key,
+    feasible,
+    is_measurement,
+    reaches,
+    relative_spread,
+    trial_block,
+)
 from autotuner.search.pick import Rule
-from autotuner.search.space import all_configs, random_config
+from autotuner.search.space import all_configs, neighbors, random_config
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
 
@@ -62,7 +74,6 @@ class Arms:
 
     def update(self, trials: list[FrozenTrial]) -> None:
         """Take in the finished trials not seen yet (another driver sharing the study, too)."""
-        from autotuner.search.estimates import is_measurement, trial_block
 
         for t in trials:
             if t.number in self.seen or not t.state.is_finished():
@@ -179,7 +190,6 @@ class Arms:
     def next_neighbor(self, runnable: Any, k: int = 3) -> dict[str, Any] | None:
         """An unmeasured, runnable neighbour of one of the k best diverse configs, taken in turn
         (the best's first neighbour, then the second's, ...)."""
-        from autotuner.search.space import neighbors
 
         lists = [neighbors(self.spec, e.config) for e in self.diverse_leaders(k)]
         self.turn = getattr(self, "turn", -1) + 1
@@ -208,9 +218,6 @@ class Arms:
         The model is fitted again once the measured configs have grown by 5% (every time below
         40 of them), and its ranking is reused in between: at 1000 configs a fit costs a quarter
         of a second, and one more measurement barely moves it."""
-        import math
-
-        import numpy as np
 
         space = self._space()
         rows = [
@@ -258,8 +265,6 @@ class Arms:
         return self.first_runnable(ranked, runnable)
 
     def _feats(self, c: dict[str, Any]) -> list[str]:
-        from itertools import combinations
-
         ones = [f"{k}={c[k]!r}" for k in sorted(c) if self.spec.space[k].type != "fixed"]
         return ones + [f"{a}&{b}" for a, b in combinations(ones, 2)]
 
@@ -267,8 +272,6 @@ class Arms:
         """Every config of a finite space with its key and feature ids, computed once (the
         refinement phase asks for them on every trial)."""
         if not hasattr(self, "_every"):
-            import numpy as np
-
             self._pos: dict[str, int] = {}
 
             every = all_configs(self.spec)

@@ -8,6 +8,10 @@ import random
 from typing import Any
 
 from autotuner.progress import fmt_config
+from autotuner.runners.base import backend_of
+from autotuner.runners.registry import all_backends, runner_for
+from autotuner.search.precheck import precheck
+from autotuner.search.space import all_configs, random_config
 from autotuner.spec.fields import FieldError
 from autotuner.spec.schema import Spec
 
@@ -16,8 +20,6 @@ SAMPLES = 2_000
 
 
 def _refusal(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
-    from autotuner.search.precheck import precheck
-
     known = precheck(spec, config, caps, [])
     if known is None or known.failure_class != "unsupported":
         return None  # runs (or is refused only by the machine's memory, which a trial measures)
@@ -26,7 +28,6 @@ def _refusal(spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | 
 
 def check_runnable(spec: Spec, caps: dict[str, Any]) -> None:
     """FieldError at `space` when every config of the space is refused before launch."""
-    from autotuner.search.space import all_configs, random_config
 
     configs = all_configs(spec, limit=SCAN_CONFIGS)
     whole = configs is not None
@@ -54,8 +55,6 @@ def check_runnable(spec: Spec, caps: dict[str, Any]) -> None:
 def _fixes(spec: Spec, config: dict[str, Any], caps: dict[str, Any], most: int = 3) -> list[str]:
     """Single changes to a refused config that make it run: a knob left out, or another value of
     it that its runner offers."""
-    from autotuner.runners.base import backend_of
-    from autotuner.runners.registry import all_backends, runner_for
 
     out: list[str] = []
     for name in config:

@@ -15,6 +15,7 @@ from autotuner.search.estimates import Block, Estimate, config_key, feasible, po
 from autotuner.search.pick import Candidate, Pick, Rule, baseline_gain, pick_winner
 from autotuner.search.precheck import precheck
 from autotuner.search.race import contenders, race_block_record, run_race
+from autotuner.search.space import complete
 from autotuner.spec.schema import Spec, check_rule
 from autotuner.study import records as rec
 
@@ -163,7 +164,6 @@ def baseline_config(spec: Spec) -> dict[str, Any] | None:
     """The spec's baseline as a full config (unset parameters at their first value)."""
     if not spec.baseline:
         return None
-    from autotuner.search.space import complete
 
     return complete(spec, dict(spec.baseline))
 

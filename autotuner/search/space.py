@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from itertools import combinations
 from typing import Any
 
 import optuna
 
+from autotuner.errors import UsageError
 from autotuner.spec.schema import ParamSpec, Spec
 
 
@@ -96,9 +99,9 @@ def _make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed)
     if s.type == "gp":
         try:
-            import scipy  # noqa: F401  - GPSampler's optimizer
+            import scipy  # noqa: F401, PLC0415 - GPSampler's optimizer
         except ImportError:
-            from autotuner.errors import UsageError
+            from autotuner.errors import UsageError  # noqa: PLC0415 (optional dependency)
 
             raise UsageError("sampler.type gp needs SciPy: pip install 'autotune[gp]'") from None
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
@@ -173,7 +176,6 @@ def all_configs(spec: Spec, limit: int = 100_000) -> list[dict[str, Any]] | None
 
 def random_config(spec: Spec, rng: Any) -> dict[str, Any]:
     """A config drawn uniformly per parameter (log-uniform for log ranges), conditions applied."""
-    import math
 
     config: dict[str, Any] = {}
     for name in order(spec.space):
@@ -234,7 +236,6 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
     """n runnable configs that cover the space's values and pairs of values as evenly as they can
     (a greedy pairwise covering design), to start the search instead of n random draws: every
     backend, precision and thread count is seen early, and in combination."""
-    from itertools import combinations
 
     every = all_configs(spec, limit=5_000)
     pool = every if every is not None else [random_config(spec, rng) for _ in range(pool_size)]
@@ -280,7 +281,6 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
 def bench_config(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
     """A full config for `bench`: the given values (type-checked; values outside the searched
     range are fine, bench measures what it is told) over the baseline and the defaults."""
-    from autotuner.errors import UsageError
 
     for k, v in config.items():
         if k not in spec.space:

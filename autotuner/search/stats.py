@@ -24,7 +24,7 @@ def t_quantile(confidence: float, df: float) -> float:
     _check(confidence)
     if not df >= 1:
         return math.inf
-    from scipy.stats import t
+    from scipy.stats import t  # noqa: PLC0415 (heavy: scipy)
 
     return float(t.ppf(0.5 + confidence / 2, df))
 
@@ -33,14 +33,14 @@ def t_quantile(confidence: float, df: float) -> float:
 def normal_quantile(confidence: float) -> float:
     """Two-sided standard normal quantile (the t quantile as df grows without bound)."""
     _check(confidence)
-    from scipy.stats import norm
+    from scipy.stats import norm  # noqa: PLC0415 (heavy: scipy)
 
     return float(norm.ppf(0.5 + confidence / 2))
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with df degrees of freedom."""
-    from scipy.stats import t as student
+    from scipy.stats import t as student  # noqa: PLC0415 (heavy: scipy)
 
     return float(student.cdf(t, df))
 

@@ -7,6 +7,7 @@ back, or, if the driver itself dies first, the next start replays it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -18,10 +19,12 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from autotuner.errors import AutotuneError
 from autotuner.files import cache_dir
 from autotuner.result import TrialResult
+from autotuner.study.records import running_trial
 from autotuner.study.storage import redact
 
 T = TypeVar("T")
@@ -88,7 +91,6 @@ def _reason(e: BaseException, url: str) -> str:
     words = next((w for marker, w in _WORDS if marker in low), None)
     if words is None and isinstance(root, optuna.exceptions.StorageInternalError):
         words = "the database did not take the write"
-    from sqlalchemy.engine import make_url
 
     password = make_url(url).password
     text = text.replace(str(password), "***") if password else text
@@ -98,7 +100,6 @@ def _reason(e: BaseException, url: str) -> str:
 def database_identity(url: str) -> str:
     """The database a URL names: an absolute file for SQLite (a relative path means another
     database in another folder), else the URL without its password."""
-    from sqlalchemy.engine import make_url
 
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
@@ -152,8 +153,6 @@ class Journal:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -170,7 +169,6 @@ def replay(
     say: Callable[[str], None],
 ) -> int:
     """Write results a previous driver kept in its journal but never stored."""
-    from autotuner.study.records import running_trial
 
     n = 0
     for entry in journal.pending():

@@ -21,7 +21,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from autotuner.metrics import is_number
 from autotuner.result import TrialResult
@@ -261,8 +266,6 @@ def start(study: optuna.Study, trial: Trial, config: dict[str, Any], **markers: 
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     tid = trial._trial_id
     with _create_scoped_session(rdb.scoped_session) as session:
@@ -327,8 +330,6 @@ def finish(
             trial.set_constraint(k, v)
         study.tell(trial, values, state=state if state != TrialState.COMPLETE else None)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     if state == TrialState.COMPLETE and (values is None or len(values) != len(study.directions)):
         raise ValueError(f"a COMPLETE trial needs {len(study.directions)} value(s), got {values}")
@@ -375,10 +376,7 @@ def _upsert(rdb: Any, session: Any, model: Any, tid: int, attrs: Mapping[str, An
     dialect = rdb.engine.name
     rows = [{"trial_id": tid, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         stmt = insert(model).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=[model.trial_id, model.key], set_={"value_json": stmt.excluded.value_json}
@@ -391,7 +389,6 @@ def _upsert(rdb: Any, session: Any, model: Any, tid: int, attrs: Mapping[str, An
 
 def _rdb(study: optuna.Study) -> Any:
     """The RDBStorage under Optuna's cache, or None for other storages."""
-    from optuna.storages import RDBStorage
 
     storage = study._storage
     backend = getattr(storage, "_backend", storage)

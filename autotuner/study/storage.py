@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from autotuner._version import __version__
 from autotuner.errors import StudyNotFound, UsageError
+from autotuner.models.dataset import data_sets
 from autotuner.progress import Progress
 from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
@@ -106,7 +107,6 @@ def _data_sha256(spec: Spec) -> str | None:
     """The content hash of the spec's data (read from the cache the model check filled), or None."""
     if spec.data is None:
         return None
-    from autotuner.models.dataset import data_sets
 
     try:
         return data_sets(spec).sha256

@@ -3,10 +3,12 @@ bytes, known before anything is loaded (the precheck's predicted-oom)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from autotuner.backends.llm.config import value
 from autotuner.errors import UsageError
+from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
 from autotuner.spec.schema import Spec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -14,11 +16,8 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 def llama_shape(spec: Spec) -> dict[str, int]:
     """The sizes the memory model needs: from a local HF directory's config.json, or tiny-llama's."""
-    from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
 
     if spec.model.hf is not None:
-        import json
-
         try:
             c = json.loads((spec.resolve(spec.model.hf) / "config.json").read_text())
             heads = int(c["num_attention_heads"])

@@ -4,6 +4,8 @@ by content hash, so that no trial holds two models at once."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -11,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from autotuner.errors import AutotuneError
+from autotuner.files import atomic_write, cache_dir
+from autotuner.models.builtins import tiny_llama
+from autotuner.models.identity import artifact_key
+from autotuner.spec.loading import public_spec_dict
 from autotuner.spec.schema import Spec
+from autotuner.subprocesses import ChildFailed, run_module
 
 REFERENCE_REQUESTS = 4
 REFERENCE_TOKENS = 8
@@ -19,19 +27,18 @@ REFERENCE_TOKENS = 8
 
 def load_causal_lm(spec: Spec) -> Any:
     """The fp32 causal LM: tiny-llama from its seed, or a local Hugging Face directory (offline)."""
-    from autotuner.models.builtins import tiny_llama
 
     if spec.model.hf is None:
         return tiny_llama({**spec.model.options, "seed": spec.model_seed})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers)
 
     return AutoModelForCausalLM.from_pretrained(str(spec.resolve(spec.model.hf)), dtype="float32").eval()
 
 
 def generation_config(max_new: int) -> Any:
     """Greedy decoding of exactly max_new tokens (no end-of-sequence token stops it)."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # noqa: PLC0415 (heavy: transformers)
 
     return GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
 
@@ -45,23 +52,14 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
     """The fp32 model's next-token logits and greedy tokens on the first prompts, made once per
     model, prompts and device in a child process and cached by content hash (like the torch and
     ONNX references): trials only read it, and no trial holds two models at once."""
-    import hashlib
-    import json
-
-    from autotuner.files import cache_dir
 
     prompts = [r.prompt for r in reqs[:REFERENCE_REQUESTS]]
-    from autotuner.models.identity import artifact_key
 
     h = hashlib.sha256()
     h.update(artifact_key(spec).encode())  # the model's content (an HF folder's files), not its path
     h.update(json.dumps([prompts, REFERENCE_TOKENS, device]).encode())
     path = cache_dir() / "llm-reference" / f"{h.hexdigest()[:24]}.npz"
     if not path.exists():
-        from autotuner.errors import AutotuneError
-        from autotuner.spec.loading import public_spec_dict
-        from autotuner.subprocesses import ChildFailed, run_module
-
         payload = {"spec": public_spec_dict(spec), "prompts": prompts, "device": device, "path": str(path)}
         try:
             run_module("autotuner.backends.llm.reference", payload)
@@ -76,10 +74,8 @@ def reference(spec: Spec, reqs: list[Any], device: str) -> dict[str, Any]:
 
 def _make_reference(spec: Spec, prompts: list[list[int]], device: str, path: str) -> None:
     """In the child: the fp32 model with sdpa (flash-attn refuses fp32) and strict fp32 matmuls."""
-    import torch
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    from autotuner.files import atomic_write
+    import torch  # noqa: PLC0415 (heavy: torch)
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: PLC0415 (heavy: transformers)
 
     dev = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":

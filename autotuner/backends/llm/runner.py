@@ -7,6 +7,8 @@ memory model, the fp32 reference and the serving metrics are modules of their ow
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from autotuner.backends.llm.reference import (
     load_causal_lm,
     reference,
 )
-from autotuner.backends.llm.workload import WorkloadSpec
+from autotuner.backends.llm.workload import WorkloadSpec, requests
 from autotuner.runners.base import WorkloadRunner, common_check, host_peak_rss_mb
 from autotuner.runners.knobs import Knob
 from autotuner.spec.schema import Spec
@@ -75,7 +77,7 @@ class LlmRunner(WorkloadRunner):
         return (memory_model(spec, config)["total_bytes"], limit) if limit else None
 
     def setup(self) -> None:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch)
 
         if self.value(self.config, "threads"):
             torch.set_num_threads(int(self.config["threads"]))
@@ -96,7 +98,7 @@ class LlmRunner(WorkloadRunner):
         self.model = model
 
     def _cb_config(self) -> Any:
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: PLC0415 (heavy: transformers)
 
         mm = memory_model(self.spec, self.config)
         self.decode_path, max_blocks = decode_path(
@@ -118,11 +120,6 @@ class LlmRunner(WorkloadRunner):
     _generation_config = staticmethod(generation_config)
 
     def run_workload(self) -> dict[str, float]:
-        import gc
-        import logging
-
-        from autotuner.backends.llm.workload import requests
-
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         reqs = requests(self.spec, self.settings, llama_shape(self.spec)["vocab"])
         precision = self.value(self.config, "precision")
@@ -333,7 +330,7 @@ def _warm_up(manager: Any, reqs: list[Any], timeout_s: float) -> float:
 
 def _count_offloads() -> Callable[[], int]:
     """Count requests the engine evicts to make room (its offloading manager), as preemptions."""
-    from transformers.generation.continuous_batching import offloading_manager as om
+    from transformers.generation.continuous_batching import offloading_manager as om  # noqa: PLC0415 (heavy: transformers)
 
     counter = {"n": 0}
     original = om.OffloadingManager.offload_requests

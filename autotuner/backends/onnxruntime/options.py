@@ -5,12 +5,15 @@ is tested without a GPU; knob defaults come from `config`, never from the runner
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ import numpy as np
 
 from autotuner.backends.onnxruntime.config import CPU, CUDA, PROVIDERS, TENSORRT, value
 from autotuner.errors import UnsupportedConfig
+from autotuner.files import pid_alive
+from autotuner.models.builtins import model_inputs
 from autotuner.spec.schema import Spec
 
 # Stands for the folder a deployment keeps its TensorRT engines in (deploy_settings).
@@ -84,7 +89,6 @@ def profile_shapes(input_shapes: dict[str, tuple[int, ...]]) -> str:
 
 def input_shapes(spec: Spec, batch_size: int) -> dict[str, tuple[int, ...]]:
     """Each input's shape in a trial of this batch size, in the spec's input order."""
-    from autotuner.models.builtins import model_inputs
 
     return {
         s.name: tuple(batch_size if d == "batch" else int(d) for d in s.shape) for s in model_inputs(spec)
@@ -148,7 +152,6 @@ _TRT_DISTRIBUTIONS = (
 
 def tensorrt_version() -> str | None:
     """The TensorRT of the pip wheels, or None (a system TensorRT, or none)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     for name in _TRT_DISTRIBUTIONS:
         try:
@@ -180,9 +183,6 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self, wait_s: float = 300.0, poll_s: float = 0.2) -> bool:
-        import fcntl
-        import time
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait_s
@@ -230,8 +230,6 @@ def publish_engine_dir(tmp: Path, final: Path) -> None:
 
 
 def _remove_stale(final: Path) -> None:
-    from autotuner.files import pid_alive
-
     for sibling in final.parent.glob(f".{final.name}.*{_TMP_SUFFIX}"):
         pid = sibling.name[len(final.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):

@@ -48,11 +48,14 @@ from autotuner.backends.onnxruntime.options import (
     timing_folder_name,
 )
 from autotuner.errors import UnsupportedConfig
-from autotuner.files import file_sha256
-from autotuner.models.quantization import exclude_reason, settings_of
+from autotuner.files import cache_dir, file_sha256
+from autotuner.models.artifacts import onnx_path, quantization_record
+from autotuner.models.quantization import ORT_OPS, entropy_refusal, exclude_reason, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
+from autotuner.runners.gpu_libraries import load_ort_libraries
 from autotuner.runners.knobs import SERVING_KNOBS, Knob
 from autotuner.spec.schema import Spec
+from autotuner.subprocesses import nvidia_smi
 
 # ORT's QDQ fusions (QLinearMatMul and friends) are CPU-provider transforms: the CUDA provider
 # runs DequantizeLinear and then the fp32 kernel, so int8 there is measured as deployed, slower
@@ -96,8 +99,6 @@ class OnnxRuntimeRunner(TimedRunner):
         if reason:
             return reason
         if precision == "int8" and cls.value(config, "calibration") == "entropy":
-            from autotuner.models.quantization import entropy_refusal
-
             reason = entropy_refusal()
             if reason:
                 return reason
@@ -110,14 +111,13 @@ class OnnxRuntimeRunner(TimedRunner):
         return PROVIDERS.get(str(cls.value(config, "backend")), CPU) != CPU
 
     def setup(self) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
 
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
         self.provider = PROVIDERS[backend]
         if self.provider != CPU:  # CUDA / cuDNN / TensorRT of pip wheels, before the session
-            from autotuner.runners.gpu_libraries import load_ort_libraries
 
             load_ort_libraries(ort)
         path = self.model_file = self._model_file(backend, precision)
@@ -160,7 +160,6 @@ class OnnxRuntimeRunner(TimedRunner):
 
     def _model_file(self, backend: str, precision: str) -> Path:
         """The ONNX file this config runs (an int8 variant records how it was quantized)."""
-        from autotuner.models.artifacts import onnx_path, quantization_record
 
         self.quantization: dict[str, Any] | None = None
         if precision == "int8":
@@ -189,7 +188,6 @@ class OnnxRuntimeRunner(TimedRunner):
     ) -> tuple[Path, Path | None]:
         """TensorRT's engine folder (claimed for this build) and the shared timing cache (when
         this process holds its lock); (Path(), None) for the other providers."""
-        from autotuner.files import cache_dir
 
         if self.provider != TENSORRT:
             return Path(), None
@@ -210,7 +208,6 @@ class OnnxRuntimeRunner(TimedRunner):
 
     def _build_env(self) -> dict[str, str | None]:
         """What an engine depends on beyond the model and the options: TensorRT and the GPU."""
-        from autotuner.subprocesses import nvidia_smi
 
         rows = nvidia_smi("gpu", "index,uuid,name")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -330,7 +327,6 @@ class OnnxRuntimeRunner(TimedRunner):
     def device_peak_memory_mb(self) -> float | None:
         if not self._on_gpu:
             return None
-        from autotuner.subprocesses import nvidia_smi
 
         return process_memory_mb(nvidia_smi("compute-apps", "pid,used_memory"), os.getpid())
 
@@ -395,8 +391,6 @@ class OnnxRuntimeRunner(TimedRunner):
                 "weight_type=QuantType.QInt8)"
             )
         elif precision == "int8":
-            from autotuner.models.quantization import ORT_OPS
-
             settings["quantization"] = {
                 "method": "static, QDQ format (onnxruntime.quantization.quantize_static)",
                 **settings_of(cls.value, config),

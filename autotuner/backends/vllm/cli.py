@@ -29,7 +29,7 @@ def _patch_version() -> None:
 
 def main(argv: list[str]) -> None:
     _patch_version()
-    from vllm.entrypoints.cli.main import main as vllm_main
+    from vllm.entrypoints.cli.main import main as vllm_main  # noqa: PLC0415 (heavy: vllm)
 
     sys.argv = ["vllm", *argv]
     vllm_main()

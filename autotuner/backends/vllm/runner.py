@@ -15,7 +15,9 @@ bound to the trial's cores (VLLM_CPU_OMP_THREADS_BIND). A value the engine refus
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import math
 import os
 import tempfile
@@ -23,11 +25,18 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from autotuner.backends.llm.workload import WorkloadSpec
+from autotuner.backends.llm.memory import llama_shape
+from autotuner.backends.llm.reference import REFERENCE_REQUESTS, REFERENCE_TOKENS, reference
+from autotuner.backends.llm.workload import WorkloadSpec, requests
+from autotuner.backends.vllm import client, server
+from autotuner.backends.vllm.client import MODEL_NAME
 from autotuner.backends.vllm.server import API_SERVER, flag_args
 from autotuner.errors import UsageError
+from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
+from autotuner.models.hf_folder import tiny_llama_folder, tiny_llama_folder_path
 from autotuner.runners.base import WorkloadRunner, common_check
 from autotuner.runners.knobs import Knob
 from autotuner.runners.ladder import LADDER, level_of, levels
@@ -179,8 +188,6 @@ class VllmRunner(WorkloadRunner):
     def server_args(
         cls, spec: Spec, config: dict[str, Any], model_dir: Path, settings: VllmSettings
     ) -> list[str]:
-        from autotuner.backends.vllm.client import MODEL_NAME
-
         args = ["--model", str(model_dir), "--served-model-name", MODEL_NAME]
         if not has_tokenizer(model_dir):
             args.append("--skip-tokenizer-init")  # prompts are token ids
@@ -235,7 +242,6 @@ class VllmRunner(WorkloadRunner):
         self, url: str, reqs: list[Any], workload: WorkloadSpec, timeout: float
     ) -> dict[str, float]:
         """vllm.max_rate: the highest Poisson rate that meets the SLOs, bisected on this server."""
-        from autotuner.backends.vllm import client
 
         mr = self.settings.max_rate
         if mr is None:
@@ -256,11 +262,6 @@ class VllmRunner(WorkloadRunner):
         return {"max_rate_rps": rate}
 
     def run_workload(self) -> dict[str, float]:
-        from autotuner.backends.llm.memory import llama_shape
-        from autotuner.backends.llm.reference import REFERENCE_REQUESTS, REFERENCE_TOKENS, reference
-        from autotuner.backends.llm.workload import requests
-        from autotuner.backends.vllm import client, server
-
         workload = WorkloadSpec.model_validate(self.spec.sections.get("workload") or {})
         vocab = llama_shape(self.spec)["vocab"]
         reqs = requests(self.spec, workload, vocab)
@@ -341,9 +342,6 @@ def level_requests(reqs: list[Any], level: dict[str, Any], index: int, seed: int
     has one, draws Poisson arrivals; every level but the first gets its own prompt tokens
     (seeded by its place in the ladder), so that a prefix cache does not carry one level's
     prompts into the next."""
-    import dataclasses
-
-    import numpy as np
 
     if not level:
         return reqs
@@ -377,7 +375,6 @@ def model_dir(spec: Spec, write: bool = True) -> Path:
         if write and not (path / "config.json").exists():
             raise UsageError(f"model.hf: {path} holds no config.json")
         return path
-    from autotuner.models.hf_folder import tiny_llama_folder, tiny_llama_folder_path
 
     options = {**spec.model.options, "seed": spec.model_seed}  # model.seed, never the sampler's
     return tiny_llama_folder(options) if write else tiny_llama_folder_path(options)
@@ -388,8 +385,6 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 def kv_bytes_per_token(spec: Spec, config: dict[str, Any]) -> int:
-    from autotuner.backends.llm.memory import llama_shape
-
     s = llama_shape(spec)
     head_dim = s["hidden"] // s["heads"]
     kv = VllmRunner.value(config, "kv_cache_dtype") or "auto"
@@ -403,14 +398,11 @@ def max_model_len(spec: Spec, config: dict[str, Any]) -> int:
     if given is not None:
         return int(given)
     if spec.model.hf is not None:
-        import json
-
         try:
             c = json.loads((spec.resolve(spec.model.hf) / "config.json").read_text())
             return int(c.get("max_position_embeddings", 2048))
         except (OSError, ValueError):
             return 2048
-    from autotuner.models.builtins import TINY_LLAMA_DEFAULTS
 
     return int({**TINY_LLAMA_DEFAULTS, **spec.model.options}["max_positions"])
 
@@ -447,7 +439,6 @@ def _measure_level(
     """One load level on the running server: its requests, its serving metrics and its own
     /metrics window. Failed requests end the trial only at the level the trial was asked for
     (another level's failures are its failed_requests)."""
-    from autotuner.backends.vllm import client
 
     with client.MetricsSampler(url) as sampler:
         timings, wall = client.run_load(

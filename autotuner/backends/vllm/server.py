@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autotuner.errors import UnsupportedConfig
+from autotuner.watchdog import ENV
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
 STOP_GRACE_S = 10.0
@@ -178,7 +179,6 @@ def start(
     """Start the server, wait until GET /health answers 200; the running Server. A start that
     fails is classified from the engine's words: UnsupportedConfig (with the refused knob values,
     from `knobs`), EngineOutOfMemory, or EngineStartFailed."""
-    from autotuner.watchdog import ENV
 
     port = free_port()
     address = ["--host", "127.0.0.1", "--port", str(port)]
