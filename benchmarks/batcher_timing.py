@@ -1,7 +1,7 @@
 """How late the dynamic batcher's threads are on this machine: the timed bounds that unit tests
 cannot assert (a loaded machine breaks them by chance), measured and compared with what serving
 needs. The rules themselves (when a batch is due) are tested on a fake clock in
-tests/test_serving.py.
+tests/measure/test_serving.py.
 
     python benchmarks/batcher_timing.py
 

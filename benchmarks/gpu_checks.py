@@ -1,6 +1,6 @@
 """What makes a GPU validation row pass: not only that the trial returned, but that it ran where
 and as it says, agrees with fp32 and has plausible NVML figures. Pure functions of a TrialResult
-(and the rows before it), so they are tested without a GPU (tests/test_gpu_checks.py);
+(and the rows before it), so they are tested without a GPU (tests/project/test_gpu_checks.py);
 benchmarks/gpu_validation.py runs the paths and applies them.
 """
 

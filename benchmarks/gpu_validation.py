@@ -147,12 +147,12 @@ LIBRARIES = (
     "flash-attn",
 )
 CUDA_TESTS = (
-    "tests/test_gpu_paths_ort.py",
-    "tests/test_gpu_paths_llm.py",
-    "tests/test_gpu_placement.py",
-    "tests/test_gpu_review_ort.py",
-    "tests/test_gpu_review_llm.py",
-    "tests/test_gpu_review_measurement.py",
+    "tests/backends/test_gpu_paths_ort.py",
+    "tests/backends/test_gpu_paths_llm.py",
+    "tests/execution/test_gpu_placement.py",
+    "tests/backends/test_gpu_review_ort.py",
+    "tests/backends/test_gpu_review_llm.py",
+    "tests/measure/test_gpu_review_measurement.py",
 )
 
 

@@ -14,7 +14,7 @@ SMALL_MODEL = {
     "options": {"layers": 1, "hidden": 64, "heads": 2, "seq_len": 16, "vocab": 200},
 }
 # Tests about other behaviour do not depend on what else runs on the machine: no block counts as
-# measured under foreign load (tests/test_load.py causes load for real and keeps the default).
+# measured under foreign load (tests/measure/test_load.py causes load for real and keeps the default).
 NO_LOAD_CHECK = 8.0
 # Plain random draws: no covering design at the start (it draws runnable configs only) and no
 # refinement at the end, for tests about what the driver does with whatever is proposed.

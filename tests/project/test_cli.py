@@ -23,7 +23,7 @@ def done_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import shutil
 
     d = tmp_path_factory.mktemp("cli")
-    shutil.copy(Path(__file__).parent / "models_for_tests.py", d)
+    shutil.copy(Path(__file__).parents[1] / "models_for_tests.py", d)
     write_spec(d, budget={"trials": 3})
     out = cli("run", "spec.yaml", cwd=d)
     assert out.returncode == 0, out.stderr

@@ -21,7 +21,7 @@ import yaml
 from onnx import numpy_helper
 from test_refused_before_study import _cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"builtin": "tiny-transformer", "options": {"seq_len": 16, "hidden": 64, "layers": 2, "heads": 2}}
 
 

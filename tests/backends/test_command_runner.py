@@ -20,7 +20,7 @@ HOSTILE = "$(touch pwned); `touch pwned2` && rm -rf ./x | cat > pwned3 ; echo 'q
 
 
 def spec_dict(tmp: Path, **command) -> dict:  # noqa: ANN003
-    shutil.copy(Path(__file__).parent / "bench_script.py", tmp / "bench_script.py")
+    shutil.copy(Path(__file__).parents[1] / "bench_script.py", tmp / "bench_script.py")
     return {
         "name": "cmd",
         "model": {"external": "matrix-product"},

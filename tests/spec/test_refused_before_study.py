@@ -19,7 +19,7 @@ import yaml
 from onnx import TensorProto, helper
 from test_spec_errors import CASES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = {
     "name": "q",
@@ -343,5 +343,5 @@ def test_the_default_connect_timeout_applies_without_one_in_the_url(
 
 
 def test_the_corpus_of_malformed_input_holds_150_cases() -> None:
-    # The spec files (tests/test_spec_errors.py), the model sources and the command lines here.
+    # The spec files (tests/spec/test_spec_errors.py), the model sources and the command lines here.
     assert len(CASES) + len(MODEL_CASES) + len(CLI_CASES) + len(STARTED_A_STUDY) >= 150

@@ -25,7 +25,7 @@ from autotuner.progress import Progress
 from autotuner.runners.registry import all_backends, all_knobs
 from autotuner.spec.schema import Spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FILE = "spec.yaml"
 
 # A copy of search_spaces/quickstart.yaml, so that edits to the shipped example do not move these cases.

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 MAX_LINES = 80
-PACKAGE = Path(__file__).resolve().parent.parent / "autotuner"
+PACKAGE = Path(__file__).resolve().parents[2] / "autotuner"
 # "path/inside/autotuner.py:Qualified.name" -> why it may be longer: literal tables only.
 LITERAL_TABLES: dict[str, str] = {}
 

@@ -39,7 +39,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real small studies: two objectives with markup in a parameter value, one objective with a
     failure message holding markup, three objectives, and one where no trial could complete."""
     d = tmp_path_factory.mktemp("report")
-    shutil.copy(Path(__file__).parent / "models_for_tests.py", d)
+    shutil.copy(Path(__file__).parents[1] / "models_for_tests.py", d)
     import os
 
     old = os.getcwd()
@@ -78,7 +78,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         run(one, progress=QUIET)
         # A parameter value that only an external program reads may be any text, markup too
         # (the torch and onnxruntime knobs take closed sets, refused when the spec is loaded).
-        shutil.copy(Path(__file__).parent / "bench_script.py", d)
+        shutil.copy(Path(__file__).parents[1] / "bench_script.py", d)
         markup = write_spec(
             d,
             "markup.yaml",

@@ -20,7 +20,7 @@ from helpers import write_spec
 import autotuner
 from autotuner.progress import Progress
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # fp32 on torch matches its own fp32 reference exactly (cosine 1); int8-dynamic cannot.
 BOUND = "accuracy_cosine >= 0.999999"
 QUIET = Progress(quiet=True)

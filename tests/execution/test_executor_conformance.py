@@ -28,7 +28,7 @@ from autotuner.execution import Executor, TrialRequest, make_executor, stop_work
 from autotuner.execution.replay import ReplayExecutor, load_landscape
 from autotuner.spec.schema import Spec
 
-LANDSCAPE = Path(__file__).parent.parent / "benchmarks" / "landscapes" / "tiny.jsonl"
+LANDSCAPE = Path(__file__).parents[2] / "benchmarks" / "landscapes" / "tiny.jsonl"
 RAY_CPUS = 2
 MISBEHAVING = {
     "model": {"factory": "models_for_tests:misbehaving"},

@@ -130,7 +130,7 @@ def _one_trial_spec(runner: str, tmp: Path) -> tuple[dict[str, Any], dict[str, A
         backend = "torch-eager" if runner == "torch" else "onnxruntime-cpu"
         return make_spec_dict(), {"backend": backend, "batch_size": 2, "threads": 1}
     if runner == "command":
-        shutil.copy(Path(__file__).parent / "bench_script.py", tmp / "bench_script.py")
+        shutil.copy(Path(__file__).parents[1] / "bench_script.py", tmp / "bench_script.py")
         spec = make_spec_dict(
             model={"external": "matrix"},
             space={"backend": "command", "size": [16]},

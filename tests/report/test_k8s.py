@@ -21,7 +21,7 @@ from autotuner.report.k8s import HEADROOM
 
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 QUIET = Progress(quiet=True)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

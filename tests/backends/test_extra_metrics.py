@@ -23,7 +23,7 @@ from autotuner.errors import SpecError
 from autotuner.metrics import METRICS, RESERVED_NAMES
 from autotuner.progress import Progress
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FILE = "spec.yaml"
 ALLOWED = ", ".join(METRICS)
 

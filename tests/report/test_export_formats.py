@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from helpers import SMALL_MODEL, make_spec_dict, write_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
-EXPORTS_DOC = Path(__file__).parent.parent / "docs" / "exports.md"
+EXPORTS_DOC = Path(__file__).parents[2] / "docs" / "exports.md"
 SEQ = SMALL_MODEL["options"]["seq_len"]
 LABELS = 8  # the tiny transformer's classifier head (its default labels)
 # The TensorRT accelerator keys Triton's onnxruntime_backend accepts (any other fails the load);
