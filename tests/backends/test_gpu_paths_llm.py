@@ -145,18 +145,17 @@ def test_the_reference_is_fp32_sdpa_and_matches_a_plain_forward(tmp_path: Path, 
 
 
 def test_the_reference_is_made_once_in_a_child_and_cached(tmp_path: Path, monkeypatch) -> None:
-    import autotuner.subprocesses
     from autotuner.backends.llm.workload import requests
 
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
     children: list[str] = []
-    run_module = autotuner.subprocesses.run_module
+    run_module = lref.run_module
 
     def counted(module: str, *a: Any, **k: Any) -> str:
         children.append(module)
         return run_module(module, *a, **k)
 
-    monkeypatch.setattr(autotuner.subprocesses, "run_module", counted)
+    monkeypatch.setattr(lref, "run_module", counted)  # the name the reference module calls
     spec = spec_from_dict(llm_spec())
     reqs = requests(spec, LlmRunner.settings_of(spec), MODEL["options"]["vocab"])
     first = lref.reference(spec, reqs, "cpu")
