@@ -232,6 +232,10 @@ def neighbors(spec: Spec, config: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# How much more an uncovered pair with a conditional parameter's value weighs in the covering start.
+CONDITIONAL_PAIR_WEIGHT = 3
+
+
 def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int = 300) -> list[dict[str, Any]]:
     """n runnable configs that cover the space's values and pairs of values as evenly as they can
     (a greedy pairwise covering design), to start the search instead of n random draws: every
@@ -241,6 +245,7 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
     pool = every if every is not None else [random_config(spec, rng) for _ in range(pool_size)]
     pool = list(pool)
     rng.shuffle(pool)
+    conditional = {k for k, p in spec.space.items() if p.when}
     seen_one: dict[tuple[str, str], int] = {}
     seen_two: dict[tuple[str, str, str, str], int] = {}
 
@@ -248,6 +253,11 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
         ones = [(k, repr(v)) for k, v in sorted(c.items()) if spec.space[k].type != "fixed"]
         twos = [(a[0], a[1], b[0], b[1]) for a, b in combinations(ones, 2)]
         return ones, twos
+
+    def weight(y: tuple[str, str, str, str]) -> int:
+        """A pair with a conditional parameter's value counts more: such a value is seen in fewer
+        configs (only where its condition holds), so an even cover would pair it with little."""
+        return CONDITIONAL_PAIR_WEIGHT if y[0] in conditional or y[2] in conditional else 1
 
     out: list[dict[str, Any]] = []
     keys: set[str] = set()
@@ -259,7 +269,10 @@ def initial_design(spec: Spec, n: int, rng: Any, runnable: Any, pool_size: int =
             if k in keys:
                 continue
             ones, twos = items(c)
-            score = (sum(1 for x in ones if x not in seen_one), sum(1 for x in twos if x not in seen_two))
+            score = (
+                sum(1 for x in ones if x not in seen_one),
+                sum(weight(y) for y in twos if y not in seen_two),
+            )
             score = (score[0], score[1], -sum(seen_one.get(x, 0) for x in ones))
             if best_score is None or score > best_score:
                 if k not in checked:
