@@ -267,7 +267,7 @@ class Arms:
             fit = self._fit = (len(rows), np.argsort(-scores, kind="stable").tolist())
             self._scores, self._bound = scores, self._pair_bounds(wg)
             self._cursor = 0
-        untried = self._untried_pair(runnable, keys)
+        untried = self._untried_pair(runnable)
         if untried is not None:
             return untried
         # Configs before the cursor are measured or refused, and stay so: skip them for good.
@@ -282,7 +282,7 @@ class Arms:
         )
         return self.first_runnable(ranked, runnable)
 
-    def _untried_pair(self, runnable: Any, keys: list[str]) -> dict[str, Any] | None:
+    def _untried_pair(self, runnable: Any) -> dict[str, Any] | None:
         """Before the model's ranking is trusted: an unmeasured runnable config holding a pair
         (a value of a parameter, a value of a conditional one) that no measured config holds,
         the most optimistic first: the model's score with each unseen pair at an upper bound (the
