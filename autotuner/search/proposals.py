@@ -285,9 +285,10 @@ class Arms:
     def _untried_pair(self, runnable: Any) -> dict[str, Any] | None:
         """Before the model's ranking is trusted: an unmeasured runnable config holding a pair
         (a value of a parameter, a value of a conditional one) that no measured config holds,
-        the most optimistic first: the model's score with each unseen pair at an upper bound (the
-        largest weight it fitted) instead of 0. A value that looks poor in one context (int8 at
-        graph level basic) is so tried in another (int8 at all) before it is given up."""
+        the most optimistic first: the model's score plus, for its best unseen pair, an upper
+        bound instead of 0 (how far below its parameter's best the model puts the pair's value,
+        `_pair_bounds`). A value that looks poor in one context (int8 at graph level basic) is so
+        tried in another (int8 at all) before it is given up."""
         every, _, feat_ids, _ = self._space()  # type: ignore[misc]
         cond = self._cond_pair
         seen = np.zeros(len(cond), dtype=bool)
