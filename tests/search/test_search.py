@@ -128,9 +128,26 @@ def test_an_accuracy_verdict_is_shared_across_batch_size_and_threads(tmp_path: P
     ]
     e.blocks[0].metrics["accuracy_cosine"] = 0.90
     why = arms.predicted_infeasible(
-        {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 32, "threads": 2}
+        {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 4, "threads": 2}
     )
     assert why and "accuracy_cosine" in why
+    # Dynamic int8 scales activations over each call's batch: another batch size computes other
+    # numbers, so the verdict is not shared across it (it is for fp32, below).
+    assert (
+        arms.predicted_infeasible(
+            {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 32, "threads": 2}
+        )
+        is None
+    )
+    fp32 = arms.estimates[
+        config_key({"backend": "torch-eager", "precision": "fp32", "batch_size": 4, "threads": 1})
+    ]
+    fp32.blocks[0].metrics["accuracy_cosine"] = 0.90
+    why = arms.predicted_infeasible(
+        {"backend": "torch-eager", "precision": "fp32", "batch_size": 32, "threads": 2}
+    )
+    assert why and "accuracy_cosine" in why
+    fp32.blocks[0].metrics["accuracy_cosine"] = 1.0
     assert (
         arms.predicted_infeasible(
             {"backend": "onnxruntime-cpu", "precision": "int8-dynamic", "batch_size": 4, "threads": 1}
@@ -143,11 +160,11 @@ def test_an_accuracy_verdict_is_shared_across_batch_size_and_threads(tmp_path: P
         )
         is None
     )
-    # A near miss (0.9895 against 0.99) is not shared: another batch size may well pass.
+    # A near miss (0.9895 against 0.99) is not shared: another thread count may well pass.
     e.blocks[0].metrics["accuracy_cosine"] = 0.9895
     assert (
         arms.predicted_infeasible(
-            {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 32, "threads": 2}
+            {"backend": "torch-eager", "precision": "int8-dynamic", "batch_size": 4, "threads": 2}
         )
         is None
     )
