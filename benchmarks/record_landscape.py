@@ -15,12 +15,14 @@ step. Configs a runner refuses before launch are written once per round without 
 anything. A block taken under foreign load (other processes on the trial's cores, past the spec's
 measurement.max_foreign_load) is written marked "under_load" and measured again, up to three
 times (--load-retries), so that the ground truth rests on clean blocks. The file is appended
-line by line, so an interrupted recording keeps what it measured; --resume skips what is already there.
+line by line, so an interrupted recording keeps what it measured; --resume skips what is
+already there.
 
 --append adds R more rounds to an existing file, numbered on from its last round (old rounds
-kept), so that a landscape can grow enough rounds to hold some out as truth
-(benchmarks/search_quality.py --truth-rounds). Every line carries "load_average" (the 1-minute
-load when its block ended), and each round's start and end load is printed.
+kept, and the caps file of the first recording; each line names its "cpu_model"), so that a
+landscape can grow enough rounds to hold some out as truth (search_quality.py --truth-rounds).
+Every line carries "load_average" (the 1-minute load when its block ended), and each round's
+start and end load is printed.
 
 --short-s S records short blocks instead: each a race-style block of S seconds (a fraction of
 min_time_s, no accuracy check), tagged "fidelity": "short" and "block_s": S, with their own round
@@ -40,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average  # noqa: E402
 
+from autotuner.execution.capabilities import cpu_model  # noqa: E402
 from autotuner.spec.schema import Spec  # noqa: E402
 
 
@@ -62,6 +65,7 @@ def landscape_spec(spec: Spec) -> Spec:
 
 
 LOAD_RETRIES = 3
+CPU = cpu_model()
 
 
 def _record(config: dict[str, Any], r: int, res: Any, short_s: float | None) -> dict[str, Any]:
@@ -73,6 +77,7 @@ def _record(config: dict[str, Any], r: int, res: Any, short_s: float | None) -> 
         "measure_s": m.get("measure_s"),
         "setup_s": m.get("setup_s"),
         "load_average": _load1(),
+        "cpu_model": CPU,
     }
     if short_s is not None:
         rec |= {"fidelity": "short", "block_s": short_s}
@@ -137,7 +142,12 @@ def main() -> None:
                 done.add((config_key(rec["config"]), rec["round"]))
     caps = probe()
     # The machine's facts travel with the landscape: a replay refuses what this machine refused.
-    out.with_suffix(".caps.json").write_text(json.dumps(caps, indent=1) + "\n")
+    # Appending keeps the first recording's file; every line names the CPU it was measured on.
+    caps_file = out.with_suffix(".caps.json")
+    if not (args.append and caps_file.exists()):
+        caps_file.write_text(json.dumps(caps, indent=1) + "\n")
+    elif json.loads(caps_file.read_text()).get("cpu_model") != caps.get("cpu_model"):
+        print(f"note: {caps_file} was recorded on another CPU; these rounds are on {caps.get('cpu_model')}")
     ex = make_executor("local", spec, caps)
     first = _first_round(out, args.short_s is not None) if args.append else 0
     rng = random.Random(args.seed + first)

@@ -145,7 +145,7 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     return spec_from_dict(d, "strategy")
 
 
-def one_run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
+def one_run(args: tuple[Any, ...]) -> dict[str, Any]:
     """One seeded run of the real driver and pick against the replayed landscape."""
     import optuna
 
@@ -155,7 +155,8 @@ def one_run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
     from autotuner.progress import Progress
     from autotuner.spec.loading import spec_to_dict
 
-    spec_path, landscape_path, strategy, seed, truth_rounds = args
+    spec_path, landscape_path, strategy, seed = args[:4]
+    truth_rounds = int(args[4]) if len(args) > 4 else 0
     spec = strategy_spec(spec_path, strategy)
     spec = spec_from_dict({**spec_to_dict(spec), "seed": seed}, "strategy")
     landscape, _ = split(landscape_path, truth_rounds)
