@@ -64,7 +64,9 @@ def main() -> None:
         f"(`benchmarks/search_quality.py --seeds {args.seeds}` on each landscape). A landscape holds "
         "every config of a spec's space measured in several interleaved rounds, each in a fresh "
         "worker process, on this machine (`benchmarks/record_landscape.py`); a config's true value "
-        "is its mean over those rounds. Each run replays the real driver and the real race against "
+        "is its mean over those rounds (the sections per landscape below are **self-graded**: the "
+        "replay draws its answers from the same rounds; the last section grades with held-out "
+        "rounds). Each run replays the real driver and the real race against "
         "it: a config is answered with one of its recorded rounds drawn at random, so the noise is "
         "the machine's own.",
         "",
@@ -115,11 +117,22 @@ def main() -> None:
             ]
         sections += [""]
     lines += machine_lines(load0) + [""] + sections
-    write_doc("search_quality.md", lines)
+    write_doc("search_quality.md", lines + _kept_compare())
 
 
 if __name__ == "__main__":
     main()
+
+
+def _kept_compare() -> list[str]:
+    """The held-out section of the doc as it stands (a full rerun keeps it; --compare redoes it)."""
+    path = ROOT / "docs" / "benchmarks" / "search_quality.md"
+    doc = path.read_text().splitlines() if path.exists() else []
+    if COMPARE_HEAD not in doc:
+        return []
+    i = doc.index(COMPARE_HEAD)
+    j = next((k for k in range(i + 1, len(doc)) if doc[k].startswith("## ")), len(doc))
+    return doc[i:j]
 
 
 def _where(name: str) -> tuple[str, str]:
