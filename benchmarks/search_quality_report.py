@@ -135,6 +135,20 @@ def _kept_compare() -> list[str]:
     return doc[i:j]
 
 
+def _machines(land: str, truth_rounds: int) -> str:
+    """Which CPU the replayed and the held-out blocks were measured on (each line's cpu_model)."""
+    from collections import Counter
+
+    from search_quality import split
+
+    def cpus(part: dict) -> str:
+        n = Counter(r.get("cpu_model", "?") for recs in part.values() for r in recs if "metrics" in r)
+        return ", ".join(f"{c}: {k} blocks" for c, k in sorted(n.items()))
+
+    replayed, truth = split(land, truth_rounds)
+    return f"Replayed blocks by CPU: {cpus(replayed)}. Held-out truth blocks by CPU: {cpus(truth)}."
+
+
 def _where(name: str) -> tuple[str, str]:
     if name in SYNTHETIC:
         return SYNTHETIC[name]
@@ -176,6 +190,8 @@ def compare(args: argparse.Namespace) -> None:
             out += [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
             out += [""]
+        if not land.endswith(".json"):
+            out += [_machines(str(ROOT / land), args.truth_rounds), ""]
     doc = (ROOT / "docs" / "benchmarks" / "search_quality.md").read_text().splitlines()
     if COMPARE_HEAD in doc:
         i = doc.index(COMPARE_HEAD)
