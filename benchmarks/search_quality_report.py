@@ -120,10 +120,6 @@ def main() -> None:
     write_doc("search_quality.md", lines + _kept_compare())
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _kept_compare() -> list[str]:
     """The held-out section of the doc as it stands (a full rerun keeps it; --compare redoes it)."""
     path = ROOT / "docs" / "benchmarks" / "search_quality.md"
@@ -200,3 +196,7 @@ def compare(args: argparse.Namespace) -> None:
     else:
         doc = [*doc, "", *out]
     write_doc("search_quality.md", doc)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,26 +26,7 @@ LANDSCAPES = {
     "llm": "search_spaces/llm.yaml",
     "wide": "benchmarks/landscapes/wide.yaml",
 }
-# Rounds the recorded picks were made on: the quickstart landscape has grown rounds since
-# (record_landscape.py --append); these picks are checked on the rounds it had then.
-AS_RECORDED = {"quickstart": 3}
 SEEDS = range(5)
-
-
-def _as_recorded(name: str, tmp_path: Path) -> Path:
-    land = ROOT / "benchmarks" / "landscapes" / f"{name}.jsonl"
-    if name not in AS_RECORDED:
-        return land
-    lines = [x for x in land.read_text().splitlines() if x.strip()]
-    keep = [
-        x for x in lines if json.loads(x)["round"] < AS_RECORDED[name] and "fidelity" not in json.loads(x)
-    ]
-    out = tmp_path / f"{name}.jsonl"
-    out.write_text("".join(x + "\n" for x in keep))
-    out.with_suffix(".caps.json").write_text(land.with_suffix(".caps.json").read_text())
-    return out
-
-
 STRATEGIES = ("default", "random")
 
 
@@ -57,7 +38,7 @@ def _picks(tmp_path: Path) -> dict[str, dict[str, object]]:
     os.environ["AUTOTUNE_CACHE_DIR"] = str(tmp_path)
     out = {}
     for name, spec in LANDSCAPES.items():
-        land = _as_recorded(name, tmp_path)
+        land = ROOT / "benchmarks" / "landscapes" / f"{name}.jsonl"
         for strategy in STRATEGIES:
             for seed in SEEDS:
                 r = one_run((str(ROOT / spec), str(land), strategy, seed))
