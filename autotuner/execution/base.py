@@ -86,4 +86,3 @@ def visible_gpus(ids: Sequence[int | str] | None) -> Iterator[None]:
             os.environ.pop(GPUS_VAR, None)
         else:
             os.environ[GPUS_VAR] = before
-
