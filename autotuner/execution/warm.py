@@ -115,15 +115,24 @@ class WarmWorkers:
         print(f"autotune: warm workers off, fresh interpreters from now: {why}", file=sys.stderr)
         return False
 
-    def run(self, req: Path, res: Path, log: Path, timeout_s: float, env: dict[str, str]) -> int | None:
+    def run(
+        self,
+        req: Path,
+        res: Path,
+        log: Path,
+        timeout_s: float,
+        env: dict[str, str],
+        module: str | None = None,
+    ) -> int | None:
         """Run one block in a child of the zygote: its exit status, TIMED_OUT, or None where it
-        could not be started warm (the caller starts a fresh interpreter)."""
+        could not be started warm (the caller starts a fresh interpreter). `module`: another
+        main than the worker's, with the worker's argv (the tests' probes)."""
         with self.lock:
             if not self._ensure():
                 return None
             assert self.proc is not None and self.proc.stdin is not None
             ask = {"req": str(req), "res": str(res), "log": str(log), "deadline_s": timeout_s}
-            ask |= {"env": env, "threads": _threads(env)}
+            ask |= {"env": env, "threads": _threads(env), "module": module}
             try:
                 self.proc.stdin.write((json.dumps(ask) + "\n").encode())
                 self.proc.stdin.flush()

@@ -55,7 +55,7 @@ def _child(request: dict[str, Any], watch_fd: int) -> None:
         threads = request.get("threads")
         if threads and "torch" in sys.modules:  # OpenMP was not started here: this sets it
             sys.modules["torch"].set_num_threads(int(threads))
-        worker = importlib.import_module("autotuner.measure.worker")
+        worker = importlib.import_module(request.get("module") or "autotuner.measure.worker")
         argv = [
             "worker",
             request["req"],
