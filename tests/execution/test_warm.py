@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,24 @@ def test_a_bad_workers_value_is_one_clear_line(in_tmp: Path) -> None:
     assert out.returncode == 2, out
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "workers" in lines[0], out.stderr
+
+
+def test_a_runs_wall_time_is_broken_down_in_the_summary_and_the_report(in_tmp: Path) -> None:
+    """A real small run: the end-of-run line and the HTML report say where the wall time went."""
+    space = {"backend": ["torch-eager"], "precision": ["fp32"], "batch_size": [1], "threads": [1]}
+    path = write_spec(
+        in_tmp, **MISBEHAVING, space=space, measurement=FAST_MEASUREMENT, sampler={"type": "grid"}
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "autotuner.cli", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("wall time "))
+    wall = float(line.split()[2])
+    parts = dict(re.findall(r"([a-z-]+) ([0-9.]+) s", line.split(":", 1)[1]))
+    assert set(parts) == {"start-up", "setup", "warm-up", "timed", "driver"}, line
+    values = {k: float(v) for k, v in parts.items()}
+    assert values["start-up"] > 0 and values["timed"] > 0, line
+    assert abs(sum(values.values()) - wall) < 0.5, line  # the parts are the whole, to rounding
+    html = next((in_tmp / "reports").glob("*.html")).read_text()
+    assert "class='wall'>Wall time" in html and "start-up" in html
