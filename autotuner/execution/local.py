@@ -31,6 +31,8 @@ class LocalExecutor(Executor):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-trial")
         self.spec_dict = public_spec_dict(spec)
         self.warm = WarmWorkers(runner_modules(spec)) if spec.measurement.workers == "warm" else None
+        if self.warm is not None:
+            self.warm.begin()
 
     def device_for(self, config: dict[str, Any]) -> Device:
         cuda = trial_gpus(self.spec, config) > 0

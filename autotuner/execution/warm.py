@@ -43,6 +43,15 @@ class WarmWorkers:
         self.buf = b""
         WarmWorkers._all.add(self)
 
+    def begin(self) -> None:
+        """Start the zygote in the background now (its imports overlap the driver's own start);
+        the first block waits for it."""
+        threading.Thread(target=self._ensure_locked, name="autotune-zygote", daemon=True).start()
+
+    def _ensure_locked(self) -> None:
+        with self.lock:
+            self._ensure()
+
     def _start(self) -> None:
         watch_r, self.watch_w = os.pipe()
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
