@@ -167,8 +167,9 @@ class WarmWorkers:
                 _killpg(pid)
                 self._read(10.0)
                 return TIMED_OUT
-            if got == {}:  # the zygote died under the block
+            if got == {}:  # the zygote died under the block (or the driver is stopping)
                 _killpg(pid)
+                _await_exit(pid)  # not ours to wait for: the zygote was its parent
                 return -signal.SIGKILL
             if got.get("exit") == pid:
                 return int(got["code"])
@@ -180,16 +181,34 @@ class WarmWorkers:
     @classmethod
     def kill_all(cls) -> None:
         """The driver is stopping: every child's group and every zygote go."""
+        children = []
         for w in list(cls._all):
             if w.child is not None:
+                children.append(w.child)
                 _killpg(w.child)
             if w.proc is not None:
                 _killpg(w.proc.pid)
+        for pid in children:
+            _await_exit(pid)
 
 
 def _threads(env: dict[str, str]) -> int | None:
     v = env.get("OMP_NUM_THREADS")
     return int(v) if v and v.isdigit() else None
+
+
+def _await_exit(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until a process killed with SIGKILL is gone or a zombie: SIGKILL is delivered
+    asynchronously, and a child of the zygote is not ours to wait for."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return
+        time.sleep(0.02)
 
 
 def _killpg(pid: int) -> None:
