@@ -14,6 +14,7 @@ compose them without reaching into a stage's modules:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from autotuner.report.export import best_config
 from autotuner.report.formats import EXPORT_FORMATS
 from autotuner.report.model_file import write_model
 from autotuner.report.show import list_studies, show_study
-from autotuner.report.summary import summary
+from autotuner.report.summary import WALL_ATTR, say_wall, summary
 from autotuner.report.verify import verify as _verify
 from autotuner.result import TrialResult
 from autotuner.runners.binding import bind
@@ -184,6 +185,7 @@ def run(
 ) -> RunOutcome:
     """Search, race the contenders, pick, and write the best-config YAML and the report."""
 
+    started = time.perf_counter()
     s = _spec(spec, study, storage)
     source = _source(spec)
     if trials is not None and trials < 1:
@@ -223,6 +225,7 @@ def run(
     if pick is not None:
         path = write_best_config(s, st, pick, Path(reports_dir) / f"{s.study_name}.best.yaml", url)
     summary(s, st, pick, progress)
+    st.set_user_attr(WALL_ATTR, say_wall(st, time.perf_counter() - started, progress))
     if path:
         progress.say(f"best config: {path}")
     html_path = report([s.study_name], storage=url, output=Path(reports_dir) / f"{s.study_name}.html")

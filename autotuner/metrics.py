@@ -52,6 +52,8 @@ METRICS: dict[str, str] = {
     ),
     "setup_s": "load + export + quantize + compile + first call, apart from steady state",
     "measure_s": "wall time spent in timed iterations",
+    "worker_startup_s": "seconds from the driver asking for the block to the worker's main starting "
+    "(a fresh interpreter's imports, or a fork of the warm zygote)",
     "n_iterations": "number of timed iterations",
     "unstable": "1 when the CV target was not met before the time or iteration limit, else 0",
     "foreign_load": "cores' worth of other processes' CPU time on the trial's cores during its block",
@@ -107,7 +109,7 @@ METRICS: dict[str, str] = {
     "accuracy_max_logit_diff": "largest absolute difference of next-token logits from the fp32 reference",
     # The vllm runner (a real server per trial; its Prometheus /metrics sampled during the run).
     "startup_s": "seconds from starting the vLLM server to its first healthy /health (cold start)",
-    "warmup_s": "seconds the warm-up requests took before timing (not counted in any metric)",
+    "warmup_s": "seconds the warm-up (calls, or the vllm runner's requests) took before timing",
     "itl_p95_ms": "95th percentile inter-token latency (between streamed chunks), all requests pooled",
     "failed_requests": "requests that ended with an error (a trial with any fails as error)",
     "kv_cache_usage_peak_pct": "highest vllm:kv_cache_usage_perc seen during the run, in percent",
@@ -131,6 +133,8 @@ HARNESS_METRICS = (
     "host_rss_mb",
     "setup_s",
     "measure_s",
+    "warmup_s",
+    "worker_startup_s",
     "n_iterations",
     "unstable",
     "foreign_load",

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
 
 
-def one(source: Path | None, cache: Path) -> tuple[float, float, int]:
-    """(seconds, load before, exit status) of one run from scratch."""
+def one(source: Path | None, cache: Path) -> tuple[float, float, int, str]:
+    """(seconds, load before, exit status, the run's own wall-time line) of one run from scratch."""
     env = dict(os.environ, AUTOTUNE_CACHE_DIR=str(cache))
     if source is not None:
         env["PYTHONPATH"] = str(source)
@@ -39,14 +39,14 @@ def one(source: Path | None, cache: Path) -> tuple[float, float, int]:
             [sys.executable, "-m", "autotuner.cli", "run", str(SPEC)],
             cwd=tmp,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
         )
         dt = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
-    return dt, load, proc.returncode
+    wall = next((ln for ln in proc.stdout.splitlines() if ln.startswith("wall time ")), "-")
+    return dt, load, proc.returncode, wall.partition(": ")[2] or "-"
 
 
 def main() -> int:
@@ -71,9 +71,9 @@ def main() -> int:
         if r % 2:
             order.reverse()
         for name, source in order:
-            dt, load, code = one(source, cache)
+            dt, load, code, parts = one(source, cache)
             times[name].append(dt)
-            rows.append(f"| {r + 1} | {name} | {dt:.1f} | {load:.2f} | {code} |")
+            rows.append(f"| {r + 1} | {name} | {dt:.1f} | {load:.2f} | {code} | {parts} |")
             print(rows[-1], flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["this tree"] / med[label]
@@ -90,8 +90,8 @@ def main() -> int:
         "",
         "## Runs",
         "",
-        "| round | code | seconds | load before (1 min) | exit |",
-        "|---|---|---|---|---|",
+        "| round | code | seconds | load before (1 min) | exit | the run's own breakdown |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
         f"Median: this tree {med['this tree']:.1f} s, `{label}` {med[label]:.1f} s; ratio {ratio:.2f}. "

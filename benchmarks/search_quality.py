@@ -1,9 +1,15 @@
 """How often the real driver and race name the true best config, replayed on a recorded landscape.
 
     python benchmarks/search_quality.py --spec SPEC --landscape FILE.jsonl --seeds 50 [--json]
+        [--truth-rounds T]
 
 The landscape (benchmarks/record_landscape.py) holds every config of the space measured in several
-rounds in fresh processes; a config's true value is its mean over those rounds. Each run drives
+rounds in fresh processes. With --truth-rounds T (T > 0) a config's true value is its mean over
+its last T rounds, which the replay never draws (autotuner.execution.replay.split_rounds); the
+replay draws from the others. A landscape with fewer than T + 2 rounds for some runnable config
+is refused (exit 2). With T = 0 the truth is the mean over every round, the same rounds the replay
+draws from: the figures are marked "self-graded". A FILE.json (benchmarks/synthetic_landscape.py's
+fitted construction) is generated in memory. Each run drives
 the real search and pick stages (autotuner.api.search, autotuner.api.choose) with a replay
 executor that answers a config with one of its recorded rounds drawn at random, so the noise is
 the machine's own. Per strategy it prints:
@@ -40,12 +46,13 @@ TIE_PCT = 0.02
 
 
 def truth(spec: Any, landscape: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per config: mean of the rule metric over its recorded rounds, its values, feasibility."""
+    """Per config: mean of the rule metric over the rounds given (the held-out ones, or all when
+    self-graded), its values, feasibility. Short blocks are never part of the truth."""
     o = spec.objectives[0]
     limit = spec.measurement.max_foreign_load
     out = {}
     for key, recs in landscape.items():
-        ok = [r for r in recs if "metrics" in r]
+        ok = [r for r in recs if "metrics" in r and r.get("fidelity") != "short"]
         clean = [
             r for r in ok if not r.get("under_load") and not (r["metrics"].get("foreign_load", 0) > limit)
         ]
@@ -69,8 +76,40 @@ def truth(spec: Any, landscape: dict[str, list[dict[str, Any]]]) -> dict[str, di
     return out
 
 
+def read_landscape(landscape_path: str) -> dict[str, list[dict[str, Any]]]:
+    """A recorded .jsonl, or a synthetic construction (.json) generated in memory from its seed."""
+    if landscape_path.endswith(".json"):
+        from synthetic_landscape import generate
+
+        return generate(json.loads(Path(landscape_path).read_text()))
+    from autotuner.execution.replay import load_landscape
+
+    return load_landscape(landscape_path)
+
+
+def split(landscape_path: str, truth_rounds: int) -> tuple[dict, dict]:
+    """(replayed, graded) landscapes: held out when truth_rounds > 0, else both the whole file."""
+    from autotuner.execution.replay import split_rounds, trial_rounds
+
+    land = read_landscape(landscape_path)
+    if truth_rounds <= 0:
+        return land, land
+    fewest = min((len(trial_rounds(r)) for r in land.values() if trial_rounds(r)), default=0)
+    if fewest < truth_rounds + 2:
+        print(
+            f"{landscape_path}: --truth-rounds {truth_rounds} needs {truth_rounds + 2} recorded rounds "
+            f"per config (some have {fewest}); record more with record_landscape.py --append",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return split_rounds(land, truth_rounds)
+
+
 def landscape_caps(landscape_path: str) -> dict[str, Any]:
-    """The recording machine's capabilities (record_landscape.py writes them beside the file)."""
+    """The recording machine's capabilities (record_landscape.py writes them beside the file; a
+    synthetic construction carries those of the landscape it was fitted on)."""
+    if landscape_path.endswith(".json"):
+        return json.loads(Path(landscape_path).read_text())["caps"]
     p = Path(landscape_path).with_suffix(".caps.json")
     if p.exists():
         return json.loads(p.read_text())
@@ -106,20 +145,21 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     return spec_from_dict(d, "strategy")
 
 
-def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
+def one_run(args: tuple[Any, ...]) -> dict[str, Any]:
     """One seeded run of the real driver and pick against the replayed landscape."""
     import optuna
 
     from autotuner import api
     from autotuner.api import spec_from_dict
-    from autotuner.execution.replay import ReplayExecutor, load_landscape
+    from autotuner.execution.replay import ReplayExecutor
     from autotuner.progress import Progress
     from autotuner.spec.loading import spec_to_dict
 
-    spec_path, landscape_path, strategy, seed = args
+    spec_path, landscape_path, strategy, seed = args[:4]
+    truth_rounds = int(args[4]) if len(args) > 4 else 0
     spec = strategy_spec(spec_path, strategy)
     spec = spec_from_dict({**spec_to_dict(spec), "seed": seed}, "strategy")
-    landscape = load_landscape(landscape_path)
+    landscape, _ = split(landscape_path, truth_rounds)
     caps = landscape_caps(landscape_path)
     ex = ReplayExecutor(spec, caps, landscape, seed=seed)
     quiet = Progress(quiet=True)
@@ -129,6 +169,7 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
         study_name=name, storage=storage, directions=[o.direction for o in spec.objectives]
     )
     study.set_user_attr("sampler_seed", seed)
+    started = time.monotonic()
     api.search(spec, study, ex, caps=caps, progress=quiet, storage="sqlite:///:memory:")
     search_s = ex.measure_s
     pick = api.choose(spec, study, None, ex, quiet)
@@ -140,23 +181,42 @@ def one_run(args: tuple[str, str, str, int]) -> dict[str, Any]:
         "search_measure_s": search_s,
         "blocks": ex.blocks,
         "trials": len(study.trials),
+        "wall_s": time.monotonic() - started,
+        "served_truth": sum(1 for k, r, _ in ex.served if (k, r) in held(landscape_path, truth_rounds)),
     }
 
 
-def evaluate(spec_path: str, landscape_path: str, seeds: int, strategies: list[str], jobs: int) -> list[dict]:
-    from autotuner.execution.replay import load_landscape
+_HELD: dict[tuple[str, int], set[tuple[str, int]]] = {}
+
+
+def held(landscape_path: str, truth_rounds: int) -> set[tuple[str, int]]:
+    """(config key, round) of the held-out truth rounds: the replay must serve none of them."""
+    if (landscape_path, truth_rounds) not in _HELD:
+        _, graded = split(landscape_path, truth_rounds)
+        _HELD[(landscape_path, truth_rounds)] = (
+            {(k, int(r["round"])) for k, recs in graded.items() for r in recs if "metrics" in r}
+            if truth_rounds > 0
+            else set()
+        )
+    return _HELD[(landscape_path, truth_rounds)]
+
+
+def evaluate(
+    spec_path: str, landscape_path: str, seeds: int, strategies: list[str], jobs: int, truth_rounds: int = 0
+) -> list[dict]:
     from autotuner.search.estimates import config_key
 
     spec = strategy_spec(spec_path, "default")
-    land = load_landscape(landscape_path)
-    t = truth(spec, land)
+    replayed, graded = split(landscape_path, truth_rounds)
+    t = truth(spec, graded)
     o = spec.objectives[0]
     sign = 1.0 if o.direction == "maximize" else -1.0
     feas = {k: v for k, v in t.items() if v["feasible"]}
     best_key = max(feas, key=lambda k: sign * feas[k]["mean"])
     best = feas[best_key]
-    grid_s = sum(v["measure_s"] for v in t.values())
-    work = [(spec_path, landscape_path, s, seed) for s in strategies for seed in range(seeds)]
+    # One grid pass costs what the replayed trial-length blocks cost (the same blocks either way).
+    grid_s = sum(v["measure_s"] for v in truth(spec, replayed).values())
+    work = [(spec_path, landscape_path, s, seed, truth_rounds) for s in strategies for seed in range(seeds)]
     with tempfile.TemporaryDirectory(prefix="autotune-sq-") as cache:
         os.environ["AUTOTUNE_CACHE_DIR"] = cache  # the driver's journal stays out of the user's cache
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -189,6 +249,9 @@ def evaluate(spec_path: str, landscape_path: str, seeds: int, strategies: list[s
                 ),
                 "median_blocks": statistics.median(r["blocks"] for r in mine),
                 "runs": len(mine),
+                "graded": f"held-out {truth_rounds} rounds" if truth_rounds > 0 else "self-graded",
+                "served_truth_blocks": sum(r["served_truth"] for r in mine),
+                "median_wall_s": round(statistics.median(r["wall_s"] for r in mine), 2),
             }
         )
     meta = {
@@ -198,6 +261,7 @@ def evaluate(spec_path: str, landscape_path: str, seeds: int, strategies: list[s
         "configs": len(t),
         "feasible": len(feas),
         "grid_measure_s": round(grid_s, 2),
+        "graded": f"held-out {truth_rounds} rounds" if truth_rounds > 0 else "self-graded",
     }
     return [meta, *out]
 
@@ -210,13 +274,17 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--json", action="store_true", help="one JSON object per strategy")
+    ap.add_argument(
+        "--truth-rounds", type=int, default=0, help="hold out each config's last T rounds as the truth"
+    )
     args = ap.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
-        raise SystemExit(f"--strategies: {bad[0]!r} is not one of {', '.join(STRATEGIES)}")
+        print(f"--strategies: {bad[0]!r} is not one of {', '.join(STRATEGIES)}", file=sys.stderr)
+        raise SystemExit(2)
     started = time.monotonic()
-    meta, *rows = evaluate(args.spec, args.landscape, args.seeds, strategies, args.jobs)
+    meta, *rows = evaluate(args.spec, args.landscape, args.seeds, strategies, args.jobs, args.truth_rounds)
     wall = time.monotonic() - started
     if args.json:
         for r in rows:
@@ -224,7 +292,8 @@ def main() -> None:
         return
     print(
         f"{Path(args.landscape).name}: {meta['configs']} configs ({meta['feasible']} feasible); true best "
-        f"{meta['metric']}={meta['best_mean']:.4g} at {meta['best']}; {args.seeds} seeds; {wall:.0f} s"
+        f"{meta['metric']}={meta['best_mean']:.4g} at {meta['best']}; {args.seeds} seeds; {wall:.0f} s; "
+        f"{meta['graded']}"
     )
     cols = list(rows[0])
     print(" | ".join(cols))

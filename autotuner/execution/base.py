@@ -20,11 +20,13 @@ from autotuner.spec.schema import Spec
 @dataclass
 class TrialRequest:
     """One measurement block of a config. meta["block_s"] set: a race block of that many seconds
-    (no accuracy check); unset: a search trial measured with the spec's settings."""
+    (no accuracy check); unset: a search trial measured with the spec's settings. fidelity
+    "short": a short first look (a few batches, a fraction of min_time_s); None: full length."""
 
     number: int
     config: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    fidelity: str | None = None
 
     @property
     def block_s(self) -> float | None:
@@ -86,4 +88,3 @@ def visible_gpus(ids: Sequence[int | str] | None) -> Iterator[None]:
             os.environ.pop(GPUS_VAR, None)
         else:
             os.environ[GPUS_VAR] = before
-

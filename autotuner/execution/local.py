@@ -8,6 +8,7 @@ from typing import Any
 
 from autotuner.execution.base import GPUS_VAR, Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.execution.process import run_worker
+from autotuner.execution.warm import WarmWorkers, runner_modules
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -29,6 +30,9 @@ class LocalExecutor(Executor):
         self.cores = tuple(sorted(os.sched_getaffinity(0)))
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-trial")
         self.spec_dict = public_spec_dict(spec)
+        self.warm = WarmWorkers(runner_modules(spec)) if spec.measurement.workers == "warm" else None
+        if self.warm is not None:
+            self.warm.begin()
 
     def device_for(self, config: dict[str, Any]) -> Device:
         cuda = trial_gpus(self.spec, config) > 0
@@ -76,11 +80,14 @@ class LocalExecutor(Executor):
         payload = self.payload_for(request.config, request.block_s)
         # The one thread of this pool starts workers; the driver itself never initialises CUDA.
         with visible_gpus(self.gpu_ids(trial_gpus(self.spec, request.config))):
-            out = run_worker(payload, self.spec.measurement.trial_timeout_s, request.config.get("threads"))
+            timeout_s, threads = self.spec.measurement.trial_timeout_s, request.config.get("threads")
+            out = run_worker(payload, timeout_s, threads, self.warm)
         return out if isinstance(out, TrialResult) else TrialResult.from_dict(out)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self.warm is not None:
+            self.warm.close()
 
 
 def machine_gpus(caps: dict[str, Any]) -> int:

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from autotuner.execution.warm import TIMED_OUT, WarmWorkers
 from autotuner.files import pid_alive
 from autotuner.result import TrialResult
 
@@ -22,33 +24,55 @@ def kill_all() -> None:
     """Kill every worker still running (the driver is stopping)."""
     for proc in list(_LIVE):
         _kill_group(proc)
+    WarmWorkers.kill_all()
 
 
 def run_worker(
-    request: dict[str, Any], timeout_s: float, threads: int | None = None
+    request: dict[str, Any],
+    timeout_s: float,
+    threads: int | None = None,
+    warm: WarmWorkers | None = None,
 ) -> dict[str, Any] | TrialResult:
     """Run `python -m autotuner.measure.worker` on a request; the raw result dict, or a failure.
 
     The worker gets a session of its own, and nothing of that session outlives the trial: its
     group is killed when the worker ends (by a normal exit too: a grandchild that the model
     started is not left running), on timeout, and by the worker's own watcher when this process
-    dies (see watchdog). Arguments are passed as a list, never through a shell.
+    dies (see watchdog). Arguments are passed as a list, never through a shell. With `warm` the
+    worker is forked from the executor's zygote instead of started fresh (see zygote).
     """
     sweep_stale_trial_dirs()
     env = worker_env(threads)
     tmp = tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-")
     try:
         env["AUTOTUNE_TRIAL_DIR"] = tmp  # the command runner's scratch folders go in here
-        return _run_in(Path(tmp), request, timeout_s, env)
+        return _run_in(Path(tmp), request, timeout_s, env, warm)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_in(
-    tmp: Path, request: dict[str, Any], timeout_s: float, env: dict[str, str]
+    tmp: Path,
+    request: dict[str, Any],
+    timeout_s: float,
+    env: dict[str, str],
+    warm: WarmWorkers | None = None,
 ) -> dict[str, Any] | TrialResult:
     req_path, res_path, log_path = tmp / "request.json", tmp / "result.json", tmp / "worker.log"
+    request = {**request, "asked_at": time.time()}  # the worker's start-up is measured from here
     req_path.write_text(json.dumps(request))
+    code = warm.run(req_path, res_path, log_path, timeout_s, env) if warm is not None else None
+    if code is None:  # fresh, or the warm workers could not start this one
+        code = _run_fresh(req_path, res_path, log_path, timeout_s, env)
+    if code == TIMED_OUT:
+        return TrialResult.failure(
+            "timeout", f"the trial ran past its {timeout_s:g} s deadline and was killed"
+        )
+    return classify_exit(code, res_path, log_path)
+
+
+def _run_fresh(req_path: Path, res_path: Path, log_path: Path, timeout_s: float, env: dict[str, str]) -> int:
+    """A fresh interpreter for the block; its exit status, or TIMED_OUT."""
     watch_r, watch_w = os.pipe()  # the worker's watcher reads end of file when this process dies
     try:
         with open(log_path, "wb") as log:
@@ -74,11 +98,9 @@ def _run_in(
             watch_r = -1
             _LIVE.add(proc)
             try:
-                code = proc.wait(timeout=timeout_s)
+                return proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                return TrialResult.failure(
-                    "timeout", f"the trial ran past its {timeout_s:g} s deadline and was killed"
-                )
+                return TIMED_OUT
             finally:
                 _kill_group(proc)
                 _LIVE.discard(proc)
@@ -86,6 +108,10 @@ def _run_in(
         for fd in (watch_r, watch_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def classify_exit(code: int, res_path: Path, log_path: Path) -> dict[str, Any] | TrialResult:
+    """The worker's result, or a failure classified by how it ended (the same on both paths)."""
     if res_path.exists() and code == 0:
         return json.loads(res_path.read_text())
     tail = _tail(log_path)

@@ -68,12 +68,14 @@ def measure(
     """
     sync = synchronize or (lambda: None)
     clock = time.perf_counter_ns
-    warm_until = clock() + int(settings.warmup_s * 1e9)
+    warm_start = clock()
+    warm_until = warm_start + int(settings.warmup_s * 1e9)
     done = 0
     while done < settings.warmup_iters or (settings.warmup_s > 0 and clock() < warm_until):
         step()
         sync()
         done += 1
+    warmup_s = (clock() - warm_start) / 1e9
     if on_timed is not None:
         on_timed()  # the telemetry window: the timed iterations only
     samples: list[int] = []
@@ -104,6 +106,7 @@ def measure(
     ms = np.asarray(samples, dtype=np.float64) / 1e6
     metrics = summarize(ms, items_per_step, measure_s, stable)
     metrics["foreign_load"] = foreign
+    metrics["warmup_s"] = warmup_s
     return metrics, keep(ms, settings.keep_samples)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,15 @@ def main(argv: list[str]) -> int:
         arm(int(argv[4]), float(argv[5]))  # first: before a model can hang or start anything
 
     request = json.loads(Path(argv[1]).read_text())
+    # Start-up: the driver asked for the block -> here (fresh interpreter or forked warm worker).
+    startup_s = time.time() - request["asked_at"] if "asked_at" in request else None
     out_path = Path(argv[2])
     spec = parse_spec(request["spec"])
     device = Device.from_dict(request["device"])
     caps = request["caps"]
     result = run_trial(spec, request["config"], device, caps, request.get("block_s"))
+    if startup_s is not None:
+        result.metrics["worker_startup_s"] = max(0.0, startup_s)
     if spec.model_digest is not None:  # which model was measured: a retrained one is another
         result.info.setdefault("model_sha256", spec.model_digest)
     payload = result.to_dict()

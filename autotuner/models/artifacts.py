@@ -64,9 +64,7 @@ def quantization_record(path: Path) -> dict[str, Any]:
 def reference_outputs(spec: Spec) -> np.ndarray:
     if spec.data is not None:
         sets = data_sets(spec)
-        name = (
-            f"{artifact_key(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
-        )
+        name = f"{artifact_key(spec)}.data{sets.sha256[:16]}.seed{spec.data_seed}.n{spec.data.evaluation}.npy"
     else:
         name = f"{artifact_key(spec)}.seed{spec.data_seed}.n{spec.accuracy.samples}.npy"
     path = cache_dir() / "reference" / name

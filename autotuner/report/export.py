@@ -280,7 +280,6 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
     precision = str(runner.value(config, "precision"))
     quant = None
     if precision == "int8":  # the calibrated QDQ model (TensorRT too: explicit quantization)
-
         quant = settings_of(runner.value, config)
     elif first == TENSORRT_PROVIDER:
         precision = "fp32"

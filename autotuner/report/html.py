@@ -27,6 +27,7 @@ from autotuner.report import frames
 from autotuner.report.data import StudyData
 from autotuner.report.figures import esc
 from autotuner.report.frames import PARAM, Results, confidence, study_frames
+from autotuner.report.summary import WALL_ATTR, wall_breakdown
 from autotuner.result import FAILURE_CLASSES
 from autotuner.search.estimates import uses_budget
 from autotuner.spec.schema import Constraint
@@ -174,9 +175,20 @@ def build(studies: list[tuple[optuna.Study, StudyData]]) -> str:
     return page.render(f"autotune report: {names}")
 
 
+def _wall(page: Page, study: optuna.Study) -> None:
+    """Where the last run's wall time went (start-up, setup, warm-up, timed, driver), if stored;
+    else the blocks' sums without the driver's share."""
+    parts = study.user_attrs.get(WALL_ATTR) or wall_breakdown(study)
+    total = parts.get("wall")
+    head = f"Wall time {total:.1f} s: " if total else "Seconds in the measurement blocks: "
+    shown = ", ".join(f"{esc(k)} {v:.1f} s" for k, v in parts.items() if k != "wall")
+    page.add(f"<p class='wall'>{head}{shown}.</p>")
+
+
 def _study_sections(page: Page, study: optuna.Study, d: StudyData, prefix: str) -> None:
     page.add(f"<h2>{esc(prefix)}Summary</h2>")
     _summary(page, d)
+    _wall(page, study)
     if not d.completed:
         return
     page.add(

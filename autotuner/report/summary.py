@@ -88,3 +88,33 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
     progress.say(f"  {pick.reason}")
     if pick.baseline:
         progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
+
+
+WALL_ATTR = "wall_breakdown"  # the study attribute the last run's breakdown is kept in
+WALL_PARTS = (
+    ("start-up", "worker_startup_s"),
+    ("setup", "setup_s"),
+    ("warm-up", "warmup_s"),
+    ("timed", "measure_s"),
+)
+
+
+def wall_breakdown(study: optuna.Study, wall_s: float | None = None) -> dict[str, float]:
+    """Where a run's wall time went, in seconds: every block's start-up, setup, warm-up and timed
+    seconds summed over the search trials and the race blocks; `driver` is the rest of `wall_s`
+    (search, storage, the race's bookkeeping, the report), when it is given."""
+    per_block = [rec.metrics(t) for t in study.get_trials(deepcopy=False)]
+    per_block += [dict(b.get("metrics") or {}) for b in rec.race_blocks(study)]
+    out = {part: sum(float(m.get(name) or 0.0) for m in per_block) for part, name in WALL_PARTS}
+    if wall_s is not None:
+        out["driver"] = max(0.0, wall_s - sum(out.values()))
+        out["wall"] = wall_s
+    return out
+
+
+def say_wall(study: optuna.Study, wall_s: float, progress: Progress) -> dict[str, float]:
+    """The end-of-run line of where the wall time went."""
+    parts = wall_breakdown(study, wall_s)
+    shown = ", ".join(f"{k} {parts[k]:.1f} s" for k in (*(p for p, _ in WALL_PARTS), "driver"))
+    progress.say(f"wall time {wall_s:.1f} s: {shown}")
+    return parts

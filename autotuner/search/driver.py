@@ -393,9 +393,7 @@ class Driver:
             result = self._under_load(trial, config, result)
         summary, failure = self._store(trial, result)
         if failure is None:  # the other load levels its server measured (search.ladder)
-            summary += self._db(
-                lambda: tell_levels(self.spec, self.study, trial, config, result), "storing"
-            )
+            summary += self._db(lambda: tell_levels(self.spec, self.study, trial, config, result), "storing")
         if result.ok or failure == "under-load":
             self.arms.add(trial.number, config, result.metrics, loaded)
         if result.ok:

@@ -331,6 +331,9 @@ class Measurement(_Strict):
     # trial's cores is "under load": kept, left out of estimates, and measured again.
     max_foreign_load: float = Field(default=0.1, gt=0)
     load_repeats: int = Field(default=2, ge=0, le=10)
+    # warm: each block is a fork of a zygote that imported torch once (local executor); fresh: a
+    # new interpreter per block. Both give the block its own process, session and watchdog.
+    workers: Literal["warm", "fresh"] = "warm"
 
     @model_validator(mode="after")
     def _order(self) -> Measurement:

@@ -127,4 +127,3 @@ def test_objectives_are_named_for_the_dashboard(done_study: Path) -> None:
 
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{done_study / 'studies' / 't.db'}")
     assert study.metric_names == ["throughput_items_s", "latency_p95_ms"]
-

@@ -132,8 +132,6 @@ def _batch_of(shapes: dict[str, tuple[int, ...]]) -> int:
     return int(next(iter(shapes.values()))[0]) if shapes else 1
 
 
-
-
 def timing_folder_name(build_env: dict[str, str | None], ort_version: str) -> str:
     """The TensorRT timing cache folder every config on one GPU model and TensorRT version
     shares (layer timings do not depend on the model or the config)."""

@@ -113,12 +113,10 @@ class OnnxRuntimeRunner(TimedRunner):
     def setup(self) -> None:
         import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
-
         backend = self.config["backend"]
         precision = self.value(self.config, "precision")
         self.provider = PROVIDERS[backend]
         if self.provider != CPU:  # CUDA / cuDNN / TensorRT of pip wheels, before the session
-
             load_ort_libraries(ort)
         path = self.model_file = self._model_file(backend, precision)
         self.ort = ort
@@ -183,9 +181,7 @@ class OnnxRuntimeRunner(TimedRunner):
         so.log_severity_level = 3
         return so
 
-    def _engine_folders(
-        self, ort: Any, path: Path, shapes: Any, min_shapes: Any
-    ) -> tuple[Path, Path | None]:
+    def _engine_folders(self, ort: Any, path: Path, shapes: Any, min_shapes: Any) -> tuple[Path, Path | None]:
         """TensorRT's engine folder (claimed for this build) and the shared timing cache (when
         this process holds its lock); (Path(), None) for the other providers."""
 
@@ -193,8 +189,10 @@ class OnnxRuntimeRunner(TimedRunner):
             return Path(), None
         timing_root: Path | None = None
         env = self._build_env()
-        final = cache_dir() / "tensorrt" / engine_folder_name(
-            file_sha256(path), self.config, shapes, ort.__version__, min_shapes, env
+        final = (
+            cache_dir()
+            / "tensorrt"
+            / engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__, min_shapes, env)
         )
         if self.value(self.config, "trt_timing_cache"):
             shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)

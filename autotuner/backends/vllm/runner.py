@@ -457,4 +457,3 @@ def _measure_level(
         timings, wall, sum(len(r.prompt) for r in reqs), workload.slo_ttft_ms, workload.slo_tpot_ms
     )
     return {**m, **sampler.result()}
-
