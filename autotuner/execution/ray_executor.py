@@ -299,7 +299,11 @@ class RayExecutor(Executor):
         opts = self.options_for(config)
         timeout = self.spec.measurement.trial_timeout_s
         ref = self.trial.options(**opts).remote(
-            self._payload(config, "trial", block_s=request.block_s), timeout, opts["num_cpus"]
+            self._payload(
+                config, "trial", block_s=request.block_s, give_up_below=request.meta.get("give_up_below")
+            ),
+            timeout,
+            opts["num_cpus"],
         )
         ready, _ = ray.wait([ref], timeout=timeout + GRACE_S)
         if not ready:

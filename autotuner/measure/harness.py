@@ -31,6 +31,10 @@ class HarnessSettings:
     max_time_s: float = 3.0
     cv_target: float = 0.10
     keep_samples: int = 500
+    # A search trial's early stop (set per trial by the driver, never by the spec): once the
+    # block is past min_iters and a quarter of min_time_s, it stops with reason "out-of-running"
+    # when even its optimistic throughput (mean step time less 3 standard errors) is below this.
+    give_up_below_items_s: float | None = None
 
     @classmethod
     def of(cls, measurement: Any) -> HarnessSettings:
@@ -50,6 +54,18 @@ class HarnessSettings:
         return out
 
 
+STOP_REASONS = ("settled", "max-time", "max-iters", "out-of-running")
+
+
+@dataclass
+class Measured:
+    """What one timed block gave: its metrics, the samples kept (ms), and why it stopped."""
+
+    metrics: dict[str, float]
+    samples: list[float]
+    stop_reason: str
+
+
 def measure(
     step: Callable[[], object],
     settings: HarnessSettings,
@@ -57,14 +73,29 @@ def measure(
     synchronize: Callable[[], None] | None = None,
     on_timed: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], list[float]]:
-    """Time `step` (one batch). Returns metrics and the latency samples kept (ms).
+    """Time `step` (one batch). Returns metrics and the latency samples kept (ms): see
+    `measure_block`, which also says why the block stopped."""
+    out = measure_block(step, settings, items_per_step, synchronize, on_timed)
+    return out.metrics, out.samples
+
+
+def measure_block(
+    step: Callable[[], object],
+    settings: HarnessSettings,
+    items_per_step: int,
+    synchronize: Callable[[], None] | None = None,
+    on_timed: Callable[[], None] | None = None,
+) -> Measured:
+    """Time `step` (one batch): the metrics, the samples kept and the stop reason.
 
     Each sample is one call of `step` followed by `synchronize` (device wait), timed with
     perf_counter_ns. The loop stops when min_iters and min_time_s are both reached and the CV is
-    at or below cv_target, or when max_iters or max_time_s runs out (then `unstable` is 1). The
-    warm-up runs warmup_iters calls and at least warmup_s; `on_timed` is called between the
-    warm-up and the first timed call (where a telemetry window begins). The CV is kept running
-    (Welford), so a check costs the same at the 10,000th sample as at the 10th.
+    at or below cv_target ("settled"), or when max_iters or max_time_s runs out ("max-iters",
+    "max-time"; then `unstable` is 1 unless the CV is at target), or early when the config is out
+    of the running (`give_up_below_items_s`). The warm-up runs warmup_iters calls and at least
+    warmup_s; `on_timed` is called between the warm-up and the first timed call (where a
+    telemetry window begins). The CV is kept running (Welford), so a check costs the same at the
+    10,000th sample as at the 10th.
     """
     sync = synchronize or (lambda: None)
     clock = time.perf_counter_ns
@@ -78,13 +109,30 @@ def measure(
     warmup_s = (clock() - warm_start) / 1e9
     if on_timed is not None:
         on_timed()  # the telemetry window: the timed iterations only
-    samples: list[int] = []
-    cv = RunningCv()
     meter = LoadMeter()
     meter.start()
     started = clock()
-    stable = False
+    samples, cv, reason = _timed(step, sync, settings, items_per_step)
+    measure_s = (clock() - started) / 1e9
+    foreign = meter.stop()
+    stable = len(samples) >= settings.min_iters and cv.value() <= settings.cv_target
+    ms = np.asarray(samples, dtype=np.float64) / 1e6
+    metrics = summarize(ms, items_per_step, measure_s, stable)
+    metrics["foreign_load"] = foreign
+    metrics["warmup_s"] = warmup_s
+    return Measured(metrics, keep(ms, settings.keep_samples), reason)
+
+
+def _timed(
+    step: Callable[[], object], sync: Callable[[], None], settings: HarnessSettings, items_per_step: int
+) -> tuple[list[int], RunningCv, str]:
+    """The timed loop: the samples (ns), their running CV, and why it stopped."""
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    cv = RunningCv()
+    started = clock()
     check_every = max(1, settings.min_iters // 2)
+    floor = settings.give_up_below_items_s
     while True:
         t0 = clock()
         step()
@@ -94,20 +142,16 @@ def measure(
         cv.add(t1 - t0)
         n = len(samples)
         elapsed = (t1 - started) / 1e9
-        if n >= settings.min_iters and elapsed >= settings.min_time_s and n % check_every == 0:
-            if cv.value() <= settings.cv_target:
-                stable = True
-                break
-        if n >= settings.max_iters or elapsed >= settings.max_time_s:
-            stable = n >= settings.min_iters and cv.value() <= settings.cv_target
-            break
-    measure_s = (clock() - started) / 1e9
-    foreign = meter.stop()
-    ms = np.asarray(samples, dtype=np.float64) / 1e6
-    metrics = summarize(ms, items_per_step, measure_s, stable)
-    metrics["foreign_load"] = foreign
-    metrics["warmup_s"] = warmup_s
-    return metrics, keep(ms, settings.keep_samples)
+        if n >= settings.min_iters and n % check_every == 0:
+            if elapsed >= settings.min_time_s and cv.value() <= settings.cv_target:
+                return samples, cv, "settled"
+            if floor is not None and elapsed >= settings.min_time_s / 4:
+                if cv.optimistic_rate(items_per_step) < floor:
+                    return samples, cv, "out-of-running"
+        if n >= settings.max_iters:
+            return samples, cv, "max-iters"
+        if elapsed >= settings.max_time_s:
+            return samples, cv, "max-time"
 
 
 class RunningCv:
@@ -121,6 +165,15 @@ class RunningCv:
         delta = x - self.mean
         self.mean += delta / self.n
         self.m2 += delta * (x - self.mean)
+
+    def optimistic_rate(self, items_per_step: int, z: float = 3.0) -> float:
+        """Items per second if each step took its mean less z standard errors (ns samples): a
+        bound the config's true rate is very unlikely to beat."""
+        if self.n < 2:
+            return float("inf")
+        sem = (max(self.m2, 0.0) / (self.n - 1)) ** 0.5 / self.n**0.5
+        fastest = self.mean - z * sem
+        return float("inf") if fastest <= 0 else items_per_step * 1e9 / fastest
 
     def value(self) -> float:
         if self.n == 0 or self.mean <= 0:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from autotuner.measure.accuracy import check_reference, compare, data_info, task_scores
-from autotuner.measure.harness import ENERGY_METRICS, HarnessSettings, measure
+from autotuner.measure.harness import ENERGY_METRICS, HarnessSettings, measure_block
 from autotuner.measure.load import LoadMeter
 from autotuner.measure.serving_trial import run_serving_trial
 from autotuner.measure.telemetry import Probe
@@ -79,6 +79,8 @@ class Scenario(ABC):
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
+        # A search trial's early-stop floor (items/s) from the driver: see HarnessSettings.
+        self.give_up_below: float | None = None
 
     @abstractmethod
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult: ...
@@ -106,7 +108,10 @@ class BatchScenario(Scenario):
         runner.activate()
         settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
         settings = settings.for_trial(device.kind == "cuda", _energy_chosen(spec))
-        metrics, samples = measure(step, settings, batch_size, runner.synchronize, on_timed=probe.begin)
+        if block_s is None and self.give_up_below is not None:  # a search trial, not a race block
+            settings = dataclasses.replace(settings, give_up_below_items_s=self.give_up_below)
+        timed = measure_block(step, settings, batch_size, runner.synchronize, on_timed=probe.begin)
+        metrics, samples = timed.metrics, timed.samples
         probe.end()
         metrics["setup_s"] = setup_s
         metrics["host_rss_mb"] = host_peak_rss_mb()
@@ -123,6 +128,7 @@ class BatchScenario(Scenario):
             check_reference(backend_of(self.config), runner.value(runner.config, "precision"), metrics)
             metrics.update(task_scores(spec, outs, ref))
         info = {**runner.trial_info(), **(data_info(spec) if block_s is None else {})}
+        info["stop_reason"] = timed.stop_reason
         runner.teardown()
         return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=info)
 

@@ -78,6 +78,7 @@ def run_trial(
     device: Device,
     caps: dict[str, Any],
     block_s: float | None = None,
+    give_up_below: float | None = None,
 ) -> TrialResult:
     """One measurement block of a config in this fresh process (see `Scenario`); whatever goes
     wrong becomes a classified failure."""
@@ -85,7 +86,9 @@ def run_trial(
     pin(device, config)
     probe = probe_for(device)  # before setup: the GPU memory baseline
     try:
-        return scenario_for(spec, config, device, caps).run(device, probe, block_s)
+        scenario = scenario_for(spec, config, device, caps)
+        scenario.give_up_below = give_up_below
+        return scenario.run(device, probe, block_s)
     except TaskMetricError as e:
         return TrialResult.failure("invalid-metric", str(e))
     except ReferenceMismatch as e:  # what it measured is kept, and says which model it was
@@ -107,7 +110,8 @@ def main(argv: list[str]) -> int:
     spec = parse_spec(request["spec"])
     device = Device.from_dict(request["device"])
     caps = request["caps"]
-    result = run_trial(spec, request["config"], device, caps, request.get("block_s"))
+    floor = request.get("give_up_below")
+    result = run_trial(spec, request["config"], device, caps, request.get("block_s"), floor)
     if startup_s is not None:
         result.metrics["worker_startup_s"] = max(0.0, startup_s)
     if spec.model_digest is not None:  # which model was measured: a retrained one is another

@@ -29,6 +29,7 @@ from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.search.estimates import budget_use, config_key, counted, uses_budget
 from autotuner.search.ladder import tell_levels
+from autotuner.search.pick import Rule
 from autotuner.search.precheck import precheck
 from autotuner.search.proposals import Arms, Proposal
 from autotuner.search.space import grid_size, initial_design, make_sampler, sampled_params, suggest
@@ -46,6 +47,9 @@ GRACE_S = 30.0
 # recorded landscapes (docs/benchmarks/search_quality.md), repeats in the search bought less than
 # new configs do: the race re-measures the contenders anyway, so a repeat is told its pooled value.
 REPEATS_FOR_CONTENDERS = 1
+# A new config's search trial stops early once even its optimistic throughput is below this share
+# of the leader's (measure.harness: "out-of-running"); its numbers are a real, shorter block.
+GIVE_UP_SHARE = 0.5
 FALLBACK_AFTER = 2  # free trials in a row before the driver draws an unmeasured config itself
 
 
@@ -370,10 +374,23 @@ class Driver:
             self.say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
         self.free_streak = 0
         self.progress.trial_started(n, self.total, trial.number, config)
-        future = self.executor.submit(TrialRequest(trial.number, config))
+        floor = self.give_up_floor() if proposal is not None and proposal.action == "measure" else None
+        meta = {} if floor is None else {"give_up_below": floor}
+        future = self.executor.submit(TrialRequest(trial.number, config, meta))
         self.running[future] = Launched(trial, time.monotonic(), n, config)
         self.fresh += 1
         self.room -= 1
+
+    def give_up_floor(self) -> float | None:
+        """The throughput under which a new config's search trial stops early, out of the
+        running: GIVE_UP_SHARE of the leader's pooled throughput, where the first objective is
+        throughput to maximize and a leader is measured (None otherwise)."""
+        rule = Rule.first_objective(self.spec)
+        if rule.metric != "throughput_items_s" or rule.direction != "max":
+            return None
+        leaders = self.arms.leaders(1)
+        best = leaders[0].mean(rule.metric) if leaders else None
+        return GIVE_UP_SHARE * best if best else None
 
     def collect(self) -> None:
         """Wait for a trial to finish (a heartbeat at most), and store each that did."""
