@@ -29,6 +29,9 @@ LANDSCAPES = {
     # Held out: recorded after the defaults were settled, and never used to choose them.
     "wide": "benchmarks/landscapes/wide.yaml",
 }
+# Held out, 324 configs of ONNX Runtime session options x static int8 (issue 22); graded with
+# --compare only (it is recorded with enough rounds to keep truth rounds apart).
+HELD_OUT = {"sessions": "benchmarks/landscapes/sessions.yaml"}
 # Generated in memory from its fitted construction (benchmarks/synthetic_landscape.py).
 SYNTHETIC = {"synthetic": ("benchmarks/landscapes/synthetic.yaml", "benchmarks/landscapes/synthetic.json")}
 COMPARE_HEAD = "## Self-graded vs held-out truth"
@@ -51,6 +54,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--compare", default="", help="landscapes to grade both ways, side by side")
     ap.add_argument("--truth-rounds", type=int, default=2)
+    ap.add_argument(
+        "--heading", default=COMPARE_HEAD, help="the section of search_quality.md --compare writes (replaced)"
+    )
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     args = ap.parse_args()
     if args.compare:
@@ -121,14 +127,16 @@ def main() -> None:
 
 
 def _kept_compare() -> list[str]:
-    """The held-out section of the doc as it stands (a full rerun keeps it; --compare redoes it)."""
+    """The --compare sections of the doc as they stand (COMPARE_HEAD and every "## Held-out"
+    heading: a full rerun keeps them; --compare redoes its own)."""
     path = ROOT / "docs" / "benchmarks" / "search_quality.md"
     doc = path.read_text().splitlines() if path.exists() else []
-    if COMPARE_HEAD not in doc:
-        return []
-    i = doc.index(COMPARE_HEAD)
-    j = next((k for k in range(i + 1, len(doc)) if doc[k].startswith("## ")), len(doc))
-    return doc[i:j]
+    kept: list[str] = []
+    for i, line in enumerate(doc):
+        if line == COMPARE_HEAD or line.startswith("## Held-out"):
+            j = next((k for k in range(i + 1, len(doc)) if doc[k].startswith("## ")), len(doc))
+            kept += [*doc[i:j], ""] if kept else doc[i:j]
+    return kept
 
 
 def _machines(land: str, truth_rounds: int) -> str:
@@ -148,10 +156,11 @@ def _machines(land: str, truth_rounds: int) -> str:
 def _where(name: str) -> tuple[str, str]:
     if name in SYNTHETIC:
         return SYNTHETIC[name]
-    if name not in LANDSCAPES:
-        print(f"--compare: {name!r} is not one of {', '.join([*LANDSCAPES, *SYNTHETIC])}", file=sys.stderr)
+    specs = {**LANDSCAPES, **HELD_OUT}
+    if name not in specs:
+        print(f"--compare: {name!r} is not one of {', '.join([*specs, *SYNTHETIC])}", file=sys.stderr)
         raise SystemExit(2)
-    return LANDSCAPES[name], f"benchmarks/landscapes/{name}.jsonl"
+    return specs[name], f"benchmarks/landscapes/{name}.jsonl"
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -159,11 +168,12 @@ def compare(args: argparse.Namespace) -> None:
     cols = ("graded", *COLS, "served_truth_blocks", "median_wall_s")
     strategies = [s for s in args.strategies.split(",") if s]
     load0 = load_average()
+    heading = f" --heading {args.heading!r}" if args.heading != COMPARE_HEAD else ""
     out = [
-        COMPARE_HEAD,
+        args.heading,
         "",
         f"`python benchmarks/search_quality_report.py --compare {args.compare} --truth-rounds "
-        f"{args.truth_rounds} --seeds {args.seeds}`: each landscape run twice in one invocation. "
+        f"{args.truth_rounds} --seeds {args.seeds}{heading}`: each landscape run twice in one invocation. "
         "Self-graded: the truth is the mean of every recorded round, the same rounds the replay "
         f"draws (the old way). Held-out: each config's last {args.truth_rounds} trial-length rounds "
         "are the truth and the replay never draws them (`served_truth_blocks` counts any it did: 0); "
@@ -189,8 +199,8 @@ def compare(args: argparse.Namespace) -> None:
         if not land.endswith(".json"):
             out += [_machines(str(ROOT / land), args.truth_rounds), ""]
     doc = (ROOT / "docs" / "benchmarks" / "search_quality.md").read_text().splitlines()
-    if COMPARE_HEAD in doc:
-        i = doc.index(COMPARE_HEAD)
+    if args.heading in doc:
+        i = doc.index(args.heading)
         j = next((k for k in range(i + 1, len(doc)) if doc[k].startswith("## ")), len(doc))
         doc = doc[:i] + out + doc[j:]
     else:
