@@ -26,7 +26,10 @@ from autotuner.runners.registry import targets
 if TYPE_CHECKING:
     from autotuner.spec.schema import Spec
 
-TIMED_OUT = 1 << 16  # same value as process.TIMED_OUT
+TIMED_OUT = 1 << 16  # a block past its deadline (process.py reads it from here)
+# The zygote's own environment: OpenBLAS held to one thread, so that numpy's import starts none
+# and the zygote stays forkable (see zygote).
+ZYGOTE_ENV = {"OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 class WarmWorkers:
@@ -54,7 +57,7 @@ class WarmWorkers:
 
     def _start(self) -> None:
         watch_r, self.watch_w = os.pipe()
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **ZYGOTE_ENV}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autotuner.execution.zygote", str(watch_r), *self.modules],
             stdin=subprocess.PIPE,

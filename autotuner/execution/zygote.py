@@ -33,8 +33,6 @@ import time
 import traceback
 from typing import Any
 
-ENV = {"OPENBLAS_NUM_THREADS": "1"}  # the driver starts the zygote with these
-
 
 def threads_now() -> int:
     return len(os.listdir("/proc/self/task"))
