@@ -84,8 +84,28 @@ def within_budget(study: optuna.Study, number: int, budget: int, memo: dict[int,
     return below < budget
 
 
-def recover_stale(study: optuna.Study, progress: Progress) -> int:
-    """Fail RUNNING trials whose driver is gone, and queue their configs again."""
+def recover_stale(
+    study: optuna.Study, progress: Progress, sleep: Callable[[float], None] = time.sleep
+) -> int:
+    """Fail RUNNING trials whose driver is gone, and queue their configs again.
+
+    A trial is its driver's from the claim that follows its ask. One asked but not yet claimed
+    (its driver killed between the two, or a live driver in that instant) is judged once it is
+    GRACE_S old, as one whose heartbeat stopped: a rerun started at once waits for that, rather
+    than leave it RUNNING for good."""
+    unclaimed = [
+        t.datetime_start.timestamp()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not rec.owner(t) and t.datetime_start is not None
+    ]
+    if unclaimed:
+        wait_s = GRACE_S - (time.time() - min(unclaimed))
+        if wait_s > 0:
+            progress.say(
+                f"a trial was asked but not claimed {GRACE_S - wait_s:.0f} s ago; "
+                f"waiting {wait_s:.0f} s to see whether its driver is alive"
+            )
+            sleep(wait_s + 0.5)
     host = socket.gethostname()
     now = time.time()
     n = 0
@@ -94,7 +114,7 @@ def recover_stale(study: optuna.Study, progress: Progress) -> int:
         dead_here = owner.get("host") == host and not pid_alive(int(owner.get("pid", -1)))
         if not (dead_here or now - rec.last_beat(t) > GRACE_S):
             continue
-        who = f"{owner.get('host', '?')}:{owner.get('pid', '?')}"
+        who = f"{owner.get('host', '?')}:{owner.get('pid', '?')}" if owner else "unknown (before its claim)"
         rec.interrupt(study, t, f"driver {who} stopped while the trial ran")
         n += 1
     if n:

@@ -363,8 +363,10 @@ def interrupt(study: optuna.Study, t: Trial | FrozenTrial, message: str, retry: 
     again when it had one, so that the next run measures it."""
     live = t if isinstance(t, Trial) else Trial(study, t._trial_id)
     fail(study, live, "interrupted", message)
-    params = t.params if isinstance(t, FrozenTrial) else study._storage.get_trial(t._trial_id).params
-    if retry and params:  # a driver killed between ask and sample leaves nothing to retry
+    frozen = t if isinstance(t, FrozenTrial) else study._storage.get_trial(t._trial_id)
+    # A queued config popped by an ask but not yet sampled holds its values as fixed params.
+    params = frozen.params or dict(frozen.system_attrs.get("fixed_params") or {})
+    if retry and params:  # a fresh trial of a driver killed between ask and sample has none
         queue(study, params, **{RETRY_OF: t.number})
 
 

@@ -29,7 +29,9 @@ def test_each_block_names_why_it_stopped() -> None:
     settled = measure_block(_step, HarnessSettings(min_iters=5, min_time_s=0.05, cv_target=10.0), 1)
     assert settled.stop_reason == "settled" and settled.metrics["unstable"] == 0.0
     timed_out = measure_block(
-        _step, HarnessSettings(min_iters=5, min_time_s=0.05, max_time_s=0.1, cv_target=0.0), 1
+        _step,
+        HarnessSettings(min_iters=5, max_iters=10**9, min_time_s=0.05, max_time_s=0.1, cv_target=0.0),
+        1,
     )
     assert timed_out.stop_reason == "max-time" and timed_out.metrics["unstable"] == 1.0
     counted = measure_block(
@@ -39,7 +41,8 @@ def test_each_block_names_why_it_stopped() -> None:
 
 
 def test_a_config_out_of_the_running_stops_early_with_a_real_measurement() -> None:
-    settings = HarnessSettings(min_iters=5, min_time_s=0.4, max_time_s=2.0, cv_target=0.0)
+    # No iteration cap: on a fast CPU this step runs its 10,000 default iterations within max_time_s.
+    settings = HarnessSettings(min_iters=5, max_iters=10**9, min_time_s=0.4, max_time_s=2.0, cv_target=0.0)
     full = measure_block(_step, settings, 4)
     # A leader no config of this step can come near: the block ends after a quarter of min_time_s.
     cut = measure_block(_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": 1e12}), 4)

@@ -106,12 +106,14 @@ def test_sigkill_mid_run_then_rerun_reaches_budget_with_nothing_running(in_tmp: 
                 continue
             assert stale.state == TrialState.FAIL and stale.user_attrs["failure_class"] == "interrupted"
             retry = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
-            if stale.params:
+            chosen = stale.params or stale.system_attrs.get("fixed_params") or {}
+            if chosen:
                 # Killed mid-sampling (Ray samples the next trial while others run), a trial holds
-                # part of its config: the retry keeps that part and samples the rest.
+                # part of its config; killed before sampling a queued one (the covering design's),
+                # all of it: the retry keeps that and samples the rest.
                 assert len(retry) == 1
-                assert {k: retry[0].params[k] for k in stale.params} == stale.params
-            else:  # killed between ask and sample: nothing had been chosen, nothing to retry
+                assert {k: retry[0].params[k] for k in chosen} == chosen
+            else:  # a fresh trial killed between ask and sample: nothing chosen, nothing to retry
                 assert retry == []
         counted = [t for t in study.trials if t.user_attrs.get("failure_class") != "interrupted"]
         assert len(counted) == 5
