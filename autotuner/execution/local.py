@@ -9,6 +9,7 @@ from typing import Any
 from autotuner.execution.base import GPUS_VAR, Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.execution.process import run_worker
 from autotuner.execution.warm import WarmWorkers, runner_modules
+from autotuner.models.builtins import library_modules
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -30,7 +31,11 @@ class LocalExecutor(Executor):
         self.cores = tuple(sorted(os.sched_getaffinity(0)))
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-trial")
         self.spec_dict = public_spec_dict(spec)
-        self.warm = WarmWorkers(runner_modules(spec)) if spec.measurement.workers == "warm" else None
+        self.warm = (
+            WarmWorkers(runner_modules(spec) + library_modules(spec))
+            if spec.measurement.workers == "warm"
+            else None
+        )
         if self.warm is not None:
             self.warm.begin()
 

