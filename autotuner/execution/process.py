@@ -62,13 +62,17 @@ def _run_in(
     request = {**request, "asked_at": time.time()}  # the worker's start-up is measured from here
     req_path.write_text(json.dumps(request))
     code = warm.run(req_path, res_path, log_path, timeout_s, env) if warm is not None else None
+    how = "warm" if code is not None else "fresh"
     if code is None:  # fresh, or the warm workers could not start this one
         code = _run_fresh(req_path, res_path, log_path, timeout_s, env)
     if code == TIMED_OUT:
         return TrialResult.failure(
             "timeout", f"the trial ran past its {timeout_s:g} s deadline and was killed"
         )
-    return classify_exit(code, res_path, log_path)
+    result = classify_exit(code, res_path, log_path)
+    if isinstance(result, dict):  # how the block's process was started, kept with its result
+        result.setdefault("info", {})["worker"] = how
+    return result
 
 
 def _run_fresh(req_path: Path, res_path: Path, log_path: Path, timeout_s: float, env: dict[str, str]) -> int:

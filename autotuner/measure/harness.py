@@ -19,6 +19,14 @@ GPU_WARMUP_S = 0.2
 # an energy figure is chosen on is at least this long.
 ENERGY_WINDOW_S = 5.0
 ENERGY_METRICS = ("energy_j_per_item", "power_w")
+# Far out of the running: a step at under this share of the give-up floor (the floor is half the
+# leader's throughput, so under a quarter of the leader) ends the warm-up after one step, and two
+# timed steps at under it end the block before min_iters, where the steps are long enough to judge
+# (a quarter of min_time_s: a fast step is judged at min_iters as before). A slow config (a bf16
+# MiniLM batch of 16 on a CPU without bf16 units takes 3.4 s a step) no longer spends its whole
+# warm-up. A warm-up step runs slower than the steady state, not 4x faster, so no config that
+# could win is cut.
+HOPELESS_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,8 @@ class HarnessSettings:
     keep_samples: int = 500
     # A search trial's early stop (set per trial by the driver, never by the spec): once the
     # block is past min_iters and a quarter of min_time_s, it stops with reason "out-of-running"
-    # when even its optimistic throughput (mean step time less 3 standard errors) is below this.
+    # when even its optimistic throughput (mean step time less 3 standard errors) is below this;
+    # far below it (HOPELESS_SHARE), after one warm-up step and two timed ones.
     give_up_below_items_s: float | None = None
 
     @classmethod
@@ -102,10 +111,17 @@ def measure_block(
     warm_start = clock()
     warm_until = warm_start + int(settings.warmup_s * 1e9)
     done = 0
+    hopeless = settings.give_up_below_items_s
+    hopeless = None if hopeless is None else hopeless * HOPELESS_SHARE
+    quarter = settings.min_time_s / 4 * 1e9  # a step shorter than this is too noisy to judge alone
     while done < settings.warmup_iters or (settings.warmup_s > 0 and clock() < warm_until):
+        t0 = clock()
         step()
         sync()
         done += 1
+        took = clock() - t0
+        if hopeless is not None and took >= quarter and items_per_step * 1e9 / took < hopeless:
+            break  # the timed steps say how far out; more warm-up would not bring it back
     warmup_s = (clock() - warm_start) / 1e9
     if on_timed is not None:
         on_timed()  # the telemetry window: the timed iterations only
@@ -142,6 +158,9 @@ def _timed(
         cv.add(t1 - t0)
         n = len(samples)
         elapsed = (t1 - started) / 1e9
+        if floor is not None and 2 <= n < settings.min_iters and elapsed >= settings.min_time_s / 4:
+            if items_per_step * 1e9 / cv.mean < floor * HOPELESS_SHARE:
+                return samples, cv, "out-of-running"
         if n >= settings.min_iters and n % check_every == 0:
             if elapsed >= settings.min_time_s and cv.value() <= settings.cv_target:
                 return samples, cv, "settled"

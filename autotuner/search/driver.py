@@ -189,11 +189,13 @@ class Driver:
                     break
                 self.collect()
                 self.heartbeat()
-        except KeyboardInterrupt:
-            self.interrupted()
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                self.interrupted()
+            stop_workers()  # what still runs ends with the driver
             raise
-        finally:
-            stop_workers()
+        # A search that ended on its own leaves nothing running; the warm zygote stays, for the
+        # race's blocks (killing it here cost the race's first round a restart: 3-7 s).
         budget_s = self.spec.budget.measure_s
         if budget_s is not None and self.measured_s >= budget_s:
             self.say(f"the measurement budget ({budget_s:g} s) is spent")

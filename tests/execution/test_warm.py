@@ -20,6 +20,7 @@ from helpers import FAST_MEASUREMENT, write_spec
 
 from autotuner import api
 from autotuner.execution import TrialRequest, make_executor
+from autotuner.progress import Progress
 from autotuner.spec.schema import Spec
 
 MISBEHAVING = {
@@ -30,9 +31,14 @@ MISBEHAVING = {
 }
 
 
-def _spec(directory: Path, workers: str = "warm", timeout_s: float = 120) -> Spec:
+def _spec(directory: Path, workers: str = "warm", timeout_s: float = 120, batches: tuple = (1, 2, 4)) -> Spec:
     measurement = {**FAST_MEASUREMENT, "trial_timeout_s": timeout_s, "workers": workers}
-    space = {"backend": ["torch-eager"], "precision": ["fp32"], "batch_size": [1, 2, 4], "threads": [1, 2]}
+    space = {
+        "backend": ["torch-eager"],
+        "precision": ["fp32"],
+        "batch_size": list(batches),
+        "threads": [1, 2],
+    }
     return api.check_model(
         api.load_spec(write_spec(directory, **MISBEHAVING, space=space, measurement=measurement))
     )
@@ -178,3 +184,19 @@ def test_the_models_libraries_are_imported_once_in_the_zygote_not_in_each_block(
         assert res.read_text() == "True"
         block = _block(ex, 1)
         assert block.ok and ex.warm.off is None, block.failure_message
+
+
+def test_the_zygote_outlives_the_search_and_serves_the_race(in_tmp: Path, caps: dict) -> None:
+    """A search that ends on its own leaves the executor's zygote up: the race's blocks fork from
+    the zygote the search used (no restart, which costs 3-7 s and one of its restarts)."""
+    spec = _spec(in_tmp, batches=(1,))  # batch 1 only: the model misbehaves at 2 and 4
+    quiet = Progress(quiet=True)
+    with make_executor("local", spec, caps) as ex:
+        study = api.open_study(spec, storage=f"sqlite:///{in_tmp / 's.db'}", caps=caps, progress=quiet)
+        api.search(spec, study, ex, trials=2, caps=caps, progress=quiet)
+        zygote = ex.warm.proc
+        assert zygote is not None and zygote.poll() is None, "the search's end stopped the zygote"
+        block = _block(ex, 1, threads=2)
+        assert block.ok, block.failure_message
+        assert block.info["worker"] == "warm"  # forked, not a fresh interpreter after a failed ask
+        assert ex.warm.proc is zygote and ex.warm.restarts_left == 1 and ex.warm.off is None

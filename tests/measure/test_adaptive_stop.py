@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,10 @@ def test_a_config_out_of_the_running_stops_early_with_a_real_measurement() -> No
     # No iteration cap: on a fast CPU this step runs its 10,000 default iterations within max_time_s.
     settings = HarnessSettings(min_iters=5, max_iters=10**9, min_time_s=0.4, max_time_s=2.0, cv_target=0.0)
     full = measure_block(_step, settings, 4)
-    # A leader no config of this step can come near: the block ends after a quarter of min_time_s.
-    cut = measure_block(_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": 1e12}), 4)
+    # A floor a fifth above what this step does (not far above: that is the next test): the block
+    # ends at its first check past min_iters and a quarter of min_time_s.
+    floor = 1.2 * full.metrics["throughput_items_s"]
+    cut = measure_block(_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": floor}), 4)
     assert full.stop_reason == "max-time" and cut.stop_reason == "out-of-running"
     assert cut.metrics["measure_s"] < 0.5 * full.metrics["measure_s"]
     assert cut.metrics["n_iterations"] >= settings.min_iters
@@ -56,6 +59,25 @@ def test_a_config_out_of_the_running_stops_early_with_a_real_measurement() -> No
     # A floor the config clears does not cut it short.
     kept = measure_block(_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": 1.0}), 4)
     assert kept.stop_reason == "max-time"
+
+
+def _slow_step() -> None:
+    time.sleep(0.02)  # a step of 20 ms: 50 items/s at one item a step
+
+
+def test_a_config_far_out_of_the_running_ends_its_warm_up_at_once_and_its_block_after_two_steps() -> None:
+    settings = HarnessSettings(warmup_iters=3, min_iters=8, min_time_s=0.04, max_time_s=10.0, cv_target=0.0)
+    far = measure_block(
+        _slow_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": 1000.0}), 1
+    )
+    assert far.stop_reason == "out-of-running" and far.metrics["n_iterations"] == 2
+    assert far.metrics["warmup_s"] < 2 * 0.02  # one warm-up step of three
+    # Below the floor but not far below (50 items/s, floor 60): the whole warm-up, min_iters steps.
+    near = measure_block(
+        _slow_step, HarnessSettings(**{**settings.__dict__, "give_up_below_items_s": 60.0}), 1
+    )
+    assert near.metrics["warmup_s"] >= 3 * 0.02 and near.metrics["n_iterations"] >= settings.min_iters
+    assert near.stop_reason == "out-of-running"
 
 
 def test_the_worker_reports_the_stop_reason_of_a_real_model() -> None:
