@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
 
 
-def one(source: Path | None, cache: Path) -> tuple[float, float, int, str]:
-    """(seconds, load before, exit status, the run's own wall-time line) of one run from scratch."""
+def one(source: Path | None, cache: Path) -> tuple[float, float, int, str, str]:
+    """(seconds, load before, exit status, the run's own wall-time line, the config it chose) of
+    one run from scratch."""
     env = dict(os.environ, AUTOTUNE_CACHE_DIR=str(cache))
     if source is not None:
         env["PYTHONPATH"] = str(source)
@@ -46,7 +47,9 @@ def one(source: Path | None, cache: Path) -> tuple[float, float, int, str]:
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
     wall = next((ln for ln in proc.stdout.splitlines() if ln.startswith("wall time ")), "-")
-    return dt, load, proc.returncode, wall.partition(": ")[2] or "-"
+    chosen = next((ln for ln in proc.stdout.splitlines() if ln.startswith("chosen: ")), "")
+    pick = chosen.removeprefix("chosen: ").partition(" by ")[0].partition(" ")[2] or "-"
+    return dt, load, proc.returncode, wall.partition(": ")[2] or "-", pick
 
 
 def main() -> int:
@@ -71,9 +74,9 @@ def main() -> int:
         if r % 2:
             order.reverse()
         for name, source in order:
-            dt, load, code, parts = one(source, cache)
+            dt, load, code, parts, pick = one(source, cache)
             times[name].append(dt)
-            rows.append(f"| {r + 1} | {name} | {dt:.1f} | {load:.2f} | {code} | {parts} |")
+            rows.append(f"| {r + 1} | {name} | {dt:.1f} | {load:.2f} | {code} | {parts} | {pick} |")
             print(rows[-1], flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["this tree"] / med[label]
@@ -90,8 +93,8 @@ def main() -> int:
         "",
         "## Runs",
         "",
-        "| round | code | seconds | load before (1 min) | exit | the run's own breakdown |",
-        "|---|---|---|---|---|---|",
+        "| round | code | seconds | load before (1 min) | exit | the run's own breakdown | chosen |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Median: this tree {med['this tree']:.1f} s, `{label}` {med[label]:.1f} s; ratio {ratio:.2f}. "
