@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotuner.errors import UsageError
-from autotuner.execution import check_executor
+from autotuner.execution import check_executor, start_warm_workers
 from autotuner.execution import make_executor as _make
 from autotuner.execution.base import TrialRequest
 from autotuner.execution.capabilities import probe as _probe
@@ -196,8 +196,14 @@ def run(
     check_writable(Path(reports_dir), "reports")
     progress = progress or Progress()
     url = _url(s, None)
-    caps = probe()
-    ex = make_executor(executor, s, caps, address)
+    warm = start_warm_workers(s) if executor == "local" else None  # its imports overlap the probe
+    try:
+        caps = probe()
+        ex = _make(executor, s, caps, address, warm)
+    except BaseException:
+        if warm is not None:
+            warm.close()
+        raise
     # Where trials run: the executor's (a Ray cluster's GPU node's GPU facts), not the driver's.
     caps = ex.caps
     if ex.cluster_note:

@@ -13,12 +13,21 @@ from typing import Any
 
 from autotuner.errors import UsageError
 from autotuner.execution.base import Executor, TrialRequest
-from autotuner.execution.local import LocalExecutor
+from autotuner.execution.local import LocalExecutor, start_warm_workers
 from autotuner.execution.process import kill_all as stop_workers
 from autotuner.execution.ray_executor import RayExecutor
+from autotuner.execution.warm import WarmWorkers
 from autotuner.spec.schema import Spec
 
-__all__ = ["EXECUTORS", "Executor", "TrialRequest", "check_executor", "make_executor", "stop_workers"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "TrialRequest",
+    "check_executor",
+    "make_executor",
+    "start_warm_workers",
+    "stop_workers",
+]
 
 EXECUTORS = ("local", "ray")
 
@@ -31,10 +40,15 @@ def check_executor(name: str, address: str | None = None) -> None:
         raise UsageError("--address applies to --executor ray")
 
 
-def make_executor(name: str, spec: Spec, caps: dict[str, Any], address: str | None = None) -> Executor:
-    """An executor by name. Heavy ones (ray) are imported only when asked for."""
+def make_executor(
+    name: str, spec: Spec, caps: dict[str, Any], address: str | None = None, warm: WarmWorkers | None = None
+) -> Executor:
+    """An executor by name. Heavy ones (ray) are imported only when asked for. `warm`: the local
+    executor's warm workers, started early (`start_warm_workers`); another executor closes them."""
     check_executor(name, address)
     if name == "ray":
+        if warm is not None:
+            warm.close()
         return RayExecutor(spec, caps, address)
 
-    return LocalExecutor(spec, caps)
+    return LocalExecutor(spec, caps, warm)

@@ -17,6 +17,16 @@ from autotuner.spec.schema import Spec
 from autotuner.subprocesses import nvidia_smi
 
 
+def start_warm_workers(spec: Spec) -> WarmWorkers | None:
+    """The spec's warm workers, their zygote starting in the background now (its imports take
+    5-8 s on 2 cores: started before the machine probe, they overlap it), or None for `fresh`."""
+    if spec.measurement.workers != "warm":
+        return None
+    warm = WarmWorkers(runner_modules(spec) + library_modules(spec))
+    warm.begin()
+    return warm
+
+
 class LocalExecutor(Executor):
     """One slot: the machine is one device (its cores, and GPUs 0..N-1 when a config holds N).
 
@@ -26,18 +36,14 @@ class LocalExecutor(Executor):
 
     slots = 1
 
-    def __init__(self, spec: Spec, caps: dict[str, Any]) -> None:
+    def __init__(self, spec: Spec, caps: dict[str, Any], warm: WarmWorkers | None = None) -> None:
+        """`warm`: the spec's warm workers, started already (`start_warm_workers`), else they
+        start here."""
         super().__init__(spec, caps)
         self.cores = tuple(sorted(os.sched_getaffinity(0)))
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-trial")
         self.spec_dict = public_spec_dict(spec)
-        self.warm = (
-            WarmWorkers(runner_modules(spec) + library_modules(spec))
-            if spec.measurement.workers == "warm"
-            else None
-        )
-        if self.warm is not None:
-            self.warm.begin()
+        self.warm = warm if warm is not None else start_warm_workers(spec)
 
     def device_for(self, config: dict[str, Any]) -> Device:
         cuda = trial_gpus(self.spec, config) > 0
