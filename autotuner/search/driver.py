@@ -43,6 +43,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 T = TypeVar("T")
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0
+CLAIM_POLL_S = 0.5
 # A proposed repeat of a contender is measured until it has this many blocks. Measured on the
 # recorded landscapes (docs/benchmarks/search_quality.md), repeats in the search bought less than
 # new configs do: the race re-measures the contenders anyway, so a repeat is told its pooled value.
@@ -93,19 +94,24 @@ def recover_stale(
     (its driver killed between the two, or a live driver in that instant) is judged once it is
     GRACE_S old, as one whose heartbeat stopped: a rerun started at once waits for that, rather
     than leave it RUNNING for good."""
-    unclaimed = [
-        t.datetime_start.timestamp()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not rec.owner(t) and t.datetime_start is not None
-    ]
-    if unclaimed:
-        wait_s = GRACE_S - (time.time() - min(unclaimed))
-        if wait_s > 0:
+    said = False
+    until = time.monotonic() + GRACE_S + 1  # a start stamped by a clock ahead of ours waits no longer
+    while time.monotonic() < until:  # a live driver claims within milliseconds: only an orphan waits
+        unclaimed = [
+            t.datetime_start.timestamp()
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not rec.owner(t) and t.datetime_start is not None
+        ]
+        wait_s = GRACE_S - (time.time() - min(unclaimed)) if unclaimed else 0.0
+        if wait_s <= 0:
+            break
+        if not said:
             progress.say(
-                f"a trial was asked but not claimed {GRACE_S - wait_s:.0f} s ago; "
-                f"waiting {wait_s:.0f} s to see whether its driver is alive"
+                f"a trial was asked {GRACE_S - wait_s:.0f} s ago but not claimed; waiting up to "
+                f"{wait_s:.0f} s to see whether its driver is alive"
             )
-            sleep(wait_s + 0.5)
+            said = True
+        sleep(min(wait_s + 0.1, CLAIM_POLL_S))
     host = socket.gethostname()
     now = time.time()
     n = 0
