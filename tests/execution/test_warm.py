@@ -148,7 +148,8 @@ def test_a_runs_wall_time_is_broken_down_in_the_summary_and_the_report(in_tmp: P
     parts = dict(re.findall(r"([a-z-]+) ([0-9.]+) s", line.split(":", 1)[1]))
     assert set(parts) == {"start-up", "setup", "warm-up", "timed", "driver"}, line
     values = {k: float(v) for k, v in parts.items()}
-    assert values["start-up"] > 0 and values["timed"] > 0, line
+    # Start-up can print 0.0: the zygote starts before the machine probe, so its blocks start warm.
+    assert values["start-up"] >= 0 and values["timed"] > 0, line
     assert abs(sum(values.values()) - wall) < 0.5, line  # the parts are the whole, to rounding
     html = next((in_tmp / "reports").glob("*.html")).read_text()
     assert "class='wall'>Wall time" in html and "start-up" in html
