@@ -111,8 +111,8 @@ def measure_block(
     warm_start = clock()
     warm_until = warm_start + int(settings.warmup_s * 1e9)
     done = 0
-    hopeless = settings.give_up_below_items_s
-    hopeless = None if hopeless is None else hopeless * HOPELESS_SHARE
+    floor = settings.give_up_below_items_s
+    hopeless = None if floor is None else floor * HOPELESS_SHARE
     quarter = settings.min_time_s / 4 * 1e9  # a step shorter than this is too noisy to judge alone
     while done < settings.warmup_iters or (settings.warmup_s > 0 and clock() < warm_until):
         t0 = clock()
