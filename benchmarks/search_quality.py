@@ -21,8 +21,11 @@ the machine's own. Per strategy it prints:
 - measure_s_ratio: timed measurement seconds the run spent (search and race), relative to
   measuring every config of the grid once for as long as its recorded trials did.
 
-Strategies: default (the spec as written), tpe, random, grid, gp (Optuna's GPSampler), and
-naive-tpe (tpe without the race: the best pooled estimate, as a one-shot pick would do).
+Strategies: default (the spec as written), tpe, random, grid, gp (Optuna's GPSampler),
+naive-tpe (tpe without the race: the best pooled estimate, as a one-shot pick would do), and
+first-look (the spec with measurement.first_look_s at a quarter of min_time_s: each new config a
+short first look, answered from the landscape's short blocks, and a trial-length block only for
+those that may still win).
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe")
+STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe", "first-look")
+# first-look: the spec as written, with a short first look of a quarter of min_time_s per new config
+# (measurement.first_look_s); the landscape needs short blocks of that length (record_landscape.py
+# --short-s), which the replay answers first looks with.
+FIRST_LOOK_SHARE = 0.25
 TIE_PCT = 0.02
 
 
@@ -138,6 +145,10 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     d = spec_to_dict(spec)
     d.pop("storage", None)
     if strategy == "default":
+        return spec_from_dict(d, "strategy")
+    if strategy == "first-look":
+        m = d.setdefault("measurement", {})
+        m["first_look_s"] = round(FIRST_LOOK_SHARE * spec.measurement.min_time_s, 6)
         return spec_from_dict(d, "strategy")
     d["sampler"] = {"type": "tpe" if strategy == "naive-tpe" else strategy}
     if strategy == "naive-tpe":

@@ -90,6 +90,7 @@ class LocalExecutor(Executor):
             return TrialResult.failure("unsupported", why)
         payload = self.payload_for(request.config, request.block_s)
         payload["give_up_below"] = request.meta.get("give_up_below")
+        payload["first_look_s"] = request.meta.get("first_look_s")
         # The one thread of this pool starts workers; the driver itself never initialises CUDA.
         with visible_gpus(self.gpu_ids(trial_gpus(self.spec, request.config))):
             timeout_s, threads = self.spec.measurement.trial_timeout_s, request.config.get("threads")

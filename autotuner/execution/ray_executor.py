@@ -300,7 +300,11 @@ class RayExecutor(Executor):
         timeout = self.spec.measurement.trial_timeout_s
         ref = self.trial.options(**opts).remote(
             self._payload(
-                config, "trial", block_s=request.block_s, give_up_below=request.meta.get("give_up_below")
+                config,
+                "trial",
+                block_s=request.block_s,
+                give_up_below=request.meta.get("give_up_below"),
+                first_look_s=request.meta.get("first_look_s"),
             ),
             timeout,
             opts["num_cpus"],

@@ -111,12 +111,20 @@ class ReplayExecutor(Executor):
         r = queue.pop()
         self.served.append((k, int(r["round"]), "short" if short else "trial"))
         metrics = {m: float(v) for m, v in r["metrics"].items()}
+        info: dict[str, Any] = {}
+        if request.fidelity == "short":
+            # A first look is a search trial: its accuracy (which a short recorded block, taken
+            # race-style, does not carry) is the config's own, from a trial-length record.
+            full = next((x for x in recs if "metrics" in x and not is_short(x)), None)
+            for m, v in (full or {}).get("metrics", {}).items():
+                metrics.setdefault(m, float(v))
+            info = {"fidelity": "short"}
         if request.block_s is not None and not short:
             metrics["measure_s"] = request.block_s
         self.measure_s += float(metrics.get("measure_s") or 0.0)
         self.setup_s += float(metrics.get("setup_s") or 0.0)
         self.blocks += 1
-        return TrialResult(ok=True, metrics=metrics)
+        return TrialResult(ok=True, metrics=metrics, info=info)
 
     def submit(self, request: TrialRequest) -> Future[TrialResult]:
         fut: Future[TrialResult] = Future()

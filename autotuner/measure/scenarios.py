@@ -47,6 +47,13 @@ def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
     )
 
 
+def first_look_settings(settings: HarnessSettings, look_s: float) -> HarnessSettings:
+    """A first look: the trial's warm-up, then a fixed look_s of timed batches (at least 3)."""
+    return dataclasses.replace(
+        settings, min_iters=min(settings.min_iters, 3), min_time_s=look_s, max_time_s=look_s
+    )
+
+
 def derived(
     spec: Spec, metrics: dict[str, float], probe: Probe, windowed: bool = True, items: float | None = None
 ) -> dict[str, float]:
@@ -81,6 +88,9 @@ class Scenario(ABC):
         self.spec = spec
         # A search trial's early-stop floor (items/s) from the driver: see HarnessSettings.
         self.give_up_below: float | None = None
+        # A search trial that is a first look (measurement.first_look_s): timed for this long.
+        # Batch trials honour it; serving and workload trials measure at full length.
+        self.first_look_s: float | None = None
 
     @abstractmethod
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult: ...
@@ -107,6 +117,9 @@ class BatchScenario(Scenario):
         setup_s = time.perf_counter() - started
         runner.activate()
         settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
+        look = self.first_look_s if block_s is None else None
+        if look is not None:  # before for_trial: an energy metric still gets its window
+            settings = first_look_settings(settings, look)
         settings = settings.for_trial(device.kind == "cuda", _energy_chosen(spec))
         if block_s is None and self.give_up_below is not None:  # a search trial, not a race block
             settings = dataclasses.replace(settings, give_up_below_items_s=self.give_up_below)
@@ -129,6 +142,8 @@ class BatchScenario(Scenario):
             metrics.update(task_scores(spec, outs, ref))
         info = {**runner.trial_info(), **(data_info(spec) if block_s is None else {})}
         info["stop_reason"] = timed.stop_reason
+        if look is not None:
+            info |= {"fidelity": "short", "first_look_s": look}
         runner.teardown()
         return TrialResult(ok=True, metrics=metrics, latency_samples_ms=samples, info=info)
 

@@ -79,6 +79,7 @@ def run_trial(
     caps: dict[str, Any],
     block_s: float | None = None,
     give_up_below: float | None = None,
+    first_look_s: float | None = None,
 ) -> TrialResult:
     """One measurement block of a config in this fresh process (see `Scenario`); whatever goes
     wrong becomes a classified failure."""
@@ -88,6 +89,7 @@ def run_trial(
     try:
         scenario = scenario_for(spec, config, device, caps)
         scenario.give_up_below = give_up_below
+        scenario.first_look_s = first_look_s
         return scenario.run(device, probe, block_s)
     except TaskMetricError as e:
         return TrialResult.failure("invalid-metric", str(e))
@@ -111,7 +113,9 @@ def main(argv: list[str]) -> int:
     device = Device.from_dict(request["device"])
     caps = request["caps"]
     floor = request.get("give_up_below")
-    result = run_trial(spec, request["config"], device, caps, request.get("block_s"), floor)
+    result = run_trial(
+        spec, request["config"], device, caps, request.get("block_s"), floor, request.get("first_look_s")
+    )
     if startup_s is not None:
         result.metrics["worker_startup_s"] = max(0.0, startup_s)
     if spec.model_digest is not None:  # which model was measured: a retrained one is another

@@ -142,6 +142,10 @@ def _waiting(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if t.state == TrialState.WAITING)
 
 
+def _promotions_waiting(trials: list[FrozenTrial]) -> int:
+    return sum(1 for t in trials if t.state == TrialState.WAITING and rec.is_promotion(t))
+
+
 class Launched(NamedTuple):
     """A trial handed to the executor: what `collect` needs when its result comes back."""
 
@@ -149,6 +153,7 @@ class Launched(NamedTuple):
     started: float  # time.monotonic() at submit
     n: int  # its place in the budget, as the console shows it
     config: dict[str, Any]
+    first_look: bool = False  # a short first look (measurement.first_look_s)
 
 
 class Driver:
@@ -181,6 +186,7 @@ class Driver:
         self.fresh = 0
         self.room = 0
         self.waiting = 0
+        self.promotions = 0  # of them, promotions after a first look (not trials of the budget)
         self.arms: Arms
         self.rng: random.Random
         self.measured_s = 0.0
@@ -292,16 +298,19 @@ class Driver:
         # Queued trials waiting as of that read; each ask takes one. Queueing another on top of
         # one would only push it back.
         self.waiting = _waiting(self.trials)
+        self.promotions = _promotions_waiting(self.trials)
         self.fresh = 0
 
     def _may_ask(self) -> bool:
         return (
-            self.room > 0
+            (self.room > 0 or self.promotions > 0)  # a promotion is not a trial of the budget
             and len(self.running) < self.executor.slots
             and self._time_left()
             and not self.exhausted
             and self.free_total <= max(50, 10 * self.total)
-            and not (self.space_size is not None and self.arms.tried() >= self.space_size)
+            and not (
+                self.space_size is not None and self.arms.tried() >= self.space_size and not self.waiting
+            )
         )
 
     def _queue_next(self) -> None:
@@ -323,8 +332,10 @@ class Driver:
         study = self.study
         trial = self._db(study.ask, "asking for a trial")
         self.waiting = max(0, self.waiting - 1)
+        promotion = rec.is_promotion(trial)
+        self.promotions = max(0, self.promotions - promotion)
         self._db(lambda: rec.claim(study, trial, self.owner), "claiming the trial")
-        if not self._db(
+        if not promotion and not self._db(
             lambda: within_budget(study, trial.number, self.total, self.memo), "reading the study"
         ):
             # Another driver sharing the study took the last place between our count and ask.
@@ -402,12 +413,19 @@ class Driver:
             self.say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
         self.free_streak = 0
         self.progress.trial_started(n, self.total, trial.number, config)
-        floor = self.give_up_floor() if proposal is not None and proposal.action == "measure" else None
-        meta = {} if floor is None else {"give_up_below": floor}
-        future = self.executor.submit(TrialRequest(trial.number, config, meta))
-        self.running[future] = Launched(trial, time.monotonic(), n, config)
+        new = proposal is not None and proposal.action == "measure"
+        floor = self.give_up_floor() if new else None
+        meta: dict[str, Any] = {} if floor is None else {"give_up_below": floor}
+        # A config never measured gets a short first look where the spec asks for one; a config
+        # that may still win is promoted to a trial-length block when its look is back.
+        look = self.spec.measurement.first_look_s if new else None
+        if look is not None:
+            meta["first_look_s"] = look
+        request = TrialRequest(trial.number, config, meta, fidelity="short" if look is not None else None)
+        future = self.executor.submit(request)
+        self.running[future] = Launched(trial, time.monotonic(), n, config, look is not None)
         self.fresh += 1
-        self.room -= 1
+        self.room -= 0 if rec.is_promotion(trial) else 1
 
     def give_up_floor(self) -> float | None:
         """The throughput under which a new config's search trial stops early, out of the
@@ -432,7 +450,7 @@ class Driver:
             self._finished(launched, result)
 
     def _finished(self, launched: Launched, result: TrialResult) -> None:
-        trial, started, n, config = launched
+        trial, started, n, config, first_look = launched
         loaded = result.ok and over_limit(result.metrics, self.limit)
         if loaded:
             result = self._under_load(trial, config, result)
@@ -440,17 +458,34 @@ class Driver:
         if failure is None:  # the other load levels its server measured (search.ladder)
             summary += self._db(lambda: tell_levels(self.spec, self.study, trial, config, result), "storing")
         if result.ok or failure == "under-load":
-            self.arms.add(trial.number, config, result.metrics, loaded)
+            short = result.info.get("fidelity") == "short"
+            self.arms.add(trial.number, config, result.metrics, loaded, short)
         if result.ok:
             self.measured_s += float(result.metrics.get("measure_s") or 0.0)
         elif failure and failure not in ("interrupted", "under-load"):
             self.arms.fail(trial.number, config, failure, result.failure_message or "")
         if result.ok and result.metrics.get("unstable"):
             summary += " [unstable: CV target not met]"
+        if first_look and result.ok and not loaded:
+            summary += self._promote(trial, config)
         best = best_line(self.spec, self.arms)
         self.progress.trial_finished(
             n, self.total, trial.number, summary, time.monotonic() - started, failure, best
         )
+
+    def _promote(self, trial: Trial, config: dict[str, Any]) -> str:
+        """After a first look: queue a trial-length block of the config if it may still win. A
+        promotion completes its config's measurement and is not a trial of the budget (the
+        trials count the configs looked at; measurement seconds count both). Returns what the
+        console line says of it."""
+        if not self.arms.promotes(config):
+            return " (first look)"
+        if not self._time_left():
+            return " (first look; may still win, but the time budget is spent)"
+        self._queue(config, **{rec.REPEAT_OF: trial.number, rec.DRAWN: rec.PROMOTION})
+        self.waiting += 1
+        self.promotions += 1
+        return " (first look; may still win: queued at full length)"
 
     def _under_load(self, trial: Trial, config: dict[str, Any], result: TrialResult) -> TrialResult:
         """A measurement disturbed by other processes: kept as under-load and queued again, up

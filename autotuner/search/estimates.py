@@ -21,7 +21,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.metrics import is_number
-from autotuner.search.stats import mean_ci, normal_quantile
+from autotuner.search.stats import mean_ci, normal_quantile, t_quantile
 from autotuner.spec.schema import config_key
 from autotuner.study import records as rec
 from autotuner.study.records import race_blocks, trial_config
@@ -30,6 +30,9 @@ __all__ = ["config_key", "race_blocks", "trial_config"]
 # Failures known without launching: stored PRUNED and infeasible, and free.
 NOT_LAUNCHED = ("unsupported", "predicted-oom", "predicted-infeasible")
 DEFAULT_REL_SD = 0.10  # the between-process spread assumed before a study has seen any repeat
+# The study's pooled spread counts as this many degrees of freedom beside a config's own blocks
+# (the same weight relative_spread gives its prior).
+PRIOR_DF = 4
 
 
 def is_measurement(t: FrozenTrial) -> bool:
@@ -44,12 +47,13 @@ def is_measurement(t: FrozenTrial) -> bool:
 class Block:
     metrics: dict[str, float]
     under_load: bool = False
+    short: bool = False  # a first look (measurement.first_look_s), not a trial-length block
 
 
 def trial_block(t: FrozenTrial) -> Block:
-    """A measuring trial as a block: its numeric metrics, and whether it ran under foreign load
-    (flagged, or stored as FAIL under-load)."""
-    return Block(rec.metrics(t), rec.under_load(t) or t.state == TrialState.FAIL)
+    """A measuring trial as a block: its numeric metrics, whether it ran under foreign load
+    (flagged, or stored as FAIL under-load), and whether it was a short first look."""
+    return Block(rec.metrics(t), rec.under_load(t) or t.state == TrialState.FAIL, rec.is_first_look(t))
 
 
 @dataclass
@@ -67,6 +71,11 @@ class Estimate:
     def has_clean(self) -> bool:
         """At least one block no other process disturbed."""
         return any(not b.under_load for b in self.blocks)
+
+    @property
+    def looked_only(self) -> bool:
+        """Measured by short first looks only: no trial-length block yet."""
+        return bool(self.blocks) and all(b.short for b in self.blocks)
 
     def clean(self) -> list[Block]:
         ok = [b for b in self.blocks if not b.under_load]
@@ -101,8 +110,16 @@ class Estimate:
             return None
         if len(vs) >= 2:
             m, lo, hi = mean_ci(vs, confidence)
+            # The config's own spread, pooled with the study's (worth PRIOR_DF degrees of
+            # freedom): two blocks alone give a t interval on one degree of freedom (t = 12.7 at
+            # 95%), so a config measured twice would look far less certain than one measured
+            # once; with the study's noise beside its own it looks as certain as its blocks say.
+            n = len(vs)
+            own = ((hi - m) / t_quantile(confidence, n - 1)) * math.sqrt(n) / abs(m) if m else 0.0
+            rel = math.sqrt(((n - 1) * own**2 + PRIOR_DF * rel_sd**2) / (n - 1 + PRIOR_DF))
+            half = t_quantile(confidence, n - 1 + PRIOR_DF) * abs(m) * rel / math.sqrt(n)
             # Never narrower than what the study's noise allows for this many blocks.
-            half = max(hi - m, _half(m, rel_sd, len(vs), confidence) * 0.5)
+            half = max(half, _half(m, rel_sd, n, confidence) * 0.5)
             return m, m - half, m + half
         m = vs[0]
         half = _half(m, rel_sd, 1, confidence)
@@ -222,9 +239,12 @@ def trial_front(trials: list[FrozenTrial], directions: list[str]) -> list[Frozen
 
 def uses_budget(t: FrozenTrial) -> bool:
     """The budget counts measurements: running or finished trials, except interrupted ones (they
-    are retried), refusals known before launch, repeats told the pooled value, blocks taken
-    under foreign load that were measured again, and load levels measured on another trial's
-    server (search.ladder: the budget counts server starts)."""
+    are retried), promotions after a first look (the look counted), refusals known before
+    launch, repeats told the pooled value, blocks taken under foreign load that were measured
+    again, and load levels measured on another trial's server (search.ladder: the budget counts
+    server starts)."""
+    if rec.is_promotion(t):
+        return False  # it completes a first look's config, which the budget counted
     if t.state == TrialState.RUNNING:
         return True
     if not t.state.is_finished():

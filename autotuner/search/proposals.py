@@ -4,7 +4,8 @@
 - failed before (any class: a crash or a timeout is not retried on the budget): not run again,
   stored as a FAIL of the same class that costs nothing;
 - measured, and still a contender (its interval reaches the leader's) with fewer than
-  REPEATS blocks: measure it again, deliberately (counted);
+  REPEATS blocks, or seen by a short first look only (measurement.first_look_s): measure it
+  again at full length, deliberately (counted);
 - measured otherwise: tell the sampler the config's pooled estimate at no cost (free);
 - after a few free trials in a row (the sampler is stuck on what it knows), the driver draws an
   unmeasured runnable config itself and queues it, so the search cannot stall; when none is left,
@@ -101,13 +102,20 @@ class Arms:
             config = rec.trial_config(t)
             if is_measurement(t):
                 block = trial_block(t)
-                self.add(t.number, config, block.metrics, block.under_load)
+                self.add(t.number, config, block.metrics, block.under_load, block.short)
                 continue
             cls = rec.failure_class(t)
             if cls and cls not in ("interrupted", "under-load"):
                 self.fail(t.number, config, cls, rec.failure_message(t))
 
-    def add(self, number: int, config: dict[str, Any], metrics: dict[str, float], under_load: bool) -> None:
+    def add(
+        self,
+        number: int,
+        config: dict[str, Any],
+        metrics: dict[str, float],
+        under_load: bool,
+        short: bool = False,
+    ) -> None:
         self.seen.add(number)
         k = config_key(config)
         e = self.estimates.get(k)
@@ -115,7 +123,7 @@ class Arms:
             e = self.estimates[k] = Estimate(k, config)
             self._same_accuracy.setdefault(_accuracy_key(config), []).append(e)
         e.trials.append(number)
-        e.blocks.append(Block(dict(metrics), under_load))
+        e.blocks.append(Block(dict(metrics), under_load, short))
 
     def refuse(self, config: dict[str, Any]) -> None:
         self.refused.add(config_key(config))
@@ -160,9 +168,15 @@ class Arms:
             return Proposal("failed", failed=before)
         if e is None:
             return Proposal("measure")
-        if e.n < self.repeats and self.is_contender(e):
+        if (e.n < self.repeats or e.looked_only) and self.is_contender(e):
             return Proposal("remeasure", e)
         return Proposal("pooled", e)
+
+    def promotes(self, config: dict[str, Any]) -> bool:
+        """Whether a config seen by short first looks only may still win: its interval reaches
+        the leader's, so it earns a trial-length block (successive halving's next rung)."""
+        e = self.measured(config)
+        return e is not None and e.looked_only and self.is_contender(e)
 
     def pooled_values(self, e: Estimate) -> list[float] | None:
         vals = [e.mean(o.metric) for o in self.spec.objectives]

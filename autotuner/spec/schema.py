@@ -334,6 +334,9 @@ class Measurement(_Strict):
     # warm: each block is a fork of a zygote that imported torch once (local executor); fresh: a
     # new interpreter per block. Both give the block its own process, session and watchdog.
     workers: Literal["warm", "fresh"] = "warm"
+    # A config never measured gets a first look of this many timed seconds (accuracy checked as
+    # in any trial); one that may still win is then measured at full length. None: no first looks.
+    first_look_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _order(self) -> Measurement:
@@ -344,6 +347,12 @@ class Measurement(_Strict):
                 if low in self.model_fields_set or high not in self.model_fields_set:
                     raise FieldError(low, f"{lo:g} exceeds {high} ({hi:g})")
                 raise FieldError(high, f"{hi:g} is below {low} ({lo:g})")
+        if self.first_look_s is not None and self.first_look_s >= self.min_time_s:
+            raise FieldError(
+                "first_look_s",
+                f"{self.first_look_s:g} is not under min_time_s ({self.min_time_s:g}); a first look "
+                "is shorter than a trial (e.g. a quarter of min_time_s)",
+            )
         return self
 
 

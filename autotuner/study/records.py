@@ -45,6 +45,7 @@ REPEAT_OF = "repeat_of"
 LOAD_RETRY = "load_retry"
 RETRY_OF = "retry_of"
 DRAWN = "drawn"
+PROMOTION = "promotion"  # the DRAWN marker of a trial-length block after a first look
 LADDER_OF = "ladder_of"  # a load level measured on the server of that trial (search.ladder)
 # Trial system attributes.
 OWNER = "autotune:driver"
@@ -120,6 +121,16 @@ def pooled_from(t: FrozenTrial) -> list[int] | None:
 def info(t: FrozenTrial) -> dict[str, Any]:
     """What the trial's runner said of how it ran (the model and data it measured, ...)."""
     return dict(t.user_attrs.get(INFO) or {})
+
+
+def is_promotion(t: FrozenTrial | Trial) -> bool:
+    """A trial-length block of a config whose first look said it may still win."""
+    return t.user_attrs.get(DRAWN) == PROMOTION
+
+
+def is_first_look(t: FrozenTrial) -> bool:
+    """A short first look at a config (measurement.first_look_s): its runner said so in `info`."""
+    return info(t).get("fidelity") == "short"
 
 
 def failed_before(t: FrozenTrial) -> int | None:

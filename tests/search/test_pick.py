@@ -320,3 +320,24 @@ def test_a_contender_that_breaks_a_constraint_when_re_measured_leaves_the_race(
     )
     assert f"  trial #{by_batch[2]} leaves the race: {fast.dropped}" in said
     assert ex.calls.count(2) == 1 + 2  # its search trial, then the two rounds before the look
+
+
+def test_a_second_block_that_agrees_narrows_a_configs_interval_not_widens_it() -> None:
+    """Two blocks alone give a t interval on one degree of freedom (t = 12.7): pooled with the
+    study's spread, a config measured twice in agreement is more certain than one measured once."""
+    from autotuner.search.estimates import PRIOR_DF, Block, Estimate
+
+    def est(*values: float) -> Estimate:
+        return Estimate("k", {}, blocks=[Block({"throughput_items_s": v}) for v in values])
+
+    rel_sd = 0.05
+    m1, lo1, hi1 = est(305.0).interval("throughput_items_s", 0.95, rel_sd)
+    m2, lo2, hi2 = est(300.0, 310.0).interval("throughput_items_s", 0.95, rel_sd)
+    assert m1 == m2 == 305.0
+    assert hi2 - m2 < hi1 - m1  # narrower with more evidence
+    own = math.sqrt(50.0) / 305.0  # the two blocks' relative sd
+    pooled = math.sqrt((own**2 + PRIOR_DF * rel_sd**2) / (1 + PRIOR_DF))
+    assert hi2 - m2 == pytest.approx(t_quantile(0.95, 1 + PRIOR_DF) * 305.0 * pooled / math.sqrt(2))
+    # Two blocks that disagree widely still get a wide interval: their own spread counts.
+    _, _, hi3 = est(200.0, 410.0).interval("throughput_items_s", 0.95, rel_sd)
+    assert hi3 - 305.0 > hi1 - m1

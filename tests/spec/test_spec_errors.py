@@ -637,7 +637,7 @@ CASES = [
         mod({"measurement.warmup": 3}),
         "measurement.warmup",
         "unknown field; allowed: warmup_iters, min_iters, max_iters, min_time_s, max_time_s, "
-        "cv_target, trial_timeout_s, keep_samples, max_foreign_load, load_repeats, workers",
+        "cv_target, trial_timeout_s, keep_samples, max_foreign_load, load_repeats, workers, first_look_s",
     ),
     case(
         "accuracy-samples-zero",
