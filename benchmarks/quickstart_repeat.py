@@ -1,16 +1,20 @@
 """Run search_spaces/quickstart.yaml N times from scratch and judge each pick against ground truth.
 
-    python benchmarks/quickstart_repeat.py [N]
+    python benchmarks/quickstart_repeat.py [N] [--landscape FILE.jsonl]
 
 Each run is a fresh folder (new study, a fresh sampler seed, as a new user's run) sharing one
-artifact cache (ONNX export, reference). The ground truth is the quickstart landscape
-(benchmarks/landscapes/quickstart.jsonl: every config measured in several rounds in fresh
-processes): a pick is right when its true mean is within 2% of the true best's or the
-landscape's rounds cannot tell them apart. Prints and writes docs/benchmarks/quickstart_picks.md.
+artifact cache (ONNX export, reference). The ground truth is a quickstart landscape recorded on
+this machine (default benchmarks/landscapes/quickstart6.jsonl: every config measured in six
+rounds in fresh processes; its trial-length rounds only): a pick is right when its true mean is
+within 2% of the true best's or the landscape's rounds cannot tell them apart. Each run's own
+wall-time line (start-up, setup, warm-up, timed, driver) and the load before it are kept. Prints
+and writes docs/benchmarks/quickstart_picks.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,10 +29,10 @@ from search_quality import TIE_PCT, truth, welch_tie  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
-LANDSCAPE = ROOT / "benchmarks" / "landscapes" / "quickstart.jsonl"
+LANDSCAPE = ROOT / "benchmarks" / "landscapes" / "quickstart6.jsonl"
 
 
-def main(n: int) -> None:
+def main(n: int, landscape: Path) -> None:
     from record_landscape import landscape_spec
 
     from autotuner.api import load_spec
@@ -36,13 +40,14 @@ def main(n: int) -> None:
     from autotuner.search.estimates import config_key
 
     spec = landscape_spec(load_spec(SPEC))
-    t = truth(spec, load_landscape(LANDSCAPE))
+    t = truth(spec, load_landscape(landscape))
     feas = {k: v for k, v in t.items() if v["feasible"]}
     ranked = sorted(feas, key=lambda k: -feas[k]["mean"])
     best = feas[ranked[0]]
     load0 = load_average()
     rows = []
     for i in range(n):
+        load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory(prefix="autotune-repeat-") as d:
             started = time.monotonic()
             proc = subprocess.run(["autotune", "run", str(SPEC)], cwd=d, capture_output=True, text=True)
@@ -52,6 +57,7 @@ def main(n: int) -> None:
                 raise SystemExit(f"run {i + 1} failed")
             chosen = yaml.safe_load((Path(d) / "reports" / "quickstart.best.yaml").read_text())
             tail = proc.stdout[proc.stdout.rfind("the race on") :] if "the race on" in proc.stdout else ""
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("wall time ")), "-")
         k = config_key(chosen["params"])
         got = t.get(k)
         regret = (best["mean"] - got["mean"]) / best["mean"] if got else 1.0
@@ -60,6 +66,8 @@ def main(n: int) -> None:
         row = {
             "run": i + 1,
             "wall_s": round(wall, 1),
+            "load": round(load, 2),
+            "breakdown": line.partition(": ")[2] or "-",
             "params": chosen["params"],
             "estimate": f"{tp['mean']} [{tp.get('ci_low')}, {tp.get('ci_high')}] over {tp['blocks']} blocks",
             "true_rank": ranked.index(k) + 1 if k in ranked else None,
@@ -77,8 +85,8 @@ def main(n: int) -> None:
         "",
         "Produced by `python benchmarks/quickstart_repeat.py`: `autotune run search_spaces/quickstart.yaml`",
         "in a fresh folder each time (new study, a fresh sampler seed; the artifact cache is shared, as on",
-        "a user's machine). Ground truth: `benchmarks/landscapes/quickstart.jsonl` (every config measured",
-        "in fresh processes over several rounds). True best: "
+        f"a user's machine). Ground truth: `{landscape.relative_to(ROOT)}` (every config measured",
+        "in fresh processes over several rounds, on this machine). True best: "
         f"`{' '.join(f'{k}={v}' for k, v in best['config'].items())}` at {best['mean']:.1f} items/s.",
         "",
         "## Machine",
@@ -87,14 +95,15 @@ def main(n: int) -> None:
         "",
         "## Picks",
         "",
-        "| run | wall s | chosen params | its estimate | true rank | true mean | regret % | best or tie | "
-        "baseline |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | wall s | load before | the run's own breakdown | chosen params | its estimate | true rank | "
+        "true mean | regret % | best or tie | baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = " ".join(f"{k}={v}" for k, v in r["params"].items())
         lines.append(
-            f"| {r['run']} | {r['wall_s']} | {p} | {r['estimate']} | {r['true_rank']} | {r['true_mean']} | "
+            f"| {r['run']} | {r['wall_s']} | {r['load']} | {r['breakdown']} | {p} | {r['estimate']} | "
+            f"{r['true_rank']} | {r['true_mean']} | "
             f"{r['regret_pct']} | {'yes' if r['right'] else 'no'} | {r['baseline']} |"
         )
     lines += ["", "Reasons:", ""] + [f"- run {r['run']}: {r['reason']}" for r in rows]
@@ -109,4 +118,8 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n", type=int, nargs="?", default=3)
+    ap.add_argument("--landscape", type=Path, default=LANDSCAPE)
+    args = ap.parse_args()
+    main(args.n, args.landscape.resolve())

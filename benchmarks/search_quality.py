@@ -219,6 +219,15 @@ def evaluate(
 
     spec = strategy_spec(spec_path, "default")
     replayed, graded = split(landscape_path, truth_rounds)
+    has_short = any(r.get("fidelity") == "short" for recs in replayed.values() for r in recs)
+    looks = [s for s in strategies if strategy_spec(spec_path, s).measurement.first_look_s is not None]
+    if looks and not has_short:
+        print(
+            f"{landscape_path}: no short blocks, and strategy {looks[0]!r} takes first looks "
+            "(measurement.first_look_s); record them with record_landscape.py --append --short-s S",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     t = truth(spec, graded)
     o = spec.objectives[0]
     sign = 1.0 if o.direction == "maximize" else -1.0

@@ -1,6 +1,6 @@
 """The replay executor keeps its grader's answers and its fidelities apart, on real recorded files.
 
-- Truth split: benchmarks/landscapes/quickstart.jsonl (MiniLM, recorded on this machine) with its
+- Truth split: benchmarks/landscapes/quickstart6.jsonl (MiniLM, recorded on this machine) with its
   last rounds held out; no block the replay serves, to the real driver and race included, comes
   from a held-out round.
 - Fidelity: tests/data/fidelity_landscape.jsonl (a small real landscape recorded with
@@ -21,7 +21,7 @@ from autotuner.execution.base import TrialRequest
 from autotuner.execution.replay import ReplayExecutor, load_landscape, split_rounds, trial_rounds
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = ROOT / "benchmarks" / "landscapes" / "quickstart.jsonl"
+QUICKSTART = ROOT / "benchmarks" / "landscapes" / "quickstart6.jsonl"
 FIDELITY = ROOT / "tests" / "data" / "fidelity_landscape.jsonl"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

@@ -126,3 +126,36 @@ def test_without_first_look_s_every_new_config_is_measured_at_full_length(tmp_pa
     study, ex = _run(tmp_path, truth, trials=4, measurement={**MEASUREMENT, "first_look_s": None})
     assert not [s for s in ex.served if s[2] == "short"]
     assert not [t for t in study.get_trials(deepcopy=False) if rec.is_first_look(t)]
+
+
+def test_autotune_run_looks_first_then_measures_the_leaders_at_full_length(tmp_path: Path) -> None:
+    """What a user types: a real run on a real model, each new config's first block a first look."""
+    import subprocess
+    import sys
+
+    import optuna
+    from helpers import write_spec
+
+    spec = write_spec(
+        tmp_path,
+        measurement={**MEASUREMENT, "min_time_s": 0.2, "max_time_s": 0.5, "first_look_s": 0.05},
+        budget={"trials": 3},
+        pick={"rounds": 0},
+    )
+    db = tmp_path / "s.db"
+    cmd = [sys.executable, "-m", "autotuner.cli", "run", str(spec), "--storage", f"sqlite:///{db}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(first look" in out.stdout
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
+    measured = [t for t in study.get_trials(deepcopy=False) if rec.metrics(t).get("measure_s")]
+    seen: set[str] = set()
+    for t in measured:
+        k = config_key(rec.trial_config(t))
+        assert rec.is_first_look(t) == (k not in seen), (t.number, rec.info(t))
+        if rec.is_first_look(t):
+            assert t.user_attrs["measure_s"] < 0.2 and "accuracy_cosine" in t.user_attrs
+        else:
+            assert rec.is_promotion(t) and t.user_attrs["measure_s"] >= 0.2
+        seen.add(k)
+    assert len(seen) == 3  # the budget's three trials are three configs looked at

@@ -4,7 +4,9 @@ The real driver and race run against each landscape in benchmarks/landscapes (th
 answers a config with one of its recorded rounds, as benchmarks/search_quality.py does), for a few
 seeds each. tests/data/landscape_picks.json holds the config each run chose when the t quantiles
 were a typed-in table (df 1-30 rounded to three decimals, bisection beyond); with SciPy's exact
-quantiles every run must choose the same config. Re-record with AUTOTUNE_RECORD_PICKS=1.
+quantiles every run must choose the same config. quickstart6 and tiny5 (recorded 2026-12-03 with
+short blocks, for the specs' first looks) replaced quickstart and tiny that day; their picks were
+recorded then. Re-record with AUTOTUNE_RECORD_PICKS=1.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RECORD = ROOT / "tests" / "data" / "landscape_picks.json"
 LANDSCAPES = {
-    "quickstart": "search_spaces/quickstart.yaml",
-    "tiny": "search_spaces/tiny.yaml",
+    "quickstart6": "search_spaces/quickstart.yaml",
+    "tiny5": "search_spaces/tiny.yaml",
     "llm": "search_spaces/llm.yaml",
     "wide": "benchmarks/landscapes/wide.yaml",
 }
