@@ -25,7 +25,7 @@ Strategies: default (the spec as written), tpe, random, grid, gp (Optuna's GPSam
 naive-tpe (tpe without the race: the best pooled estimate, as a one-shot pick would do), and
 first-look (the spec with measurement.first_look_s at a quarter of min_time_s: each new config a
 short first look, answered from the landscape's short blocks, and a trial-length block only for
-those that may still win).
+those that may still win), and no-first-look (the spec without first looks).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe", "first-look")
+STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe", "first-look", "no-first-look")
 # first-look: the spec as written, with a short first look of a quarter of min_time_s per new config
 # (measurement.first_look_s); the landscape needs short blocks of that length (record_landscape.py
-# --short-s), which the replay answers first looks with.
+# --short-s), which the replay answers first looks with. no-first-look: the spec as written, every
+# new config measured at full length.
 FIRST_LOOK_SHARE = 0.25
 TIE_PCT = 0.02
 
@@ -146,9 +147,10 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     d.pop("storage", None)
     if strategy == "default":
         return spec_from_dict(d, "strategy")
-    if strategy == "first-look":
+    if strategy in ("first-look", "no-first-look"):
         m = d.setdefault("measurement", {})
-        m["first_look_s"] = round(FIRST_LOOK_SHARE * spec.measurement.min_time_s, 6)
+        look = round(FIRST_LOOK_SHARE * spec.measurement.min_time_s, 6)
+        m["first_look_s"] = look if strategy == "first-look" else None
         return spec_from_dict(d, "strategy")
     d["sampler"] = {"type": "tpe" if strategy == "naive-tpe" else strategy}
     if strategy == "naive-tpe":

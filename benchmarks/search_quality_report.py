@@ -173,6 +173,8 @@ def compare(args: argparse.Namespace) -> None:
     strategies = [s for s in args.strategies.split(",") if s]
     load0 = load_average()
     heading = f" --heading {args.heading!r}" if args.heading != COMPARE_HEAD else ""
+    if args.strategies != ",".join(STRATEGIES):
+        heading += f" --strategies {args.strategies}"
     out = [
         args.heading,
         "",
