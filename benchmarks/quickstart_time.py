@@ -6,7 +6,9 @@
 this environment's packages, its own source first on PYTHONPATH. Runs are interleaved (A B, B A,
 ...) in fresh folders with fresh studies; the artifact cache (ONNX exports, references) is warmed
 once and shared, so that both sides time the search and the race, not the first export. Each run
-records the 1-minute load average before it starts. Writes docs/benchmarks/quickstart_time.md.
+records the 1-minute load average before it starts. Each tree runs its own
+search_spaces/quickstart.yaml (its spec as shipped with its code). Writes
+docs/benchmarks/quickstart_time.md.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def one(source: Path | None, cache: Path) -> tuple[float, float, int, str, str]:
     with tempfile.TemporaryDirectory(prefix="autotune-qs-") as tmp:
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "autotuner.cli", "run", str(SPEC)],
+            # Each tree runs its own quickstart spec, as shipped with its code.
+            [sys.executable, "-m", "autotuner.cli", "run", str((source or ROOT) / SPEC.relative_to(ROOT))],
             cwd=tmp,
             env=env,
             capture_output=True,
