@@ -14,9 +14,6 @@ compose them without reaching into a stage's modules:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,20 +95,6 @@ def check_space(spec: Spec, caps: dict[str, Any], source: str = "<spec>") -> Non
         check_runnable(spec, caps)
     except FieldError as e:
         raise field_error(source, e) from None
-
-
-# Imported by the race (SciPy's quantiles: 1-2 s on 2 cores) and the report (~1 s), after the
-# search: loaded in a thread while the driver waits on the probe's child instead.
-PRELOAD = ("scipy.stats", "autotuner.report.html")
-
-
-def _preload() -> None:
-    def load() -> None:
-        for name in PRELOAD:
-            with contextlib.suppress(Exception):  # the import that needs it says what is wrong
-                importlib.import_module(name)
-
-    threading.Thread(target=load, name="autotune-preload", daemon=True).start()
 
 
 def probe() -> dict[str, Any]:
@@ -214,7 +197,6 @@ def run(
     progress = progress or Progress()
     url = _url(s, None)
     warm = start_warm_workers(s) if executor == "local" else None  # its imports overlap the probe
-    _preload()
     try:
         caps = probe()
         ex = _make(executor, s, caps, address, warm)
