@@ -25,7 +25,8 @@ Strategies: default (the spec as written), tpe, random, grid, gp (Optuna's GPSam
 naive-tpe (tpe without the race: the best pooled estimate, as a one-shot pick would do), and
 first-look (the spec with measurement.first_look_s at a quarter of min_time_s: each new config a
 short first look, answered from the landscape's short blocks, and a trial-length block only for
-those that may still win), and no-first-look (the spec without first looks).
+those that may still win), no-first-look (the spec without first looks), and first-look-x4
+(first looks and four times the spec's trials: about the same measurement seconds, more configs).
 """
 
 from __future__ import annotations
@@ -44,11 +45,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-STRATEGIES = ("default", "tpe", "random", "grid", "gp", "naive-tpe", "first-look", "no-first-look")
+STRATEGIES = (
+    "default",
+    "tpe",
+    "random",
+    "grid",
+    "gp",
+    "naive-tpe",
+    "first-look",
+    "no-first-look",
+    "first-look-x4",
+)
 # first-look: the spec as written, with a short first look of a quarter of min_time_s per new config
 # (measurement.first_look_s); the landscape needs short blocks of that length (record_landscape.py
 # --short-s), which the replay answers first looks with. no-first-look: the spec as written, every
-# new config measured at full length.
+# new config measured at full length. first-look-x4: first looks, and four times the spec's trials
+# (a look costs about a quarter of a trial's measurement: as many seconds buy more configs).
 FIRST_LOOK_SHARE = 0.25
 TIE_PCT = 0.02
 
@@ -147,10 +159,12 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     d.pop("storage", None)
     if strategy == "default":
         return spec_from_dict(d, "strategy")
-    if strategy in ("first-look", "no-first-look"):
+    if strategy in ("first-look", "no-first-look", "first-look-x4"):
         m = d.setdefault("measurement", {})
         look = round(FIRST_LOOK_SHARE * spec.measurement.min_time_s, 6)
-        m["first_look_s"] = look if strategy == "first-look" else None
+        m["first_look_s"] = None if strategy == "no-first-look" else look
+        if strategy == "first-look-x4":
+            d["budget"] = {**d.get("budget", {}), "trials": 4 * spec.budget.trials}
         return spec_from_dict(d, "strategy")
     d["sampler"] = {"type": "tpe" if strategy == "naive-tpe" else strategy}
     if strategy == "naive-tpe":

@@ -2,6 +2,7 @@
 
     python benchmarks/synthetic_landscape.py [--from benchmarks/landscapes/tiny.jsonl]
         [--spec benchmarks/landscapes/synthetic.yaml] [-o benchmarks/landscapes/synthetic.json]
+    python benchmarks/synthetic_landscape.py --add-short benchmarks/landscapes/tiny5.jsonl
 
 Fits, on the recorded landscape (every config, several rounds, record_landscape.py), a least-squares
 model of log throughput over one-hot values and every pair of knobs (numpy lstsq, minimum norm),
@@ -12,7 +13,11 @@ and its calibration, per-channel, excluded layers) get effects that are set, not
 written in the construction under "set" with where its size comes from. The construction is a
 small JSON; `generate` rebuilds the same landscape in memory from it (seeded): every config of the
 spec's space, `rounds` rounds each (the last `truth_rounds` of them for search_quality.py
---truth-rounds). Construction: docs/benchmarks/synthetic_landscape.md.
+--truth-rounds). With --add-short, a landscape recorded with short blocks as well, each config
+also gets 4 short blocks (what a first look is answered with): its fitted value shifted by the
+median log bias of short blocks there, with the spread scaled by their median spread ratio, drawn
+from a generator of their own (the trial-length rounds are the same with or without them).
+Construction: docs/benchmarks/synthetic_landscape.md.
 """
 
 from __future__ import annotations
@@ -104,6 +109,34 @@ def fit(recorded: str, metric: str = "throughput_items_s") -> dict[str, Any]:
     }
 
 
+def fit_short(recorded: str, metric: str = "throughput_items_s") -> dict[str, Any]:
+    """How a short block (record_landscape.py --short-s) departs from a trial-length one, fitted on
+    a recorded landscape that has both: the median log bias of a config's short blocks against its
+    trial-length ones, and the median ratio of their spreads (log sd)."""
+    from autotuner.execution.replay import load_landscape
+
+    bias, ratio, block_s = [], [], []
+    for recs in load_landscape(recorded).values():
+        clean = [r for r in recs if "metrics" in r and not r.get("under_load")]
+        full = [math.log(float(r["metrics"][metric])) for r in clean if r.get("fidelity") != "short"]
+        short = [math.log(float(r["metrics"][metric])) for r in clean if r.get("fidelity") == "short"]
+        block_s += [float(r["block_s"]) for r in clean if r.get("fidelity") == "short"]
+        if len(full) >= 2 and len(short) >= 2:
+            bias.append(statistics.mean(short) - statistics.mean(full))
+            ratio.append(statistics.stdev(short) / max(statistics.stdev(full), 1e-4))
+    if not bias:
+        print(f"{recorded}: no config has two short and two trial-length blocks", file=sys.stderr)
+        raise SystemExit(2)
+    return {
+        "fitted_from": recorded,
+        "log_bias": statistics.median(bias),
+        "sd_ratio": statistics.median(ratio),
+        "block_s": statistics.median(block_s),
+        "configs_fitted": len(bias),
+        "rounds": 4,
+    }
+
+
 def _fitted_value(model: dict[str, float], config: dict[str, Any], batches: list[int]) -> float:
     """The fitted model at a config; a batch beyond the recorded ones extrapolated log-linearly."""
     b = int(config["batch_size"])
@@ -157,6 +190,8 @@ def generate(c: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         {int(f.split("=")[1]) for f in c["mean_log"] if f.startswith("batch_size=") and "|" not in f}
     )
     rng = random.Random(c["seed"])
+    short = c.get("short")
+    short_rng = random.Random(c["seed"] + 1)
     out: dict[str, list[dict[str, Any]]] = {}
     for config in all_configs(spec) or []:
         refused = precheck(spec, config, caps)
@@ -179,6 +214,24 @@ def generate(c: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 "measure_s": c["measure_s"],
             }
             recs.append({"config": config, "round": r, "metrics": m, "measure_s": c["measure_s"]})
+        if short is not None:  # its own generator: the trial-length rounds stay as they were
+            for r in range(short["rounds"]):
+                thr = math.exp(mu + short["log_bias"] + sd * short["sd_ratio"] * short_rng.gauss(0, 1))
+                m = {
+                    c["metric"]: thr,
+                    "latency_p95_ms": 1000.0 * int(config["batch_size"]) / thr * (1 + 2 * sd),
+                    "measure_s": short["block_s"],
+                }
+                recs.append(
+                    {
+                        "config": config,
+                        "round": r,
+                        "metrics": m,
+                        "measure_s": short["block_s"],
+                        "fidelity": "short",
+                        "block_s": short["block_s"],
+                    }
+                )
         out[config_key(config)] = recs
     return out
 
@@ -190,7 +243,24 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="benchmarks/landscapes/synthetic.json")
     ap.add_argument("--rounds", type=int, default=10, help="rounds per config, truth rounds included")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--add-short",
+        default=None,
+        metavar="RECORDED",
+        help="add short blocks fitted on this recorded landscape to the construction at -o, which "
+        "is otherwise kept as it is (no refit)",
+    )
     args = ap.parse_args()
+    if args.add_short is not None:
+        out = Path(args.output)
+        if not out.exists() or not Path(args.add_short).exists():
+            print(f"{out if not out.exists() else args.add_short}: no such file", file=sys.stderr)
+            raise SystemExit(2)
+        c = json.loads(out.read_text())
+        c["short"] = fit_short(args.add_short)
+        out.write_text(json.dumps(c, indent=1, sort_keys=True) + "\n")
+        print(f"{out}: short blocks added, fitted on {c['short']['configs_fitted']} configs: {c['short']}")
+        return
     for p in (args.recorded, args.spec):
         if not Path(p).exists():
             print(f"{p}: no such file", file=sys.stderr)

@@ -345,7 +345,8 @@ class Driver:
         self._db(lambda: rec.start(study, trial, config), "storing the config")
         # The trials read since the last look hold every one running then; the ones
         # submitted since, and this one, come on top.
-        return trial, config, counted(self.trials, self.memo) + self.fresh + 1
+        # A promotion keeps its look's place (it is not a trial of the budget).
+        return trial, config, counted(self.trials, self.memo) + self.fresh + (0 if promotion else 1)
 
     def answer_free(
         self,
@@ -410,7 +411,10 @@ class Driver:
         if proposal is not None and proposal.action == "remeasure" and proposal.estimate is not None:
             e = proposal.estimate
             self._db(lambda: rec.set_marker(trial, rec.REPEAT_OF, e.first_trial), "marking")
-            self.say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
+            if rec.is_promotion(trial):
+                self.say(f"  trial #{trial.number} measures #{e.first_trial}'s config at full length")
+            else:
+                self.say(f"  trial #{trial.number} re-measures contender #{e.first_trial} (block {e.n + 1})")
         self.free_streak = 0
         self.progress.trial_started(n, self.total, trial.number, config)
         new = proposal is not None and proposal.action == "measure"
@@ -424,8 +428,9 @@ class Driver:
         request = TrialRequest(trial.number, config, meta, fidelity="short" if look is not None else None)
         future = self.executor.submit(request)
         self.running[future] = Launched(trial, time.monotonic(), n, config, look is not None)
-        self.fresh += 1
-        self.room -= 0 if rec.is_promotion(trial) else 1
+        budgeted = not rec.is_promotion(trial)
+        self.fresh += budgeted
+        self.room -= budgeted
 
     def give_up_floor(self) -> float | None:
         """The throughput under which a new config's search trial stops early, out of the
@@ -464,7 +469,7 @@ class Driver:
             self.measured_s += float(result.metrics.get("measure_s") or 0.0)
         elif failure and failure not in ("interrupted", "under-load"):
             self.arms.fail(trial.number, config, failure, result.failure_message or "")
-        if result.ok and result.metrics.get("unstable"):
+        if result.ok and result.metrics.get("unstable") and not first_look:  # a look has a fixed length
             summary += " [unstable: CV target not met]"
         if first_look and result.ok and not loaded:
             summary += self._promote(trial, config)

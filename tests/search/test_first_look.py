@@ -159,3 +159,29 @@ def test_autotune_run_looks_first_then_measures_the_leaders_at_full_length(tmp_p
             assert rec.is_promotion(t) and t.user_attrs["measure_s"] >= 0.2
         seen.add(k)
     assert len(seen) == 3  # the budget's three trials are three configs looked at
+
+
+def test_the_synthetic_landscape_answers_first_looks_without_moving_its_rounds() -> None:
+    """The 6,930-config construction's short blocks (fitted on tiny5's) come from a generator of
+    their own: the trial-length rounds, which the figures without first looks rest on, are the
+    same with or without them."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from synthetic_landscape import generate
+
+    c = json.loads((root / "benchmarks" / "landscapes" / "synthetic.json").read_text())
+    assert c["short"]["fitted_from"].endswith("tiny5.jsonl")
+    with_short = generate(c)
+    without = generate({k: v for k, v in c.items() if k != "short"})
+    assert with_short.keys() == without.keys()
+    for key, recs in with_short.items():
+        full = [r for r in recs if r.get("fidelity") != "short"]
+        assert full == without[key]
+        short = [r for r in recs if r.get("fidelity") == "short"]
+        if "metrics" in recs[0]:
+            assert len(short) == c["short"]["rounds"]
+            assert all(r["block_s"] == r["measure_s"] == c["short"]["block_s"] for r in short)
+        else:
+            assert not short  # a refusal has no blocks of either length
