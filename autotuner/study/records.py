@@ -378,7 +378,9 @@ def interrupt(study: optuna.Study, t: Trial | FrozenTrial, message: str, retry: 
     # A queued config popped by an ask but not yet sampled holds its values as fixed params.
     params = frozen.params or dict(frozen.system_attrs.get("fixed_params") or {})
     if retry and params:  # a fresh trial of a driver killed between ask and sample has none
-        queue(study, params, **{RETRY_OF: t.number})
+        # A promotion stays one when retried: it is still not a trial of the budget.
+        kept = {DRAWN: PROMOTION} if frozen.user_attrs.get(DRAWN) == PROMOTION else {}
+        queue(study, params, **{RETRY_OF: t.number, **kept})
 
 
 def _upsert(rdb: Any, session: Any, model: Any, tid: int, attrs: Mapping[str, Any]) -> None:

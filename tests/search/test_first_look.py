@@ -185,3 +185,21 @@ def test_the_synthetic_landscape_answers_first_looks_without_moving_its_rounds()
             assert all(r["block_s"] == r["measure_s"] == c["short"]["block_s"] for r in short)
         else:
             assert not short  # a refusal has no blocks of either length
+
+
+def test_an_interrupted_promotion_is_queued_again_as_a_promotion(tmp_path: Path) -> None:
+    """A driver stopped mid-promotion: the retry is still a promotion, so the budget does not
+    count it on the next run (a real SQLite study)."""
+    import optuna
+
+    from autotuner.search.estimates import uses_budget
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    config = {"backend": "torch-eager", "precision": "fp32", "batch_size": 2, "threads": 1}
+    rec.queue(study, config, **{rec.REPEAT_OF: 0, rec.DRAWN: rec.PROMOTION})
+    running = study.ask()
+    assert rec.is_promotion(running)
+    rec.interrupt(study, running, "stopped")
+    retry = next(t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING)
+    assert rec.is_promotion(retry) and retry.user_attrs[rec.RETRY_OF] == running.number
+    assert not uses_budget(retry) and not uses_budget(study.get_trials(deepcopy=False)[0])
