@@ -153,7 +153,6 @@ class Launched(NamedTuple):
     started: float  # time.monotonic() at submit
     n: int  # its place in the budget, as the console shows it
     config: dict[str, Any]
-    first_look: bool = False  # a short first look (measurement.first_look_s)
 
 
 class Driver:
@@ -427,7 +426,7 @@ class Driver:
             meta["first_look_s"] = look
         request = TrialRequest(trial.number, config, meta, fidelity="short" if look is not None else None)
         future = self.executor.submit(request)
-        self.running[future] = Launched(trial, time.monotonic(), n, config, look is not None)
+        self.running[future] = Launched(trial, time.monotonic(), n, config)
         budgeted = not rec.is_promotion(trial)
         self.fresh += budgeted
         self.room -= budgeted
@@ -455,7 +454,9 @@ class Driver:
             self._finished(launched, result)
 
     def _finished(self, launched: Launched, result: TrialResult) -> None:
-        trial, started, n, config, first_look = launched
+        trial, started, n, config = launched
+        # A first look, as its worker says (a serving or workload trial measures at full length).
+        first_look = result.info.get("fidelity") == "short"
         loaded = result.ok and over_limit(result.metrics, self.limit)
         if loaded:
             result = self._under_load(trial, config, result)
@@ -463,8 +464,7 @@ class Driver:
         if failure is None:  # the other load levels its server measured (search.ladder)
             summary += self._db(lambda: tell_levels(self.spec, self.study, trial, config, result), "storing")
         if result.ok or failure == "under-load":
-            short = result.info.get("fidelity") == "short"
-            self.arms.add(trial.number, config, result.metrics, loaded, short)
+            self.arms.add(trial.number, config, result.metrics, loaded, first_look)
         if result.ok:
             self.measured_s += float(result.metrics.get("measure_s") or 0.0)
         elif failure and failure not in ("interrupted", "under-load"):

@@ -14,6 +14,7 @@ What is stored (a trial's config, metrics and flags; the study's race blocks) is
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from autotuner.metrics import is_number
-from autotuner.search.stats import mean_ci, normal_quantile, t_quantile
+from autotuner.search.stats import normal_quantile, t_quantile
 from autotuner.spec.schema import config_key
 from autotuner.study import records as rec
 from autotuner.study.records import race_blocks, trial_config
@@ -109,13 +110,13 @@ class Estimate:
         if not vs:
             return None
         if len(vs) >= 2:
-            m, lo, hi = mean_ci(vs, confidence)
             # The config's own spread, pooled with the study's (worth PRIOR_DF degrees of
             # freedom): two blocks alone give a t interval on one degree of freedom (t = 12.7 at
             # 95%), so a config measured twice would look far less certain than one measured
             # once; with the study's noise beside its own it looks as certain as its blocks say.
             n = len(vs)
-            own = ((hi - m) / t_quantile(confidence, n - 1)) * math.sqrt(n) / abs(m) if m else 0.0
+            m = statistics.fmean(vs)
+            own = statistics.stdev(vs) / abs(m) if m else 0.0
             rel = math.sqrt(((n - 1) * own**2 + PRIOR_DF * rel_sd**2) / (n - 1 + PRIOR_DF))
             half = t_quantile(confidence, n - 1 + PRIOR_DF) * abs(m) * rel / math.sqrt(n)
             # Never narrower than what the study's noise allows for this many blocks.

@@ -379,7 +379,7 @@ def interrupt(study: optuna.Study, t: Trial | FrozenTrial, message: str, retry: 
     params = frozen.params or dict(frozen.system_attrs.get("fixed_params") or {})
     if retry and params:  # a fresh trial of a driver killed between ask and sample has none
         # A promotion stays one when retried: it is still not a trial of the budget.
-        kept = {DRAWN: PROMOTION} if frozen.user_attrs.get(DRAWN) == PROMOTION else {}
+        kept = {DRAWN: PROMOTION} if is_promotion(frozen) else {}
         queue(study, params, **{RETRY_OF: t.number, **kept})
 
 
