@@ -633,6 +633,13 @@ CASES = [
         "Input should be greater than 0",
     ),
     case(
+        "measurement-first-look-not-shorter",
+        mod({"measurement.first_look_s": 0.4}),
+        "measurement.first_look_s",
+        "0.4 is not under min_time_s (0.4); a first look is shorter than a trial (e.g. a quarter of "
+        "min_time_s)",
+    ),
+    case(
         "measurement-unknown-field",
         mod({"measurement.warmup": 3}),
         "measurement.warmup",
