@@ -1,0 +1,79 @@
+"""How much a recorded landscape's blocks of one config vary, overall and by parameter value.
+
+    python benchmarks/landscape_noise.py benchmarks/landscapes/sessions5.jsonl [--metric M]
+
+Per config, the standard deviation of log(metric) over its trial-length blocks (first looks and
+blocks under foreign load left out; configs with fewer than 3 such blocks skipped) and the median
+within-block latency_cv; then, per value of every parameter, the median of those over the configs
+holding it. A between-block spread well above the within-block cv means whole blocks run fast or
+slow (the machine's state changes between processes), which no longer block removes: only more
+blocks, interleaved, average it out. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def spreads(path: Path, metric: str) -> list[tuple[dict[str, Any], float, float, int]]:
+    """(config, between-block sd of log metric, median within-block cv, blocks) per config."""
+    blocks: dict[str, list[dict[str, float]]] = defaultdict(list)
+    configs: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        m = r.get("metrics")
+        if not m or r.get("fidelity") == "short" or r.get("under_load") or not m.get(metric):
+            continue
+        k = json.dumps(r["config"], sort_keys=True)
+        configs[k] = r["config"]
+        blocks[k].append(m)
+    out = []
+    for k, ms in blocks.items():
+        if len(ms) < 3:
+            continue
+        sd = statistics.stdev(math.log(float(m[metric])) for m in ms)
+        cv = statistics.median(float(m.get("latency_cv", math.nan)) for m in ms)
+        out.append((configs[k], sd, cv, len(ms)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("landscape", type=Path)
+    ap.add_argument("--metric", default="throughput_items_s")
+    args = ap.parse_args()
+    rows = spreads(args.landscape, args.metric)
+    if not rows:
+        print(f"{args.landscape}: no config with 3 or more clean trial-length blocks", file=sys.stderr)
+        raise SystemExit(2)
+    sds = [r[1] for r in rows]
+    print(
+        f"{args.landscape.name}: {len(rows)} configs, median {statistics.median(r[3] for r in rows):g} "
+        f"clean blocks each; between-block sd of log {args.metric}: median {statistics.median(sds):.3f}, "
+        f"90th percentile {sorted(sds)[int(0.9 * (len(sds) - 1))]:.3f}\n"
+    )
+    print("| parameter | value | configs | median between-block sd (log) | median within-block cv |")
+    print("|---|---|---|---|---|")
+    names = sorted({n for r in rows for n in r[0]})
+    for n in names:
+        by: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for cfg, sd, cv, _ in rows:
+            if n in cfg:
+                by[str(cfg[n])].append((sd, cv))
+        if len(by) < 2:
+            continue
+        for v, xs in sorted(by.items()):
+            sd_m = statistics.median(x[0] for x in xs)
+            cv_m = statistics.median(x[1] for x in xs)
+            print(f"| {n} | {v} | {len(xs)} | {sd_m:.3f} | {cv_m:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
