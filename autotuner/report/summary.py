@@ -8,7 +8,15 @@ import optuna
 
 from autotuner.metrics import label
 from autotuner.progress import Progress, fmt_config
-from autotuner.search.estimates import config_key, feasible, front, pool, relative_spread
+from autotuner.search.estimates import (
+    Estimate,
+    config_key,
+    feasible,
+    front,
+    pool,
+    relative_spread,
+    spread_evidence,
+)
 from autotuner.search.pick import Pick, race_status
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
@@ -88,6 +96,35 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
     progress.say(f"  {pick.reason}")
     if pick.baseline:
         progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
+    progress.say(f"  {noise_line(estimates, pick.rule.partition(':')[2])}")
+
+
+# A between-block spread above this is called out: the recorded landscapes of steady machines
+# read 3-4% (tiny5, quickstart6); a 2-core VM whose blocks flip between fast and slow read 12%.
+NOISY_SPREAD = 0.10
+
+
+def noise_line(estimates: dict[str, Estimate], metric: str) -> str:
+    """How much one config's blocks vary in this study (the spread every interval above rests on),
+    and, when it is high, what that means for the pick."""
+    ss, df, n = spread_evidence(estimates, metric)
+    if df < 2:
+        return (
+            f"noise: too few configs measured twice to tell the between-block spread of {metric}; "
+            "intervals assume 10%"
+        )
+    spread = (ss / df) ** 0.5
+    line = (
+        f"noise: one config's blocks of {metric} vary by {spread:.0%} (between-block spread over "
+        f"{n} configs measured twice or more)"
+    )
+    if spread > NOISY_SPREAD:
+        line += (
+            "; that is high: configs this close to the chosen one may be as good, and the machine's "
+            "state changing between blocks is the likely cause (longer blocks do not remove it; more "
+            "interleaved rounds, pick.rounds and pick.max_rounds, average it out)"
+        )
+    return line
 
 
 WALL_ATTR = "wall_breakdown"  # the study attribute the last run's breakdown is kept in

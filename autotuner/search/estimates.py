@@ -155,10 +155,10 @@ def pool(trials: list[FrozenTrial], race_blocks: list[dict[str, Any]] | None = N
     return out
 
 
-def relative_spread(estimates: dict[str, Estimate], metric: str) -> float:
-    """The between-block spread of the study, relative to each config's mean: the pooled standard
-    deviation of log block values over every config measured at least twice."""
-    ss, df = 0.0, 0
+def spread_evidence(estimates: dict[str, Estimate], metric: str) -> tuple[float, int, int]:
+    """(sum of squares of log block values about each config's mean, degrees of freedom, configs)
+    over every config measured at least twice: what relative_spread pools."""
+    ss, df, n = 0.0, 0, 0
     for e in estimates.values():
         vs = [v for v in e.values(metric) if v > 0]
         if len(vs) < 2:
@@ -167,6 +167,14 @@ def relative_spread(estimates: dict[str, Estimate], metric: str) -> float:
         mu = sum(logs) / len(logs)
         ss += sum((x - mu) ** 2 for x in logs)
         df += len(logs) - 1
+        n += 1
+    return ss, df, n
+
+
+def relative_spread(estimates: dict[str, Estimate], metric: str) -> float:
+    """The between-block spread of the study, relative to each config's mean: the pooled standard
+    deviation of log block values over every config measured at least twice."""
+    ss, df, _ = spread_evidence(estimates, metric)
     if df < 2:
         return DEFAULT_REL_SD
     # Shrink toward the prior while the study has seen few repeats.
