@@ -104,3 +104,37 @@ def test_a_short_request_without_short_blocks_fails_rather_than_serve_a_long_one
     res = ex.answer(TrialRequest(0, next(iter(land.values()))[0]["config"], fidelity="short"))
     assert not res.ok and "no short block" in (res.failure_message or "")
     assert ex.served == []
+
+
+def test_a_synthetic_landscape_is_graded_against_its_noise_free_truth(capsys) -> None:
+    """--exact-truth: the grader's value of a config is the construction's own mean (no round
+    drawn), its generated rounds scatter about it, and its best is the set interaction's corner
+    (static int8, per-channel, graph level `all`). A recorded file has no such truth: exit 2."""
+    import math
+
+    from search_quality import exact_truth, read_landscape, strategy_spec
+
+    synthetic = ROOT / "benchmarks" / "landscapes" / "synthetic.json"
+    spec = strategy_spec(str(ROOT / "benchmarks" / "landscapes" / "synthetic.yaml"), "default")
+    truth = exact_truth(spec, str(synthetic))
+    land = read_landscape(str(synthetic))
+    runnable = {k for k, recs in land.items() if any("metrics" in r for r in recs)}
+    assert set(truth) == runnable
+    assert all(t["values"] == [] for t in truth.values())  # no tie clause on an exact truth
+    off = []
+    for k, t in truth.items():
+        logs = [
+            math.log(r["metrics"]["throughput_items_s"])
+            for r in land[k]
+            if "metrics" in r and r.get("fidelity") != "short"
+        ]
+        mid = sum(logs) / len(logs)
+        sd = (sum((x - mid) ** 2 for x in logs) / (len(logs) - 1)) ** 0.5
+        off.append(abs(mid - math.log(t["mean"])) / (sd / math.sqrt(len(logs))))
+    assert sorted(off)[len(off) // 2] < 1.0  # the rounds' means centre on the truth
+    best = max((t for t in truth.values() if t["feasible"]), key=lambda t: t["mean"])["config"]
+    assert (best["precision"], best["per_channel"], best["graph_optimization_level"]) == ("int8", True, "all")
+    with pytest.raises(SystemExit) as e:
+        exact_truth(spec, str(QUICKSTART))
+    assert e.value.code == 2
+    assert "synthetic construction" in capsys.readouterr().err
