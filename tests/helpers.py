@@ -144,3 +144,24 @@ def study_of_refusals(spec_path: Path, storage: str) -> None:
     with make_executor("local", spec, caps) as executor:
         study = open_study(spec, storage=storage, caps=caps)
         search(spec, study, executor, caps=caps, storage=storage)
+
+
+def looked_then_promoted(trials: list[Any], min_time_s: float) -> set[str]:
+    """Assert that each measured trial of a study with first looks is either its config's first
+    block, a short look (timed under min_time_s, accuracy still checked), or a promotion at full
+    length; return the config keys seen."""
+    from autotuner.search.estimates import config_key
+    from autotuner.study import records as rec
+
+    seen: set[str] = set()
+    for t in trials:
+        if not rec.metrics(t).get("measure_s"):
+            continue
+        k = config_key(rec.trial_config(t))
+        assert rec.is_first_look(t) == (k not in seen), (t.number, rec.info(t))
+        if rec.is_first_look(t):
+            assert t.user_attrs["measure_s"] < min_time_s and "accuracy_cosine" in t.user_attrs
+        else:
+            assert rec.is_promotion(t) and t.user_attrs["measure_s"] >= min_time_s
+        seen.add(k)
+    return seen

@@ -134,7 +134,7 @@ def test_autotune_run_looks_first_then_measures_the_leaders_at_full_length(tmp_p
     import sys
 
     import optuna
-    from helpers import write_spec
+    from helpers import looked_then_promoted, write_spec
 
     spec = write_spec(
         tmp_path,
@@ -148,16 +148,7 @@ def test_autotune_run_looks_first_then_measures_the_leaders_at_full_length(tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(first look" in out.stdout
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
-    measured = [t for t in study.get_trials(deepcopy=False) if rec.metrics(t).get("measure_s")]
-    seen: set[str] = set()
-    for t in measured:
-        k = config_key(rec.trial_config(t))
-        assert rec.is_first_look(t) == (k not in seen), (t.number, rec.info(t))
-        if rec.is_first_look(t):
-            assert t.user_attrs["measure_s"] < 0.2 and "accuracy_cosine" in t.user_attrs
-        else:
-            assert rec.is_promotion(t) and t.user_attrs["measure_s"] >= 0.2
-        seen.add(k)
+    seen = looked_then_promoted(study.get_trials(deepcopy=False), 0.2)
     assert len(seen) == 3  # the budget's three trials are three configs looked at
 
 
