@@ -13,7 +13,6 @@ blocks, interleaved, average it out. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -24,23 +23,20 @@ from typing import Any
 
 def spreads(path: Path, metric: str) -> list[tuple[dict[str, Any], float, float, int]]:
     """(config, between-block sd of log metric, median within-block cv, blocks) per config."""
-    blocks: dict[str, list[dict[str, float]]] = defaultdict(list)
-    configs: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        m = r.get("metrics")
-        if not m or r.get("fidelity") == "short" or r.get("under_load") or not m.get(metric):
-            continue
-        k = json.dumps(r["config"], sort_keys=True)
-        configs[k] = r["config"]
-        blocks[k].append(m)
+    from autotuner.execution.replay import is_short, load_landscape
+
     out = []
-    for k, ms in blocks.items():
+    for recs in load_landscape(path).values():
+        ms = [
+            r["metrics"]
+            for r in recs
+            if r.get("metrics", {}).get(metric) and not is_short(r) and not r.get("under_load")
+        ]
         if len(ms) < 3:
             continue
         sd = statistics.stdev(math.log(float(m[metric])) for m in ms)
         cv = statistics.median(float(m.get("latency_cv", math.nan)) for m in ms)
-        out.append((configs[k], sd, cv, len(ms)))
+        out.append((recs[0]["config"], sd, cv, len(ms)))
     return out
 
 

@@ -96,21 +96,21 @@ def truth(spec: Any, landscape: dict[str, list[dict[str, Any]]]) -> dict[str, di
     return out
 
 
-def exact_truth(spec: Any, landscape_path: str) -> dict[str, dict[str, Any]]:
-    """A synthetic construction's truth, with no noise: per runnable config, exp of its true log
-    mean (the median of its log-normal blocks) and its set accuracy. No tie clause applies (no
-    values): the best or a tie is being within 2% of the best."""
-    from synthetic_landscape import true_log
+def exact_truth(
+    spec: Any, landscape_path: str, landscape: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """A synthetic construction's truth, with no noise: per runnable config of the landscape
+    generated from it, exp of its true log mean (the median of its log-normal blocks) and its set
+    accuracy. No tie clause applies (no values): the best or a tie is being within 2% of the best."""
+    from synthetic_landscape import construction_batches, true_log
 
     if not landscape_path.endswith(".json"):
         print(f"{landscape_path}: --exact-truth needs a synthetic construction (.json)", file=sys.stderr)
         raise SystemExit(2)
     c = json.loads(Path(landscape_path).read_text())
-    batches = sorted(
-        {int(f.split("=")[1]) for f in c["mean_log"] if f.startswith("batch_size=") and "|" not in f}
-    )
+    batches = construction_batches(c)
     out = {}
-    for key, recs in read_landscape(landscape_path).items():
+    for key, recs in landscape.items():
         if not any("metrics" in r for r in recs):
             continue  # refused by the runners' checks
         config = recs[0]["config"]
@@ -275,14 +275,15 @@ def evaluate(
             file=sys.stderr,
         )
         raise SystemExit(2)
-    t = exact_truth(spec, landscape_path) if truth_rounds < 0 else truth(spec, graded)
+    t = exact_truth(spec, landscape_path, graded) if truth_rounds < 0 else truth(spec, graded)
     o = spec.objectives[0]
     sign = 1.0 if o.direction == "maximize" else -1.0
     feas = {k: v for k, v in t.items() if v["feasible"]}
     best_key = max(feas, key=lambda k: sign * feas[k]["mean"])
     best = feas[best_key]
     # One grid pass costs what the replayed trial-length blocks cost (the same blocks either way).
-    grid_s = sum(v["measure_s"] for v in truth(spec, replayed).values())
+    rep = truth(spec, replayed)
+    grid_s = sum(v["measure_s"] for v in rep.values())
     work = [(spec_path, landscape_path, s, seed, truth_rounds) for s in strategies for seed in range(seeds)]
     with tempfile.TemporaryDirectory(prefix="autotune-sq-") as cache:
         os.environ["AUTOTUNE_CACHE_DIR"] = cache  # the driver's journal stays out of the user's cache
@@ -323,7 +324,6 @@ def evaluate(
         )
     # The noise floor: every replayed round of every config measured (a grid pass per round) and
     # the best mean taken. With a held-out truth, what even that exhaustive pick loses.
-    rep = truth(spec, replayed)
     rep_feas = [k for k, v in rep.items() if v["feasible"] and k in t]
     floor_key = max(rep_feas, key=lambda k: sign * rep[k]["mean"]) if rep_feas else None
     floor = (

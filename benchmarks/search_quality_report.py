@@ -37,7 +37,7 @@ LANDSCAPES = {
 # --compare only (it is recorded with enough rounds to keep truth rounds apart).
 HELD_OUT = {
     "sessions": "benchmarks/landscapes/sessions.yaml",
-    # The same space recorded again on 2026-12-03 on a quiet machine: 5 trial-length rounds and
+    # The same space recorded again on 2026-12-03, nothing else running: 5 trial-length rounds and
     # 3 rounds of short blocks (sessions.jsonl's last round was taken under other sessions' load).
     "sessions5": "benchmarks/landscapes/sessions.yaml",
 }

@@ -175,6 +175,13 @@ def true_log(c: dict[str, Any], config: dict[str, Any], batches: list[int]) -> t
     return mu, acc
 
 
+def construction_batches(c: dict[str, Any]) -> list[int]:
+    """The batch sizes the construction's fitted terms know (true_log extrapolates from them)."""
+    return sorted(
+        {int(f.split("=")[1]) for f in c["mean_log"] if f.startswith("batch_size=") and "|" not in f}
+    )
+
+
 def generate(c: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The landscape, by config key, as record_landscape.py would have written it: the same for
     the same construction (its seed). Configs the runners refuse are written as refusals."""
@@ -186,9 +193,7 @@ def generate(c: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
     spec = landscape_spec(load_spec(c["spec"]))
     caps = c["caps"]
-    batches = sorted(
-        {int(f.split("=")[1]) for f in c["mean_log"] if f.startswith("batch_size=") and "|" not in f}
-    )
+    batches = construction_batches(c)
     rng = random.Random(c["seed"])
     short = c.get("short")
     short_rng = random.Random(c["seed"] + 1)

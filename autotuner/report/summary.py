@@ -9,6 +9,7 @@ import optuna
 from autotuner.metrics import label
 from autotuner.progress import Progress, fmt_config
 from autotuner.search.estimates import (
+    DEFAULT_REL_SD,
     Estimate,
     config_key,
     feasible,
@@ -17,7 +18,7 @@ from autotuner.search.estimates import (
     relative_spread,
     spread_evidence,
 )
-from autotuner.search.pick import Pick, race_status
+from autotuner.search.pick import Pick, Rule, race_status
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
 
@@ -96,7 +97,7 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
     progress.say(f"  {pick.reason}")
     if pick.baseline:
         progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
-    progress.say(f"  {noise_line(estimates, pick.rule.partition(':')[2])}")
+    progress.say(f"  {noise_line(estimates, Rule.parse(pick.rule).metric)}")
 
 
 # A between-block spread above this is called out: the recorded landscapes of steady machines
@@ -105,13 +106,14 @@ NOISY_SPREAD = 0.10
 
 
 def noise_line(estimates: dict[str, Estimate], metric: str) -> str:
-    """How much one config's blocks vary in this study (the spread every interval above rests on),
-    and, when it is high, what that means for the pick."""
+    """How much one config's blocks vary in this study (the pooled spread as measured; the
+    intervals above shrink it toward DEFAULT_REL_SD while few configs repeat), and, when it is
+    high, what that means for the pick."""
     ss, df, n = spread_evidence(estimates, metric)
     if df < 2:
         return (
             f"noise: too few configs measured twice to tell the between-block spread of {metric}; "
-            "intervals assume 10%"
+            f"intervals assume {DEFAULT_REL_SD:.0%}"
         )
     spread = (ss / df) ** 0.5
     line = (

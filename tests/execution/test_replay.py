@@ -116,8 +116,8 @@ def test_a_synthetic_landscape_is_graded_against_its_noise_free_truth(capsys) ->
 
     synthetic = ROOT / "benchmarks" / "landscapes" / "synthetic.json"
     spec = strategy_spec(str(ROOT / "benchmarks" / "landscapes" / "synthetic.yaml"), "default")
-    truth = exact_truth(spec, str(synthetic))
     land = read_landscape(str(synthetic))
+    truth = exact_truth(spec, str(synthetic), land)
     runnable = {k for k, recs in land.items() if any("metrics" in r for r in recs)}
     assert set(truth) == runnable
     assert all(t["values"] == [] for t in truth.values())  # no tie clause on an exact truth
@@ -135,6 +135,6 @@ def test_a_synthetic_landscape_is_graded_against_its_noise_free_truth(capsys) ->
     best = max((t for t in truth.values() if t["feasible"]), key=lambda t: t["mean"])["config"]
     assert (best["precision"], best["per_channel"], best["graph_optimization_level"]) == ("int8", True, "all")
     with pytest.raises(SystemExit) as e:
-        exact_truth(spec, str(QUICKSTART))
+        exact_truth(spec, str(QUICKSTART), load_landscape(QUICKSTART))
     assert e.value.code == 2
     assert "synthetic construction" in capsys.readouterr().err
