@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from autotuner.models.int8_cpu import int8_dot_product
 from autotuner.subprocesses import ChildFailed, nvidia_smi, run_module
 
 _LIBS = (
@@ -57,6 +58,8 @@ def _static() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)),
+        # vnni, saturating (x86 without VNNI: int8 needs 7-bit weights) or other (models.int8_cpu)
+        "int8_dot": int8_dot_product(),
         "machine": platform.machine(),
         "os": platform.platform(terse=True),
         "python": platform.python_version(),

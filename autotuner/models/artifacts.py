@@ -36,8 +36,9 @@ OPSET = 17
 
 
 def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -> Path:
-    """The ONNX file for a precision, made on first use; static int8 takes its settings
-    (models.quantization.settings_of) and is calibrated on the data's calibration set."""
+    """The ONNX file for a precision, made on first use; int8 and int8-dynamic take the
+    quantizer's settings (models.quantization.ort_quantization: 7-bit weights where
+    `reduce_range`), static int8 is calibrated on the data's calibration set."""
 
     if spec.model.onnx is not None and precision == "fp32":
         return spec.resolve(spec.model.onnx)
@@ -46,6 +47,8 @@ def onnx_path(spec: Spec, precision: str, quant: dict[str, Any] | None = None) -
         if quant is None or spec.data is None:
             raise AutotuneError("static int8 needs its calibration settings and the spec's data")
         variant = variant_name(quant, data_sets(spec).sha256)
+    elif precision == "int8-dynamic" and quant and quant.get("reduce_range"):
+        variant = "int8-dynamic-rr"
     path = cache_dir() / "onnx" / f"{artifact_key(spec)}.{variant}.onnx"
     if not path.exists():
         _in_child("onnx", spec, {"precision": precision, "path": str(path), "quant": quant})
@@ -103,11 +106,12 @@ def _export(spec: Spec, precision: str, path: Path, quant: dict[str, Any] | None
     elif precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 (heavy: onnxruntime)
 
-        atomic_write(
-            path,
-            lambda tmp: quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8),
-            ".onnx",
-        )
+        seven = bool(quant and quant.get("reduce_range"))
+
+        def write(tmp: str) -> None:
+            quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, reduce_range=seven)
+
+        atomic_write(path, write, ".onnx")
     elif precision == "int8":
         assert quant is not None
         record = write_static_int8(spec, source, path, quant)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from autotuner.models.int8_cpu import reduce_range
+
 QUANT_KNOBS: dict[str, Any] = {"calibration": "minmax", "per_channel": True, "int8_exclude": "none"}
 ORT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 TORCH_CALIBRATIONS = ("minmax", "histogram")
@@ -88,7 +90,22 @@ def variant_name(settings: dict[str, Any], data_sha256: str) -> str:
         exclude = "re" + hashlib.sha256(exclude.encode()).hexdigest()[:8]
     pc = "pc" if settings["per_channel"] else "pt"
     act = "s8" if settings["activations"] == "int8-symmetric" else "u8"
-    return f"int8-{settings['calibration']}-{pc}-{act}-{exclude}-{data_sha256[:12]}"
+    rr = "-rr" if settings.get("reduce_range") else ""
+    return f"int8-{settings['calibration']}-{pc}-{act}-{exclude}{rr}-{data_sha256[:12]}"
+
+
+def ort_quantization(
+    value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The quantizer's settings of an onnxruntime config's model file: static int8's
+    (`settings_of`) or int8-dynamic's, each with `reduce_range` resolved on this CPU
+    (models.int8_cpu); None for a float precision. The runner, `autotune quantize` and the
+    export all name the model file from this."""
+    precision = value(config, "precision")
+    if precision not in ("int8", "int8-dynamic"):
+        return None
+    rr = {"reduce_range": reduce_range(value(config, "reduce_range"), value(config, "backend"))}
+    return {**settings_of(value, config), **rr} if precision == "int8" else rr
 
 
 def batches(arrays: dict[str, np.ndarray], size: int = CALIBRATION_BATCH) -> Iterator[dict[str, np.ndarray]]:
@@ -163,6 +180,7 @@ def quantize_onnx(
             return next(self.it, None)
 
     symmetric = settings["activations"] == "int8-symmetric"
+    seven = bool(settings.get("reduce_range"))  # 7-bit weights (models.int8_cpu)
     excluded = excluded_onnx_nodes(onnx.load(str(source), load_external_data=False), settings["exclude"])
     logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" on every call
     method = methods[settings["calibration"]]
@@ -201,8 +219,9 @@ def quantize_onnx(
             op_types_to_quantize=ORT_OPS,
             nodes_to_exclude=excluded,
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            reduce_range=seven,
         )
-    return {"excluded_nodes": excluded, "op_types": ORT_OPS}
+    return {"excluded_nodes": excluded, "op_types": ORT_OPS, "reduce_range": seven}
 
 
 def quantize_torch(

@@ -19,7 +19,7 @@ from autotuner.files import atomic_write, atomic_write_text, file_sha256
 from autotuner.models.artifacts import onnx_path
 from autotuner.models.builtins import model_inputs
 from autotuner.models.dataset import data_sets
-from autotuner.models.quantization import settings_of
+from autotuner.models.quantization import ort_quantization
 from autotuner.report.best_config import BestConfig
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
@@ -278,10 +278,10 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
         )
     first = settings["providers"][0]["name"]
     precision = str(runner.value(config, "precision"))
-    quant = None
-    if precision == "int8":  # the calibrated QDQ model (TensorRT too: explicit quantization)
-        quant = settings_of(runner.value, config)
-    elif first == TENSORRT_PROVIDER:
+    # int8: the calibrated QDQ model (TensorRT too: explicit quantization); int8-dynamic: 7-bit
+    # weights or not, as the trials ran it.
+    quant = ort_quantization(runner.value, config)
+    if precision != "int8" and first == TENSORRT_PROVIDER:
         precision = "fp32"
     model = onnx_path(spec, precision, quant)
     if not model.is_file():  # a spec's own ONNX file, moved or on another machine

@@ -11,7 +11,7 @@ from autotuner.execution.capabilities import probe
 from autotuner.files import atomic_write, file_sha256
 from autotuner.models.artifacts import onnx_path, quantization_record
 from autotuner.models.dataset import data_sets
-from autotuner.models.quantization import settings_of
+from autotuner.models.quantization import ort_quantization
 from autotuner.runners.base import backend_of
 from autotuner.runners.registry import runner_for
 from autotuner.spec.schema import Spec
@@ -32,7 +32,7 @@ def write_model(spec: Spec, config: dict[str, Any], output: str | Path) -> dict[
     if reason:
         raise UsageError(f"quantize: this config does not run here: {reason}")
     precision = str(cls.value(config, "precision"))
-    quant = settings_of(cls.value, config) if precision == "int8" else None
+    quant = ort_quantization(cls.value, config)
     source = onnx_path(spec, precision, quant)
     out = Path(output)
     atomic_write(out, lambda tmp: shutil.copyfile(source, tmp), ".onnx")

@@ -30,19 +30,6 @@ SPEC = spec_from_dict(make_spec_dict())
 CPU = Device("cpu", (0,))
 
 
-def _has_vnni() -> bool:
-    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI): ONNX Runtime's int8 kernels
-    without it multiply u8 activations by s8 weights with 16-bit saturation, which bends
-    int8-dynamic's outputs (ONNX Runtime's quantization docs: the saturation issue on AVX2 and
-    AVX512 without VNNI). Measured on this session's AMD EPYC (AVX2 only): cosine 0.91 where
-    the Intel Xeon with VNNI gave above 0.98."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "vnni" in flags or "avx" not in flags  # not x86: no such kernels
-
-
 def _exercise(config: dict[str, Any], caps: dict[str, Any], device: Device) -> dict[str, float]:
     problems, accuracy = check_timed(SPEC, config, caps, device)
     assert problems == []
@@ -61,9 +48,9 @@ def test_every_runner_declares_what_the_core_needs() -> None:
 def test_runner_measures_and_matches_the_reference(backend: str, precision: str, caps: dict) -> None:
     config = {"backend": backend, "precision": precision, "batch_size": 3, "threads": 1}
     acc = _exercise(config, caps, CPU)
+    # int8-dynamic holds 0.98 on a CPU without VNNI too: `reduce_range: auto` takes 7-bit weights
+    # there (tests/runners/test_int8_saturation.py runs it on an emulated AVX2-only CPU).
     floor = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8-dynamic": 0.98}[precision]
-    if backend == "onnxruntime-cpu" and precision == "int8-dynamic" and not _has_vnni():
-        floor = 0.85  # saturating u8s8 kernels (see _has_vnni): still an int8 model of the same net
     assert acc["accuracy_cosine"] >= floor, acc
     if precision == "fp32":
         assert acc["accuracy_max_abs_error"] < 1e-4

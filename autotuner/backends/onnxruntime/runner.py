@@ -50,7 +50,8 @@ from autotuner.backends.onnxruntime.options import (
 from autotuner.errors import UnsupportedConfig
 from autotuner.files import cache_dir, file_sha256
 from autotuner.models.artifacts import onnx_path, quantization_record
-from autotuner.models.quantization import ORT_OPS, entropy_refusal, exclude_reason, settings_of
+from autotuner.models.int8_cpu import why_reduce_range
+from autotuner.models.quantization import ORT_OPS, entropy_refusal, exclude_reason, ort_quantization
 from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
 from autotuner.runners.gpu_libraries import load_ort_libraries
 from autotuner.runners.knobs import SERVING_KNOBS, Knob
@@ -160,13 +161,17 @@ class OnnxRuntimeRunner(TimedRunner):
         """The ONNX file this config runs (an int8 variant records how it was quantized)."""
 
         self.quantization: dict[str, Any] | None = None
+        # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model;
+        # 7-bit weights where this CPU's int8 kernels saturate (reduce_range).
+        quant = ort_quantization(self.value, self.config)
+        if quant is not None:
+            self.reduce_range_note = why_reduce_range(self.value(self.config, "reduce_range"), backend)
         if precision == "int8":
-            # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model.
-            path = onnx_path(self.spec, "int8", settings_of(self.value, self.config))
+            path = onnx_path(self.spec, "int8", quant)
             self.quantization = quantization_record(path)
             return path
         # TensorRT builds its own fp16 engine from the fp32 graph.
-        return onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision)
+        return onnx_path(self.spec, "fp32" if backend == "onnxruntime-tensorrt" else precision, quant)
 
     def _session_options(self, ort: Any) -> Any:
         so = ort.SessionOptions()
@@ -332,6 +337,8 @@ class OnnxRuntimeRunner(TimedRunner):
         info = super().trial_info()
         if getattr(self, "placement", None) is not None:
             info["node_placement"] = self.placement
+        if getattr(self, "reduce_range_note", None):
+            info["reduce_range"] = self.reduce_range_note
         if getattr(self, "quantization", None):
             info["quantization"] = self.quantization
             if getattr(self, "provider", None) == CUDA:
@@ -383,17 +390,23 @@ class OnnxRuntimeRunner(TimedRunner):
                 f"min = opt = max = each input's shape at batch {batch} "
                 "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
             )
+        quant = ort_quantization(cls.value, config)
         if precision == "int8-dynamic":
+            rr = bool(quant and quant["reduce_range"])
             settings["quantization"] = (
                 "onnxruntime.quantization.quantize_dynamic(fp32_model, int8_model, "
-                "weight_type=QuantType.QInt8)"
+                f"weight_type=QuantType.QInt8, reduce_range={rr})"
             )
         elif precision == "int8":
             settings["quantization"] = {
                 "method": "static, QDQ format (onnxruntime.quantization.quantize_static)",
-                **settings_of(cls.value, config),
+                **(quant or {}),
                 "op_types": ORT_OPS,
             }
+        if quant is not None:
+            # Resolved on the machine that writes this (the tuning machine, as a rule): a
+            # serving CPU without VNNI wants 7-bit weights whatever the tuning CPU had.
+            settings["reduce_range"] = why_reduce_range(cls.value(config, "reduce_range"), backend)
         elif precision == "fp16" and backend != "onnxruntime-tensorrt":
             settings["conversion"] = (
                 "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"
