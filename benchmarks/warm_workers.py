@@ -1,11 +1,13 @@
 """Per-block start-up with warm workers (forks of a zygote) against a fresh interpreter per block.
 
-    python benchmarks/warm_workers.py [--blocks 4] [--spec search_spaces/quickstart.yaml]
+    python benchmarks/warm_workers.py [--blocks 4] [--spec search_spaces/quickstart.yaml] [--executor ray]
 
-Two real local executors on the same spec, one `measurement.workers: warm`, one `fresh`; blocks
-of the same configs interleaved (warm, fresh, fresh, warm, ...) so that load hits both alike.
-Each block is a race block (`block_s`, no accuracy check) of a real model. Prints and writes
-docs/benchmarks/warm_workers.md: median worker_startup_s, setup_s, measure_s, block wall time.
+Two real executors on the same spec (local, or Ray: a local Ray cluster that both share), one
+`measurement.workers: warm`, one `fresh`; blocks of the same configs interleaved (warm, fresh,
+fresh, warm, ...) so that load hits both alike. Each block is a race block (`block_s`, no accuracy
+check) of a real model. Prints and writes docs/benchmarks/warm_workers.md (Ray:
+warm_workers_ray.md): median worker_startup_s, setup_s, measure_s, block wall time, and each
+block's start-up in order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=4, help="blocks per side")
     ap.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    ap.add_argument("--executor", choices=("local", "ray"), default="local")
     args = ap.parse_args()
     load0 = load_average()
     caps = probe()
@@ -45,7 +48,8 @@ def main() -> None:
     }
     seen: dict[str, list[dict[str, float]]] = {"warm": [], "fresh": []}
     made = time.perf_counter()
-    ex = {w: make_executor("local", spec[w], caps) for w in ("warm", "fresh")}
+    # Ray: the first executor starts the local cluster, the second joins it (and so closes first).
+    ex = {w: make_executor(args.executor, spec[w], caps) for w in ("warm", "fresh")}
     try:
         for i in range(args.blocks):
             order = ("warm", "fresh") if i % 2 == 0 else ("fresh", "warm")
@@ -59,7 +63,7 @@ def main() -> None:
                 up = res.metrics["worker_startup_s"]
                 print(f"{w:5} {config['backend']:16} start-up {up:.2f} s, wall {wall:.2f} s")
     finally:
-        for e in ex.values():
+        for e in reversed(ex.values()):
             e.close()
     total = time.perf_counter() - made
     rows = ["| | warm | fresh |", "|---|---|---|"]
@@ -67,11 +71,21 @@ def main() -> None:
         med = {w: statistics.median(r[f] for r in seen[w]) for w in seen}
         rows.append(f"| median {f} | {med['warm']:.2f} | {med['fresh']:.2f} |")
     rows.append(f"| blocks | {len(seen['warm'])} | {len(seen['fresh'])} |")
+    rows += ["", "Each block's worker_startup_s, in order (s):", ""]
+    rows += [f"- {w}: " + ", ".join(f"{r['worker_startup_s']:.2f}" for r in seen[w]) for w in seen]
+    on_ray = args.executor == "ray"
     lines = [
-        "# Warm workers against a fresh interpreter per block",
+        "# Warm workers against a fresh interpreter per block" + (", on Ray" if on_ray else ""),
         "",
-        f"`python benchmarks/warm_workers.py --blocks {args.blocks}` on `{Path(args.spec).name}`: two real "
-        "local executors, blocks interleaved (warm, fresh, fresh, warm, ...), each a 0.4 s race block "
+        f"`python benchmarks/warm_workers.py --blocks {args.blocks}{' --executor ray' if on_ray else ''}` "
+        f"on `{Path(args.spec).name}`: two real "
+        + (
+            "Ray executors on one local Ray cluster (each block a Ray task; warm: forked from the zygote "
+            "its Ray worker process keeps)"
+            if on_ray
+            else "local executors"
+        )
+        + ", blocks interleaved (warm, fresh, fresh, warm, ...), each a 0.4 s race block "
         f"of {', '.join(c['backend'] for c in CONFIGS)} in turn. Both executors' whole run: {total:.1f} s "
         "(the warm side's zygote start is inside it).",
         "",
@@ -87,7 +101,7 @@ def main() -> None:
         *machine_lines(load0),
     ]
     print("\n".join(rows))
-    write_doc("warm_workers.md", lines)
+    write_doc("warm_workers_ray.md" if on_ray else "warm_workers.md", lines)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def _run_in(
     result = classify_exit(code, res_path, log_path)
     if isinstance(result, dict):  # how the block's process was started, kept with its result
         result.setdefault("info", {})["worker"] = how
+        if how == "warm" and warm is not None and warm.proc is not None:
+            result["info"]["zygote"] = warm.proc.pid  # the fork server it came from
     return result
 
 

@@ -2,7 +2,9 @@
 
 The driver keeps the ask/tell loop; each trial is a Ray core task (max_retries=0: the driver owns
 retries) that runs the same isolated worker process as the local executor and returns a plain
-result. Workers never touch the database. A per-trial deadline cancels the task by force.
+result; with warm workers (the default) that process is a fork of a zygote that each Ray worker
+process keeps, as the local executor keeps one. Workers never touch the database. A per-trial
+deadline cancels the task by force.
 
 What a trial asks of Ray (`trial_options`) and how many run at once (`slot_count`) are pure
 functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned its task.
@@ -10,6 +12,7 @@ functions of the cluster's nodes; the worker sees exactly the GPUs Ray assigned 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -25,6 +28,8 @@ from autotuner.execution.capabilities import probe
 from autotuner.execution.cores import hold_cores
 from autotuner.execution.process import run_worker
 from autotuner.execution.ray_cluster import describe, join, session_name
+from autotuner.execution.warm import runner_modules, shared_warm_workers
+from autotuner.models.builtins import library_modules
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -147,21 +152,27 @@ def merge_caps(driver: dict[str, Any], node: dict[str, Any], node_gpus: int) -> 
     return caps
 
 
-def _trial_task(payload: dict[str, Any], timeout_s: float, threads: int) -> dict[str, Any]:
+def _trial_task(
+    payload: dict[str, Any], timeout_s: float, threads: int, warm_modules: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Runs on a Ray worker: hold cores on this node, run the trial in a worker process that sees
-    exactly the GPUs Ray assigned this task (none for a CPU trial)."""
+    exactly the GPUs Ray assigned this task (none for a CPU trial). With `warm_modules` (the
+    spec's `measurement.workers: warm`) that process is forked from this Ray worker's zygote,
+    which imported them once (execution.warm.shared_warm_workers), else a fresh interpreter."""
     import ray  # noqa: PLC0415 (heavy: ray)
 
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    warm = shared_warm_workers(tuple(warm_modules)) if warm_modules is not None else None
     with hold_cores(threads, _node_cpus()) as cores, visible_gpus(gpu_ids):
         held_from = time.time()
         payload["device"]["cores"] = list(cores)
-        out = run_worker(payload, timeout_s, threads)
+        out = run_worker(payload, timeout_s, threads, warm)
         held_until = time.time()
     result = out.to_dict() if isinstance(out, TrialResult) else out
     info = result.setdefault("info", {})
     info["node"] = ctx.get_node_id()
+    info["ray_worker_pid"] = os.getpid()  # kept between tasks: so is its zygote
     # The cores this trial held (its worker was pinned to them) and when, on the node's clock.
     info["cores"] = {"held": list(cores), "from": held_from, "until": held_until}
     info["node_ip"] = ray.util.get_node_ip_address()
@@ -210,6 +221,10 @@ class RayExecutor(Executor):
                 },
             )
         self.spec_dict = public_spec_dict(spec)
+        # What each Ray worker's zygote imports (None: a fresh interpreter per block).
+        self.warm_modules = (
+            runner_modules(spec) + library_modules(spec) if spec.measurement.workers == "warm" else None
+        )
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())
@@ -308,6 +323,7 @@ class RayExecutor(Executor):
             ),
             timeout,
             opts["num_cpus"],
+            self.warm_modules,
         )
         ready, _ = ray.wait([ref], timeout=timeout + GRACE_S)
         if not ready:

@@ -195,6 +195,22 @@ class WarmWorkers:
             _await_exit(pid)
 
 
+_SHARED: dict[tuple[str, ...], WarmWorkers] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_warm_workers(modules: tuple[str, ...]) -> WarmWorkers:
+    """This process's warm workers for these modules, started on first use and kept for the
+    process's life: a Ray worker process runs one trial at a time and is kept between tasks, so
+    its zygote serves every block Ray sends it. The zygote ends with the process (its stdin
+    closes), killing the block it runs, as when the local driver dies."""
+    with _SHARED_LOCK:
+        warm = _SHARED.get(modules)
+        if warm is None:
+            warm = _SHARED[modules] = WarmWorkers(modules)
+        return warm
+
+
 def _threads(env: dict[str, str]) -> int | None:
     v = env.get("OMP_NUM_THREADS")
     return int(v) if v and v.isdigit() else None

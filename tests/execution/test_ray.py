@@ -74,7 +74,9 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path,
         while time.monotonic() < deadline and not pidfile.exists():
             time.sleep(0.2)
         time.sleep(0.5)
-        worker, ray_worker = (int(x) for x in pidfile.read_text().split())
+        worker, parent = (int(x) for x in pidfile.read_text().split())
+        # A warm worker's parent is the Ray worker's zygote; the Ray worker is the zygote's parent.
+        ray_worker = _parent(parent) if b"autotuner.execution.zygote" in _cmdline(parent) else parent
         for pid in (ray_worker, worker):  # the Ray worker first: that is the drill
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -126,6 +128,40 @@ def test_a_ray_task_past_its_deadline_is_cancelled_and_its_trial_is_a_timeout(
     while time.monotonic() < deadline and _running(worker):
         time.sleep(0.2)
     assert not _running(worker)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+
+
+@pytest.mark.parametrize("workers", ["warm", "fresh"])
+def test_blocks_on_ray_fork_from_one_zygote_per_ray_worker(in_tmp: Path, workers: str) -> None:
+    """measurement.workers reaches Ray: with warm (the default) every block is forked from a
+    zygote that its Ray worker process keeps between tasks (one zygote per Ray worker, serving
+    several blocks); with fresh each block is a new interpreter."""
+    measurement = {**FAST_MEASUREMENT, "workers": workers}
+    spec = write_spec(in_tmp, budget={"trials": 6}, measurement=measurement, pick={"rounds": 0})
+    run(spec, executor="ray", progress=QUIET)
+    done = [t for t in _study().trials if t.state == TrialState.COMPLETE]
+    assert len(done) >= 5, [t.user_attrs.get("failure_message") for t in _study().trials]
+    infos = [t.user_attrs["info"] for t in done]
+    assert {i["worker"] for i in infos} == {workers}
+    if workers == "fresh":
+        assert not any("zygote" in i for i in infos)
+        return
+    zygotes: dict[int, set[int]] = {}
+    for i in infos:
+        zygotes.setdefault(i["ray_worker_pid"], set()).add(i["zygote"])
+    assert all(len(z) == 1 for z in zygotes.values()), zygotes  # one per Ray worker, kept
+    served = [sum(i["zygote"] == z for i in infos) for (z,) in zygotes.values()]
+    assert max(served) >= 2, zygotes  # a zygote served more than one block
 
 
 def _running(pid: int) -> bool:
