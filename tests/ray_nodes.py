@@ -86,6 +86,24 @@ def marked(mark: str) -> dict[int, str]:
     return out
 
 
+def running_trials(mark: str) -> list[int]:
+    """The marked processes that run a trial's worker: a fresh one (`autotuner.measure.worker`),
+    or a warm one, forked from a zygote (it keeps its zygote's command line, and its parent is
+    that zygote)."""
+    procs = marked(mark)
+    zygote = "autotuner.execution.zygote"
+    out = []
+    for pid, cmd in procs.items():
+        if "autotuner.measure.worker" in cmd:
+            out.append(pid)
+        elif zygote in cmd:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+                if zygote in procs.get(parent, ""):
+                    out.append(pid)
+    return out
+
+
 def kill_marked(mark: str, grace_s: float = 5.0, hard: bool = False) -> None:
     """SIGTERM, then SIGKILL after grace_s (hard: SIGKILL at once), every process that carries
     the marker."""

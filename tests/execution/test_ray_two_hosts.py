@@ -30,6 +30,7 @@ from ray_nodes import (
     netns_left,
     netns_refusal,
     ray_cli,
+    running_trials,
     two_hosts,
 )
 
@@ -123,7 +124,7 @@ def test_a_worker_host_lost_mid_trial_is_a_crash_and_the_study_goes_on_on_the_he
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            if any("autotuner.measure.worker" in c for c in marked(worker.mark).values()):
+            if running_trials(worker.mark):
                 break
             time.sleep(0.2)
         else:
