@@ -15,6 +15,7 @@ from autotuner.backends.int8_knobs import int8_knobs
 from autotuner.models.artifacts import first_tensor
 from autotuner.models.builtins import build_torch_model, model_inputs
 from autotuner.models.dataset import calibration_batches, data_sets
+from autotuner.models.int8_cpu import why_reduce_range
 from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason, quantize_torch, settings_of
 from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
 from autotuner.runners.knobs import SERVING, Knob, precisions
@@ -123,6 +124,8 @@ class TorchRunner(TimedRunner):
             tuple(torch.from_numpy(b[s.name]) for s in specs) for b in calibration_batches(self.spec)
         )
         settings = settings_of(self.value, self.config)
+        rr = self.value(self.config, "reduce_range")
+        self.reduce_range_note = why_reduce_range(rr, self.config["backend"])
         return {
             **quantize_torch(model, calibration, settings),
             "settings": settings,
@@ -131,6 +134,8 @@ class TorchRunner(TimedRunner):
 
     def trial_info(self) -> dict[str, Any]:
         info = super().trial_info()
+        if getattr(self, "reduce_range_note", None):
+            info["reduce_range"] = self.reduce_range_note
         if getattr(self, "quantization", None):
             info["quantization"] = self.quantization
         return info
@@ -235,6 +240,8 @@ class TorchRunner(TimedRunner):
                 **settings_of(cls.value, config),
                 "code": "autotuner.models.quantization.quantize_torch(model, calibration_batches, settings)",
             }
+            # Resolved on the machine that writes this; a serving CPU without VNNI wants it true.
+            settings["reduce_range"] = why_reduce_range(cls.value(config, "reduce_range"), config["backend"])
         if cls.value(config, "backend") == "torch-compile":
             settings["compile"] = {"mode": cls.value(config, "compile_mode")}
         if cls.value(config, "threads"):

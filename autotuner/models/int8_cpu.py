@@ -1,10 +1,12 @@
-"""Whether this CPU's int8 kernels saturate, and so whether ONNX Runtime's weights need 7 bits.
+"""Whether this CPU's int8 kernels saturate, and so whether int8 needs 7-bit weights (ONNX Runtime)
+or 7-bit activations (torch).
 
 On x86 without VNNI (AVX2, or AVX-512 without its VNNI extension), ONNX Runtime multiplies u8
 activations by s8 weights with VPMADDUBSW, which adds each pair of products into a 16-bit
 integer with saturation: large activations times large weights clip, and the outputs bend.
 VNNI's VPDPBUSD accumulates in 32 bits and does not clip. ONNX Runtime's remedy is
-`reduce_range`: weights quantized to 7 bits, so that no pair can overflow. Measured with
+`reduce_range`: weights quantized to 7 bits, so that no pair can overflow (torch's x86 kernels
+have the same instruction; its `reduce_range` takes 7-bit activations). Measured with
 `benchmarks/int8_saturation.py` (docs/benchmarks/int8_saturation.md): int8-dynamic of the
 sessions model reads cosine 0.947 against fp32 on an AVX2-only CPU, 0.9996 with 7-bit weights,
 and 0.9996 either way with VNNI.
@@ -62,11 +64,15 @@ def _cpuinfo_flags() -> bool:
     return any(f in flags for f in _VNNI_FLAGS)
 
 
+# The backends whose int8 runs on this CPU's int8 kernels (GPU providers do not use them).
+CPU_INT8 = ("onnxruntime-cpu", "torch-eager")
+
+
 def reduce_range(setting: Any, backend: str) -> bool:
-    """The `reduce_range` knob resolved: true or false as given; "auto" is true for
-    onnxruntime-cpu on a CPU whose int8 kernels saturate (GPU providers do not use them)."""
+    """The `reduce_range` knob resolved: true or false as given; "auto" is true for a CPU
+    backend on a CPU whose int8 kernels saturate."""
     if setting == "auto":
-        return backend == "onnxruntime-cpu" and int8_dot_product() == SATURATING
+        return backend in CPU_INT8 and int8_dot_product() == SATURATING
     return bool(setting)
 
 
@@ -78,6 +84,6 @@ def why_reduce_range(setting: Any, backend: str) -> str:
     kind = int8_dot_product()
     if value:
         return "reduce_range true (auto): this CPU has no VNNI, its u8 x s8 int8 kernels saturate at 16 bits"
-    if backend != "onnxruntime-cpu":
+    if backend not in CPU_INT8:
         return f"reduce_range false (auto): {backend} does not run the CPU's int8 kernels"
     return f"reduce_range false (auto): this CPU's int8 kernels do not saturate ({kind})"

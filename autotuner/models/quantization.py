@@ -73,12 +73,14 @@ SYMMETRIC_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt")
 
 def settings_of(value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]) -> dict[str, Any]:
     """The static-quantization settings of a config (symmetric activations for TensorRT / CUDA)."""
-    symmetric = value(config, "backend") in SYMMETRIC_BACKENDS
+    backend = value(config, "backend")
+    symmetric = backend in SYMMETRIC_BACKENDS
     return {
         "calibration": value(config, "calibration"),
         "per_channel": bool(value(config, "per_channel")),
         "exclude": value(config, "int8_exclude"),
         "activations": "int8-symmetric" if symmetric else "uint8",
+        "reduce_range": reduce_range(value(config, "reduce_range"), backend),
     }
 
 
@@ -104,8 +106,9 @@ def ort_quantization(
     precision = value(config, "precision")
     if precision not in ("int8", "int8-dynamic"):
         return None
-    rr = {"reduce_range": reduce_range(value(config, "reduce_range"), value(config, "backend"))}
-    return {**settings_of(value, config), **rr} if precision == "int8" else rr
+    if precision == "int8":
+        return settings_of(value, config)
+    return {"reduce_range": reduce_range(value(config, "reduce_range"), value(config, "backend"))}
 
 
 def batches(arrays: dict[str, np.ndarray], size: int = CALIBRATION_BATCH) -> Iterator[dict[str, np.ndarray]]:
@@ -240,7 +243,9 @@ def quantize_torch(
         if settings["per_channel"]
         else tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     )
-    qconfig = tq.QConfig(activation=act.with_args(dtype=torch.quint8), weight=weight)
+    # reduce_range: 7-bit activations, where the CPU's u8 x s8 kernels saturate (models.int8_cpu).
+    rr = bool(settings.get("reduce_range"))
+    qconfig = tq.QConfig(activation=act.with_args(dtype=torch.quint8, reduce_range=rr), weight=weight)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     exclude = settings["exclude"]
     if exclude == "first-last":

@@ -58,16 +58,9 @@ KNOBS: dict[str, Knob] = {
         unknown="{name} {value!r} is not one of 0 to 5",
     ),
     "trt_timing_cache": Knob(True, kind=bool, applies_to=TRT_BACKEND, where="to the TensorRT provider"),
-    **int8_knobs(ORT_CALIBRATIONS),
-    # 7-bit weights (ONNX Runtime's reduce_range): "auto" takes them where the CPU's int8 kernels
-    # saturate (x86 without VNNI; models.int8_cpu), so int8 is judged as it can run there.
-    "reduce_range": Knob(
-        "auto",
-        choices=("auto", True, False),
-        applies_to={"precision": ("int8", "int8-dynamic")},
-        exclusive="applies to onnxruntime's int8 quantizer; the {runner} runner does not read it",
-        unknown="{name} {value!r} is not one of auto, true, false",
-    ),
+    # reduce_range: 7-bit weights; "auto" takes them where the CPU's int8 kernels saturate (x86
+    # without VNNI; models.int8_cpu), so int8 is judged as it can run there.
+    **int8_knobs(ORT_CALIBRATIONS, reduced=("int8", "int8-dynamic")),
     **SERVING,
 }
 
