@@ -69,7 +69,7 @@ def check_timed(
     if not isinstance(runner, TimedRunner):
         return [f"{type(runner).__name__} is not a TimedRunner"], {}
     problems = []
-    batch_size = int(runner.value(runner.config, "batch_size"))
+    batch_size = int(runner.knob(runner.config, "batch_size"))
     runner.setup()
     specs = model_inputs(spec)
     step = runner.prepare(make_inputs(specs, batch_size, spec.data_seed))

@@ -32,7 +32,7 @@ from autotuner.api import load_spec  # noqa: E402
 from autotuner.execution.capabilities import probe  # noqa: E402
 from autotuner.measure.build import build  # noqa: E402
 from autotuner.measure.harness import HarnessSettings, measure  # noqa: E402
-from autotuner.measure.scenarios import settings_of  # noqa: E402
+from autotuner.measure.scenarios import harness_settings  # noqa: E402
 from autotuner.models.builtins import model_inputs  # noqa: E402
 from autotuner.models.inputs import make_inputs  # noqa: E402
 from autotuner.runners.base import Device  # noqa: E402
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     spec = load_spec(args.spec)
-    base = settings_of(spec)
+    base = harness_settings(spec)
     device = Device("cpu", (core,))
     batch = make_inputs(model_inputs(spec), BATCH, spec.data_seed)
 

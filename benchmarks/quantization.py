@@ -75,7 +75,7 @@ def torch_size_mb(config: dict[str, Any]) -> float:
 
     from autotuner.models.builtins import build_torch_model, model_inputs
     from autotuner.models.dataset import calibration_batches
-    from autotuner.models.quantization import QUANT_KNOBS, quantize_torch, settings_of
+    from autotuner.models.quantization import QUANT_KNOBS, quant_settings, quantize_torch
 
     spec = spec_for(config, {})
     model = build_torch_model(spec)
@@ -84,7 +84,7 @@ def torch_size_mb(config: dict[str, Any]) -> float:
     elif config["precision"] == "int8":
         specs = model_inputs(spec)
         cal = (tuple(torch.from_numpy(b[s.name]) for s in specs) for b in calibration_batches(spec))
-        quantize_torch(model, cal, settings_of(lambda c, k: c.get(k, QUANT_KNOBS.get(k)), config))
+        quantize_torch(model, cal, quant_settings(lambda c, k: c.get(k, QUANT_KNOBS.get(k)), config))
     elif config["precision"] == "fp16":
         model = model.half()
     buf = io.BytesIO()

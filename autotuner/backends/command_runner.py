@@ -102,7 +102,7 @@ class CommandRunner(WorkloadRunner):
     settings: CommandSettings
 
     @classmethod
-    def bind(cls, spec: Spec, settings: CommandSettings) -> None:
+    def check_spec(cls, spec: Spec, settings: CommandSettings) -> None:
         """Every {placeholder} names a parameter (or model, trial_dir); every metric read is a
         built-in or declared one, and every declared one is read."""
         for name in settings.metrics:
@@ -134,13 +134,13 @@ class CommandRunner(WorkloadRunner):
         """The spec's command.resources.gpus: a program's GPUs are declared, not guessed."""
         if "command" not in spec.sections:
             return 0
-        return cls.settings_of(spec).resources.gpus
+        return cls.section(spec).resources.gpus
 
     @classmethod
     def check(cls, spec: Spec, config: dict[str, Any], caps: dict[str, Any]) -> str | None:
         if "command" not in spec.sections:
             return "backend command needs the spec's command section"
-        program = render(cls.settings_of(spec).argv[0], _values(spec, config, "."))
+        program = render(cls.section(spec).argv[0], _values(spec, config, "."))
         if os.sep not in program and shutil.which(program) is None:
             return f"program {program!r} is not on PATH here"
         return None

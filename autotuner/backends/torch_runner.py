@@ -16,7 +16,7 @@ from autotuner.models.artifacts import first_tensor
 from autotuner.models.builtins import build_torch_model, model_inputs
 from autotuner.models.dataset import calibration_batches, data_sets
 from autotuner.models.int8_cpu import why_reduce_range
-from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason, quantize_torch, settings_of
+from autotuner.models.quantization import TORCH_CALIBRATIONS, exclude_reason, quant_settings, quantize_torch
 from autotuner.runners.base import DEVICE_RESIDENT, TimedRunner
 from autotuner.runners.knobs import SERVING, Knob, precisions
 from autotuner.spec.schema import Spec
@@ -59,8 +59,8 @@ class TorchRunner(TimedRunner):
             return reason
         if spec.model.onnx is not None:
             return "an ONNX model file runs only on onnxruntime-* backends"
-        device = cls.value(config, "device")
-        precision = cls.value(config, "precision")
+        device = cls.knob(config, "device")
+        precision = cls.knob(config, "precision")
         if device == "cuda":
             if not caps.get("cuda_devices"):
                 return "device=cuda but torch sees no CUDA device on this machine"
@@ -73,31 +73,31 @@ class TorchRunner(TimedRunner):
                 )
             if precision == "bf16" and not caps.get("cuda_bf16"):
                 return "this GPU does not support bf16"
-            if cls.value(config, "backend") == "torch-compile":
+            if cls.knob(config, "backend") == "torch-compile":
                 reason = _compiler_reason(caps)
                 if reason:
                     return reason
-        if precision == "int8" and cls.value(config, "backend") == "torch-compile":
+        if precision == "int8" and cls.knob(config, "backend") == "torch-compile":
             return (
                 "torch.compile cannot trace eager quantized modules (their ops have no meta kernels) "
                 "and would run them uncompiled; static int8 runs on torch-eager"
             )
-        return exclude_reason(cls.value, config, ("none", "first-last"), "torch")
+        return exclude_reason(cls.knob, config, ("none", "first-last"), "torch")
 
     def setup(self) -> None:
         import torch  # noqa: PLC0415 (heavy: torch)
 
-        threads = self.value(self.config, "threads")
+        threads = self.knob(self.config, "threads")
         if threads:
             torch.set_num_threads(int(threads))
         self.torch = torch
         # Set either way: "fp32" means the same in every runner (TF32 only when tf32 is true).
-        tf32 = bool(self.value(self.config, "tf32"))
+        tf32 = bool(self.knob(self.config, "tf32"))
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         self.dev = torch.device("cuda", self.device.cuda_index or 0) if self._cuda else None
         model = build_torch_model(self.spec)
-        precision = self.value(self.config, "precision")
+        precision = self.knob(self.config, "precision")
         self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
         self.quantization: dict[str, Any] | None = None
         if precision == "int8-dynamic":
@@ -110,8 +110,8 @@ class TorchRunner(TimedRunner):
             model = model.to(self.dtype)
         if self.dev is not None:
             model = model.to(self.dev)
-        if self.value(self.config, "backend") == "torch-compile":
-            mode = self.value(self.config, "compile_mode")
+        if self.knob(self.config, "backend") == "torch-compile":
+            mode = self.knob(self.config, "compile_mode")
             model = torch.compile(model, mode=None if mode == "default" else mode)
         self.model = model
 
@@ -123,8 +123,8 @@ class TorchRunner(TimedRunner):
         calibration = (
             tuple(torch.from_numpy(b[s.name]) for s in specs) for b in calibration_batches(self.spec)
         )
-        settings = settings_of(self.value, self.config)
-        rr = self.value(self.config, "reduce_range")
+        settings = quant_settings(self.knob, self.config)
+        rr = self.knob(self.config, "reduce_range")
         self.reduce_range_note = why_reduce_range(rr, self.config["backend"])
         return {
             **quantize_torch(model, calibration, settings),
@@ -142,7 +142,7 @@ class TorchRunner(TimedRunner):
 
     @property
     def _cuda(self) -> bool:
-        return self.value(self.config, "device") == "cuda"
+        return self.knob(self.config, "device") == "cuda"
 
     @property
     def transfer_policy(self) -> str | None:
@@ -195,7 +195,7 @@ class TorchRunner(TimedRunner):
         self._stream.synchronize()
 
     def activate(self) -> None:
-        threads = self.value(self.config, "threads")
+        threads = self.knob(self.config, "threads")
         if threads:
             self.torch.set_num_threads(int(threads))
         if self.dev is not None:
@@ -217,14 +217,14 @@ class TorchRunner(TimedRunner):
 
     @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
-        precision = cls.value(config, "precision")
+        precision = cls.knob(config, "precision")
         settings: dict[str, Any] = {
-            "device": cls.value(config, "device"),
+            "device": cls.knob(config, "device"),
             "dtype": {"fp32": "float32", "int8": "float32", "int8-dynamic": "float32", **_DTYPES}[precision],
             "inference_mode": True,
         }
-        if cls.value(config, "device") == "cuda":
-            tf32 = bool(cls.value(config, "tf32"))
+        if cls.knob(config, "device") == "cuda":
+            tf32 = bool(cls.knob(config, "tf32"))
             settings["tf32"] = {
                 "torch.backends.cuda.matmul.allow_tf32": tf32,
                 "torch.backends.cudnn.allow_tf32": tf32,
@@ -237,14 +237,14 @@ class TorchRunner(TimedRunner):
         elif precision == "int8":
             settings["quantization"] = {
                 "method": "static, eager mode (each Linear in a QuantWrapper, calibrated, converted)",
-                **settings_of(cls.value, config),
+                **quant_settings(cls.knob, config),
                 "code": "autotuner.models.quantization.quantize_torch(model, calibration_batches, settings)",
             }
             # Resolved on the machine that writes this; a serving CPU without VNNI wants it true.
-            settings["reduce_range"] = why_reduce_range(cls.value(config, "reduce_range"), config["backend"])
-        if cls.value(config, "backend") == "torch-compile":
-            settings["compile"] = {"mode": cls.value(config, "compile_mode")}
-        if cls.value(config, "threads"):
+            settings["reduce_range"] = why_reduce_range(cls.knob(config, "reduce_range"), config["backend"])
+        if cls.knob(config, "backend") == "torch-compile":
+            settings["compile"] = {"mode": cls.knob(config, "compile_mode")}
+        if cls.knob(config, "threads"):
             settings["num_threads"] = int(config["threads"])
         return {"torch": settings}
 

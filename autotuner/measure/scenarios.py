@@ -30,13 +30,13 @@ from autotuner.runners.base import Device, TimedRunner, WorkloadRunner, backend_
 from autotuner.spec.schema import Spec
 
 
-def settings_of(spec: Spec) -> HarnessSettings:
+def harness_settings(spec: Spec) -> HarnessSettings:
     return HarnessSettings.of(spec.measurement)
 
 
 def block_settings(spec: Spec, block_s: float) -> HarnessSettings:
     """One re-measurement block: a fixed measuring time, no CV stop, no samples kept."""
-    base = settings_of(spec)
+    base = harness_settings(spec)
     return dataclasses.replace(
         base,
         min_iters=min(base.min_iters, 5),
@@ -106,7 +106,7 @@ class BatchScenario(Scenario):
 
     def run(self, device: Device, probe: Probe, block_s: float | None) -> TrialResult:
         spec, runner = self.spec, self.runner
-        batch_size = int(runner.value(runner.config, "batch_size"))
+        batch_size = int(runner.knob(runner.config, "batch_size"))
         specs = model_inputs(spec)
         started = time.perf_counter()
         runner.setup()
@@ -116,7 +116,7 @@ class BatchScenario(Scenario):
         runner.synchronize()
         setup_s = time.perf_counter() - started
         runner.activate()
-        settings = settings_of(spec) if block_s is None else block_settings(spec, block_s)
+        settings = harness_settings(spec) if block_s is None else block_settings(spec, block_s)
         look = self.first_look_s if block_s is None else None
         if look is not None:  # before for_trial: an energy metric still gets its window
             settings = first_look_settings(settings, look)
@@ -138,7 +138,7 @@ class BatchScenario(Scenario):
                 [runner.predict(b)[:n] for b, n in chunks(accuracy_inputs(spec), specs, batch_size)]
             )
             metrics.update(compare(outs, ref))
-            check_reference(backend_of(self.config), runner.value(runner.config, "precision"), metrics)
+            check_reference(backend_of(self.config), runner.knob(runner.config, "precision"), metrics)
             metrics.update(task_scores(spec, outs, ref))
         info = {**runner.trial_info(), **(data_info(spec) if block_s is None else {})}
         info["stop_reason"] = timed.stop_reason

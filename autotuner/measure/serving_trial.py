@@ -59,7 +59,7 @@ def instances_of(
     cls = checked_class(spec, config, caps)
     if not issubclass(cls, TimedRunner):
         raise UnsupportedConfig(f"the serving scenario drives timed runners; {cls.name} is not one")
-    n = int(cls.value(config, "instances"))
+    n = int(cls.knob(config, "instances"))
     threads = int(config.get("threads") or len(device.cores))
     own = {**config, "threads": max(1, threads // n)}
     return [RunnerInstance(cls(spec, own, device), spec) for _ in range(n)]
@@ -80,8 +80,8 @@ def run_serving_trial(
     started = time.perf_counter()
     instances = instances_of(spec, config, device, caps)
     cls = type(instances[0].runner)
-    max_batch = int(cls.value(config, "max_batch_size"))
-    timeout_s = float(cls.value(config, "batch_timeout_ms")) / 1e3
+    max_batch = int(cls.knob(config, "max_batch_size"))
+    timeout_s = float(cls.knob(config, "batch_timeout_ms")) / 1e3
     threads = int(config.get("threads") or len(device.cores))
     warmup_iters = spec.measurement.warmup_iters
 
@@ -123,7 +123,7 @@ def run_serving_trial(
                 ]
             )
             metrics.update(compare(outs, ref))
-            check_reference(backend_of(config), runner.value(runner.config, "precision"), metrics)
+            check_reference(backend_of(config), runner.knob(runner.config, "precision"), metrics)
             metrics.update(task_scores(spec, outs, ref))
     finally:
         server.stop()

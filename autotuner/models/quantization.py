@@ -71,7 +71,7 @@ def exclude_reason(
 SYMMETRIC_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt")
 
 
-def settings_of(value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]) -> dict[str, Any]:
+def quant_settings(value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]) -> dict[str, Any]:
     """The static-quantization settings of a config (symmetric activations for TensorRT / CUDA)."""
     backend = value(config, "backend")
     symmetric = backend in SYMMETRIC_BACKENDS
@@ -100,14 +100,14 @@ def ort_quantization(
     value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The quantizer's settings of an onnxruntime config's model file: static int8's
-    (`settings_of`) or int8-dynamic's, each with `reduce_range` resolved on this CPU
+    (`quant_settings`) or int8-dynamic's, each with `reduce_range` resolved on this CPU
     (models.int8_cpu); None for a float precision. The runner, `autotune quantize` and the
     export all name the model file from this."""
     precision = value(config, "precision")
     if precision not in ("int8", "int8-dynamic"):
         return None
     if precision == "int8":
-        return settings_of(value, config)
+        return quant_settings(value, config)
     return {"reduce_range": reduce_range(value(config, "reduce_range"), value(config, "backend"))}
 
 

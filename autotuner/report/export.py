@@ -197,7 +197,7 @@ def _data_evidence(
         out["data"]["accuracy_on"] = "evaluation set"
         if spec.accuracy.metric:
             out["data"]["task_metric"] = spec.accuracy.metric
-    if runner.value(config, "precision") != "int8":
+    if runner.knob(config, "precision") != "int8":
         return out
     record = dict(info.get("quantization") or {})
     quant: dict[str, Any] = {"precision": "int8 (static, calibrated)"}
@@ -277,10 +277,10 @@ def onnx_deployment(spec: Spec, config: dict[str, Any], fmt: str) -> OnnxDeploym
             "(restrict the spec's space.backend to onnxruntime-* to tune one, or use --format yaml)"
         )
     first = settings["providers"][0]["name"]
-    precision = str(runner.value(config, "precision"))
+    precision = str(runner.knob(config, "precision"))
     # int8: the calibrated QDQ model (TensorRT too: explicit quantization); int8-dynamic: 7-bit
     # weights or not, as the trials ran it.
-    quant = ort_quantization(runner.value, config)
+    quant = ort_quantization(runner.knob, config)
     if precision != "int8" and first == TENSORRT_PROVIDER:
         precision = "fp32"
     model = onnx_path(spec, precision, quant)

@@ -31,8 +31,8 @@ def write_model(spec: Spec, config: dict[str, Any], output: str | Path) -> dict[
     reason = cls.check(spec, config, probe())
     if reason:
         raise UsageError(f"quantize: this config does not run here: {reason}")
-    precision = str(cls.value(config, "precision"))
-    quant = ort_quantization(cls.value, config)
+    precision = str(cls.knob(config, "precision"))
+    quant = ort_quantization(cls.knob, config)
     source = onnx_path(spec, precision, quant)
     out = Path(output)
     atomic_write(out, lambda tmp: shutil.copyfile(source, tmp), ".onnx")

@@ -76,10 +76,10 @@ class Runner(ABC):
         self.spec = spec
         self.config = config
         self.device = device
-        self.settings: Any = self.settings_of(spec)
+        self.settings: Any = self.section(spec)
 
     @classmethod
-    def value(cls, config: dict[str, Any], name: str) -> Any:
+    def knob(cls, config: dict[str, Any], name: str) -> Any:
         """A knob's value in a config, or its default (the runner's, else the shared one)."""
         return knob_value(cls.knobs, config, name)
 
@@ -89,14 +89,14 @@ class Runner(ABC):
         return declared(cls.knobs, name)
 
     @classmethod
-    def settings_of(cls, spec: Spec) -> Any:
+    def section(cls, spec: Spec) -> Any:
         """This runner's section of the spec, validated (its defaults when the spec leaves it out)."""
         if cls.Settings is None or cls.settings_key is None:
             return None
         return cls.Settings.model_validate(spec.sections.get(cls.settings_key) or {})
 
     @classmethod
-    def bind(cls, spec: Spec, settings: Any) -> None:
+    def check_spec(cls, spec: Spec, settings: Any) -> None:
         """Checks of the spec that need this runner's settings; raise spec.FieldError (path from
         the spec's root). Called once when the spec is loaded."""
 
@@ -238,7 +238,7 @@ def common_check(cls: type[Runner], config: dict[str, Any], caps: dict[str, Any]
         return f"threads={threads} exceeds the {cores} CPU cores a trial gets here"
     if threads is not None and int(threads) < 1:
         return "threads must be at least 1"
-    if int(cls.value(config, "batch_size")) < 1:
+    if int(cls.knob(config, "batch_size")) < 1:
         return "batch_size must be at least 1"
     return refusal(cls.knobs, config, cls.name, names) if names else None
 
@@ -249,15 +249,15 @@ def serving_check(cls: type[Runner], spec: Spec, config: dict[str, Any], caps: d
     if spec.scenario != "serving":
         given = [k for k in SERVING_KNOBS if k in config]
         return f"{given[0]} applies to scenario serving" if given else None
-    max_batch = int(cls.value(config, "max_batch_size"))
+    max_batch = int(cls.knob(config, "max_batch_size"))
     if max_batch < 1:
         return "max_batch_size must be at least 1"
-    timeout = float(cls.value(config, "batch_timeout_ms"))
+    timeout = float(cls.knob(config, "batch_timeout_ms"))
     if timeout < 0:
         return "batch_timeout_ms must be at least 0"
     if max_batch == 1 and timeout > 0:
         return "batch_timeout_ms applies when max_batch_size is above 1 (a batch of one never waits)"
-    instances = int(cls.value(config, "instances"))
+    instances = int(cls.knob(config, "instances"))
     cores = int(config.get("threads") or caps.get("cpu_cores", 1))
     if instances < 1:
         return "instances must be at least 1"

@@ -70,7 +70,7 @@ def bind(spec: Spec, source: str = "<spec>") -> Spec:
                 # A section given is checked even where no backend reads it (as the schema did).
                 settings = validate(cls.Settings, spec.sections.get(key) or {}, source, (key,))
                 if used:
-                    cls.bind(spec, settings)
+                    cls.check_spec(spec, settings)
             if given and not any(c.name in searched for c in readers):
                 # Read by no backend of the space: silently ignoring what a user wrote is how
                 # tuning results get misread.

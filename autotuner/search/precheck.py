@@ -53,7 +53,7 @@ def failed_before(config: dict[str, Any], trials: list[FrozenTrial]) -> TrialRes
             )
         refused = rec.refused_values(t) if cls_ == "unsupported" else {}
         if refused and backend_of(other) == backend_of(config):
-            if all(cls.value(config, k) == v for k, v in refused.items()):
+            if all(cls.knob(config, k) == v for k, v in refused.items()):
                 shown = ", ".join(f"{k}={v!r}" for k, v in refused.items())
                 return TrialResult.failure(
                     "unsupported",

@@ -157,7 +157,7 @@ def test_the_reference_is_made_once_in_a_child_and_cached(tmp_path: Path, monkey
 
     monkeypatch.setattr(lref, "run_module", counted)  # the name the reference module calls
     spec = spec_from_dict(llm_spec())
-    reqs = requests(spec, LlmRunner.settings_of(spec), MODEL["options"]["vocab"])
+    reqs = requests(spec, LlmRunner.section(spec), MODEL["options"]["vocab"])
     first = lref.reference(spec, reqs, "cpu")
     again = lref.reference(spec, reqs, "cpu")
     assert children == ["autotuner.backends.llm.reference"], "made once, in a child"

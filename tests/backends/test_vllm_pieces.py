@@ -162,7 +162,7 @@ def _spec(**space: Any) -> Any:
 def test_the_server_line_carries_the_kv_space_and_the_thread_binding() -> None:
     spec = _spec(block_size=[32, 64])
     config = {"backend": "vllm", "block_size": 64, "threads": 2, "kv_cache_space_gib": 2}
-    env = VllmRunner.server_env(config, (4, 5, 6), VllmRunner.settings_of(spec))
+    env = VllmRunner.server_env(config, (4, 5, 6), VllmRunner.section(spec))
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "4,5"  # the trial's cores, as many as its threads
     env_line, argv = VllmRunner.serve_command(spec, config)

@@ -28,5 +28,5 @@ KNOBS: dict[str, Knob] = {
 
 
 def value(config: dict[str, Any], name: str) -> Any:
-    """A knob's value in a config, or its default (LlmRunner.value, without the runner)."""
+    """A knob's value in a config, or its default (LlmRunner.knob, without the runner)."""
     return knob_value(KNOBS, config, name)

@@ -51,20 +51,20 @@ class LlmRunner(WorkloadRunner):
             return reason
         if spec.model.builtin != "tiny-llama" and spec.model.hf is None:
             return "the llm backend serves model.builtin tiny-llama or a local directory in model.hf"
-        device = cls.value(config, "device")
-        attn = cls.value(config, "attn_implementation")
+        device = cls.knob(config, "device")
+        attn = cls.knob(config, "attn_implementation")
         if device == "cuda" and not caps.get("cuda_devices"):
             return "device=cuda but torch sees no CUDA device on this machine"
         if attn == "flash_attention_2":
             if device != "cuda":
                 return "flash_attention_2 reads the paged cache on CUDA only"
-            if cls.value(config, "precision") == "fp32":
+            if cls.knob(config, "precision") == "fp32":
                 return "flash_attention_2 runs in fp16 or bf16 only; use sdpa or eager for fp32"
             if not caps.get("flash_attn"):
                 return "flash_attention_2 needs the flash-attn package (pip install flash-attn)"
-        if cls.value(config, "precision") == "fp16" and device != "cuda":
+        if cls.knob(config, "precision") == "fp16" and device != "cuda":
             return "fp16 generation on CPU is not offered; use bf16 or fp32"
-        if int(cls.value(config, "page_size")) < 4:
+        if int(cls.knob(config, "page_size")) < 4:
             return "page_size must be at least 4 tokens"
         return None
 
@@ -79,21 +79,21 @@ class LlmRunner(WorkloadRunner):
     def setup(self) -> None:
         import torch  # noqa: PLC0415 (heavy: torch)
 
-        if self.value(self.config, "threads"):
+        if self.knob(self.config, "threads"):
             torch.set_num_threads(int(self.config["threads"]))
         self.torch = torch
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.value(self.config, "precision")
+            self.knob(self.config, "precision")
         ]
         self.dev = (
-            torch.device("cuda", 0) if self.value(self.config, "device") == "cuda" else torch.device("cpu")
+            torch.device("cuda", 0) if self.knob(self.config, "device") == "cuda" else torch.device("cpu")
         )
         if self.dev.type == "cuda":  # explicit either way, so that a library default does not decide
-            tf32 = bool(self.value(self.config, "tf32"))
+            tf32 = bool(self.knob(self.config, "tf32"))
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
         model = load_causal_lm(self.spec).to(self.dtype).to(self.dev)
-        self.attn = self.value(self.config, "attn_implementation")
+        self.attn = self.knob(self.config, "attn_implementation")
         model.set_attn_implementation(self.attn)
         self.model = model
 
@@ -102,16 +102,16 @@ class LlmRunner(WorkloadRunner):
 
         mm = memory_model(self.spec, self.config)
         self.decode_path, max_blocks = decode_path(
-            str(self.value(self.config, "attn_implementation")), int(self.value(self.config, "page_size"))
+            str(self.knob(self.config, "attn_implementation")), int(self.knob(self.config, "page_size"))
         )
         return ContinuousBatchingConfig(
             max_blocks_per_request=max_blocks,
-            page_size=int(self.value(self.config, "page_size")),
+            page_size=int(self.knob(self.config, "page_size")),
             num_blocks=mm["pages"],
-            max_batch_tokens=int(self.value(self.config, "max_batch_tokens")),
-            max_requests_per_batch=int(self.value(self.config, "batch_size")),
+            max_batch_tokens=int(self.knob(self.config, "max_batch_tokens")),
+            max_requests_per_batch=int(self.knob(self.config, "batch_size")),
             allow_block_sharing=False,
-            use_cuda_graph=bool(self.value(self.config, "cuda_graph")),
+            use_cuda_graph=bool(self.knob(self.config, "cuda_graph")),
             use_async_batching=False,
             auto_switch_to_flash=False,  # measure the attention the config names
             seed=self.spec.data_seed,
@@ -122,11 +122,11 @@ class LlmRunner(WorkloadRunner):
     def run_workload(self) -> dict[str, float]:
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         reqs = requests(self.spec, self.settings, llama_shape(self.spec)["vocab"])
-        precision = self.value(self.config, "precision")
-        on_cuda = self.value(self.config, "device") == "cuda"
+        precision = self.knob(self.config, "precision")
+        on_cuda = self.knob(self.config, "device") == "cuda"
         # The fp32 reference is made (or read from the cache) in a child process before this
         # trial loads anything: it never shares the device with this trial's weights or KV cache.
-        exact = precision == "fp32" and not (on_cuda and self.value(self.config, "tf32"))
+        exact = precision == "fp32" and not (on_cuda and self.knob(self.config, "tf32"))
         ref = None if exact else reference(self.spec, reqs, "cuda" if on_cuda else "cpu")
         started = time.perf_counter()
         self.setup()
@@ -135,7 +135,7 @@ class LlmRunner(WorkloadRunner):
             continuous_batching_config=self._cb_config(),
         )
         preemptions = _count_offloads()
-        if self.value(self.config, "cuda_graph"):
+        if self.knob(self.config, "cuda_graph"):
             manager.warmup()  # graph capture is setup, not serving
         peak = _PeakSampler(manager)
         manager.start()
@@ -159,7 +159,7 @@ class LlmRunner(WorkloadRunner):
         metrics = serving_metrics(
             [results[f"r{i}"] for i in range(len(reqs))],
             reqs,
-            int(self.value(self.config, "page_size")),
+            int(self.knob(self.config, "page_size")),
             self.settings,
         )
         mm = memory_model(self.spec, self.config)
@@ -253,8 +253,8 @@ class LlmRunner(WorkloadRunner):
             batching["use_cuda_graph"] = config["cuda_graph"]  # transformers' name for it
         return {
             "continuous_batching": batching,
-            "dtype": cls.value(config, "precision"),
-            "tf32": bool(cls.value(config, "tf32")),
+            "dtype": cls.knob(config, "precision"),
+            "tf32": bool(cls.knob(config, "tf32")),
         }
 
 

@@ -93,29 +93,29 @@ class OnnxRuntimeRunner(TimedRunner):
         errors = caps.get("ort_provider_errors") or {}
         if provider in errors:
             return f"{provider} is built into onnxruntime here but does not load: {errors[provider]}"
-        precision = cls.value(config, "precision")
+        precision = cls.knob(config, "precision")
         if precision == "int8-dynamic" and backend != "onnxruntime-cpu":
             return "dynamic int8 (MatMulInteger) runs on CPU kernels; on GPUs use int8 (calibrated QDQ)"
-        reason = exclude_reason(cls.value, config, runner="onnxruntime")
+        reason = exclude_reason(cls.knob, config, runner="onnxruntime")
         if reason:
             return reason
-        if precision == "int8" and cls.value(config, "calibration") == "entropy":
+        if precision == "int8" and cls.knob(config, "calibration") == "entropy":
             reason = entropy_refusal()
             if reason:
                 return reason
-        if spec.scenario == "serving" and cls.value(config, "cuda_graph"):
+        if spec.scenario == "serving" and cls.knob(config, "cuda_graph"):
             return "cuda_graph replays one input shape; the serving scenario runs every batch size"
         return _knob_reason(cls, config, provider)
 
     @classmethod
     def needs_gpu(cls, config: dict[str, Any]) -> bool:
-        return PROVIDERS.get(str(cls.value(config, "backend")), CPU) != CPU
+        return PROVIDERS.get(str(cls.knob(config, "backend")), CPU) != CPU
 
     def setup(self) -> None:
         import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
         backend = self.config["backend"]
-        precision = self.value(self.config, "precision")
+        precision = self.knob(self.config, "precision")
         self.provider = PROVIDERS[backend]
         if self.provider != CPU:  # CUDA / cuDNN / TensorRT of pip wheels, before the session
             load_ort_libraries(ort)
@@ -128,16 +128,16 @@ class OnnxRuntimeRunner(TimedRunner):
         self._engine: tuple[Path, Path] | None = None  # (temporary folder, its published name)
         self._profile_dir: Path | None = None
         so = self._session_options(ort)
-        shapes = input_shapes(self.spec, int(self.value(self.config, "batch_size")))
+        shapes = input_shapes(self.spec, int(self.knob(self.config, "batch_size")))
         min_shapes = None
         if self.spec.scenario == "serving":
             # The batcher runs every size from 1 to max_batch_size: one engine for that range,
             # tuned for the full batch, instead of a rebuild at each new size.
-            shapes = input_shapes(self.spec, int(self.value(self.config, "max_batch_size")))
+            shapes = input_shapes(self.spec, int(self.knob(self.config, "max_batch_size")))
             min_shapes = input_shapes(self.spec, 1)
         self._timing_lock: FolderLock | None = None
         cache, timing_root = self._engine_folders(ort, path, shapes, min_shapes)
-        if self._on_gpu and not self.value(self.config, "cuda_graph"):
+        if self._on_gpu and not self.knob(self.config, "cuda_graph"):
             # The first run is profiled to learn where each node ran (ORT stops profiling after it).
             self._profile_dir = Path(tempfile.mkdtemp(prefix="autotune-ort-profile-"))
             so.enable_profiling = True
@@ -163,9 +163,9 @@ class OnnxRuntimeRunner(TimedRunner):
         self.quantization: dict[str, Any] | None = None
         # Symmetric int8 activations where TensorRT or the CUDA provider runs the QDQ model;
         # 7-bit weights where this CPU's int8 kernels saturate (reduce_range).
-        quant = ort_quantization(self.value, self.config)
+        quant = ort_quantization(self.knob, self.config)
         if quant is not None:
-            self.reduce_range_note = why_reduce_range(self.value(self.config, "reduce_range"), backend)
+            self.reduce_range_note = why_reduce_range(self.knob(self.config, "reduce_range"), backend)
         if precision == "int8":
             path = onnx_path(self.spec, "int8", quant)
             self.quantization = quantization_record(path)
@@ -175,14 +175,14 @@ class OnnxRuntimeRunner(TimedRunner):
 
     def _session_options(self, ort: Any) -> Any:
         so = ort.SessionOptions()
-        threads = self.value(self.config, "threads")
+        threads = self.knob(self.config, "threads")
         if threads:
             so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = int(self.value(self.config, "inter_op_threads"))
+        so.inter_op_num_threads = int(self.knob(self.config, "inter_op_threads"))
         so.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, OPT_LEVELS[self.value(self.config, "graph_optimization_level")]
+            ort.GraphOptimizationLevel, OPT_LEVELS[self.knob(self.config, "graph_optimization_level")]
         )
-        so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.value(self.config, "execution_mode")])
+        so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[self.knob(self.config, "execution_mode")])
         so.log_severity_level = 3
         return so
 
@@ -199,7 +199,7 @@ class OnnxRuntimeRunner(TimedRunner):
             / "tensorrt"
             / engine_folder_name(file_sha256(path), self.config, shapes, ort.__version__, min_shapes, env)
         )
-        if self.value(self.config, "trt_timing_cache"):
+        if self.knob(self.config, "trt_timing_cache"):
             shared = cache_dir() / "tensorrt" / timing_folder_name(env, ort.__version__)
             lock = FolderLock(shared)
             if lock.acquire():  # held until the engine is built (the first run)
@@ -233,7 +233,7 @@ class OnnxRuntimeRunner(TimedRunner):
         if not self._on_gpu:
             feeds = dict(batch)
             return lambda: sess.run(None, feeds)
-        binding = self._bind(batch)
+        binding = self._io_binding(batch)
         if self.placement is None:
             sess.run_with_iobinding(binding)  # builds the TensorRT engine; the profiled run
             self.placement = self._read_placement()
@@ -252,7 +252,7 @@ class OnnxRuntimeRunner(TimedRunner):
 
         return step
 
-    def _bind(self, batch: dict[str, np.ndarray]) -> Any:
+    def _io_binding(self, batch: dict[str, np.ndarray]) -> Any:
         """Inputs copied to the device once, outputs kept there (fixed buffers for a CUDA graph);
         kept as this batch size's binding."""
         ort, sess, idx = self.ort, self.session, self._device_index
@@ -263,7 +263,7 @@ class OnnxRuntimeRunner(TimedRunner):
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", idx)
             binding.bind_ortvalue_input(name, value)
             inputs[name] = value
-        if self.value(self.config, "cuda_graph"):
+        if self.knob(self.config, "cuda_graph"):
             shapes = output_shapes(
                 [(i.name, i.shape) for i in sess.get_inputs()],
                 [(o.name, o.shape) for o in sess.get_outputs()],
@@ -360,7 +360,7 @@ class OnnxRuntimeRunner(TimedRunner):
     @classmethod
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
         backend = config["backend"]
-        precision = cls.value(config, "precision")
+        precision = cls.knob(config, "precision")
         measured = provider_options(config, 0, Path(DEPLOY_CACHE), None)
         listed = {name for name, _ in measured}
         fallbacks = [p for p in (CUDA, CPU) if p not in listed] if PROVIDERS[backend] != CPU else []
@@ -369,28 +369,28 @@ class OnnxRuntimeRunner(TimedRunner):
             # itself never fell back (a CPU share was refused).
             "providers": [{"name": n, "options": o} for n, o in measured] + [{"name": n} for n in fallbacks],
             "session_options": {
-                "intra_op_num_threads": int(cls.value(config, "threads") or 0),
-                "inter_op_num_threads": int(cls.value(config, "inter_op_threads")),
-                "graph_optimization_level": OPT_LEVELS[cls.value(config, "graph_optimization_level")],
-                "execution_mode": EXEC_MODES[cls.value(config, "execution_mode")],
+                "intra_op_num_threads": int(cls.knob(config, "threads") or 0),
+                "inter_op_num_threads": int(cls.knob(config, "inter_op_threads")),
+                "graph_optimization_level": OPT_LEVELS[cls.knob(config, "graph_optimization_level")],
+                "execution_mode": EXEC_MODES[cls.knob(config, "execution_mode")],
             },
             "io_binding": PROVIDERS[backend] != CPU,
         }
         if PROVIDERS[backend] != CPU:
             settings["transfer_policy"] = DEVICE_RESIDENT
         if backend == "onnxruntime-tensorrt" and any(k in config for k in SERVING_KNOBS):
-            top = int(cls.value(config, "max_batch_size"))
+            top = int(cls.knob(config, "max_batch_size"))
             settings["trt_profile_shapes"] = (
                 f"min = each input's shape at batch 1, opt = max = at batch {top} (max_batch_size) "
                 "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
             )
         elif backend == "onnxruntime-tensorrt":
-            batch = int(cls.value(config, "batch_size"))
+            batch = int(cls.knob(config, "batch_size"))
             settings["trt_profile_shapes"] = (
                 f"min = opt = max = each input's shape at batch {batch} "
                 "(trt_profile_min_shapes / _opt_ / _max_ as 'name:1x16,other:1x16')"
             )
-        quant = ort_quantization(cls.value, config)
+        quant = ort_quantization(cls.knob, config)
         if precision == "int8-dynamic":
             rr = bool(quant and quant["reduce_range"])
             settings["quantization"] = (
@@ -406,7 +406,7 @@ class OnnxRuntimeRunner(TimedRunner):
         if quant is not None:
             # Resolved on the machine that writes this (the tuning machine, as a rule): a
             # serving CPU without VNNI wants 7-bit weights whatever the tuning CPU had.
-            settings["reduce_range"] = why_reduce_range(cls.value(config, "reduce_range"), backend)
+            settings["reduce_range"] = why_reduce_range(cls.knob(config, "reduce_range"), backend)
         elif precision == "fp16" and backend != "onnxruntime-tensorrt":
             settings["conversion"] = (
                 "onnxruntime.transformers.float16.convert_float_to_float16(model, keep_io_types=True)"
@@ -431,9 +431,9 @@ def _knob_reason(cls: type[TimedRunner], config: dict[str, Any], provider: str) 
             "on CUDA and TensorRT every trial is timed with IO binding (inputs copied to the device "
             "once, outputs left there), so io_binding: false would not be what was measured"
         )
-    if cls.value(config, "execution_mode") == "parallel":
+    if cls.knob(config, "execution_mode") == "parallel":
         return "execution_mode parallel is run sequentially by ONNX Runtime on CUDA and TensorRT"
-    if provider == TENSORRT and not cls.value(config, "tf32"):
+    if provider == TENSORRT and not cls.knob(config, "tf32"):
         return (
             "TensorRT builds fp32 layers with TF32 and its ONNX Runtime provider has no option to "
             "turn that off; give tf32: true to measure TensorRT"

@@ -112,7 +112,7 @@ class VllmRunner(WorkloadRunner):
     ladder: list[dict[str, Any]]  # the other load levels run_workload measured (trial_info)
 
     @classmethod
-    def bind(cls, spec: Spec, settings: VllmSettings) -> None:
+    def check_spec(cls, spec: Spec, settings: VllmSettings) -> None:
         if settings.max_rate is None:
             return
         w = WorkloadSpec.model_validate(spec.sections.get("workload") or {})
@@ -133,11 +133,11 @@ class VllmRunner(WorkloadRunner):
             return "the vllm backend serves model.builtin tiny-llama or a local directory in model.hf"
         if importlib.util.find_spec("vllm") is None:
             return INSTALL_HINT
-        device = cls.value(config, "device")
+        device = cls.knob(config, "device")
         if device == "cuda" and not caps.get("cuda_devices"):
             return "device=cuda but torch sees no CUDA device on this machine"
         if device == "cpu":
-            space = cls.value(config, "kv_cache_space_gib")
+            space = cls.knob(config, "kv_cache_space_gib")
             if isinstance(space, bool) or not isinstance(space, int) or space < 1:
                 return f"kv_cache_space_gib is whole GiB, at least 1 (VLLM_CPU_KVCACHE_SPACE), not {space!r}"
         rate, conc = config.get("rate_rps"), config.get("concurrency")
@@ -145,7 +145,7 @@ class VllmRunner(WorkloadRunner):
             return f"rate_rps is requests per second, above 0, not {rate!r}"
         if conc is not None and (isinstance(conc, bool) or not isinstance(conc, int) or conc < 1):
             return f"concurrency is the requests in flight, a whole number of at least 1, not {conc!r}"
-        seqs, tokens = cls.value(config, "max_num_seqs"), cls.value(config, "max_num_batched_tokens")
+        seqs, tokens = cls.knob(config, "max_num_seqs"), cls.knob(config, "max_num_batched_tokens")
         if seqs is not None and tokens is not None and int(tokens) < int(seqs):
             # vLLM's own check (config/scheduler.py), known before a 30 s start.
             return f"max_num_batched_tokens ({tokens}) must be greater than or equal to max_num_seqs ({seqs})"
@@ -153,13 +153,13 @@ class VllmRunner(WorkloadRunner):
 
     @classmethod
     def gpus(cls, spec: Spec, config: dict[str, Any]) -> int:
-        if cls.value(config, "device") != "cuda":
+        if cls.knob(config, "device") != "cuda":
             return 0
-        return int(cls.value(config, "tensor_parallel_size") or 1)
+        return int(cls.knob(config, "tensor_parallel_size") or 1)
 
     @classmethod
     def needs_gpu(cls, config: dict[str, Any]) -> bool:
-        return cls.value(config, "device") == "cuda"
+        return cls.knob(config, "device") == "cuda"
 
     @classmethod
     def predict_memory(
@@ -168,17 +168,17 @@ class VllmRunner(WorkloadRunner):
         """(bytes one sequence of max_model_len needs in the KV cache, the KV space) on CPU: the
         engine refuses to start when one sequence does not fit. Memory model: 2 x layers x KV
         heads x head dim x bytes per element, per token."""
-        if cls.value(config, "device") != "cpu":
+        if cls.knob(config, "device") != "cpu":
             return None
         need = kv_bytes_per_token(spec, config) * max_model_len(spec, config)
-        return need, int(cls.value(config, "kv_cache_space_gib")) * 2**30
+        return need, int(cls.knob(config, "kv_cache_space_gib")) * 2**30
 
     # ---- the server line -------------------------------------------------------------------
 
     @classmethod
     def engine_flags(cls, spec: Spec, config: dict[str, Any], settings: VllmSettings) -> dict[str, Any]:
-        flags: dict[str, Any] = {k: cls.value(config, k) for k in ENGINE_FLAGS}
-        if cls.value(config, "device") == "cpu":
+        flags: dict[str, Any] = {k: cls.knob(config, k) for k in ENGINE_FLAGS}
+        if cls.knob(config, "device") == "cpu":
             for k in GPU_ONLY:
                 flags.pop(k)
         flags.update({k.replace("-", "_"): v for k, v in settings.engine_args.items()})
@@ -200,8 +200,8 @@ class VllmRunner(WorkloadRunner):
     ) -> dict[str, str]:
         """The engine's environment beyond the inherited one: KV space and thread binding on CPU."""
         env: dict[str, str] = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
-        if cls.value(config, "device") == "cpu":
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(cls.value(config, "kv_cache_space_gib")))
+        if cls.knob(config, "device") == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(cls.knob(config, "kv_cache_space_gib")))
             threads = int(config.get("threads") or len(cores) or 1)
             bound = cores[:threads]
             if bound:
@@ -213,7 +213,7 @@ class VllmRunner(WorkloadRunner):
         """The environment and argv that start this config's server in production (export
         --format vllm): the trial's flags and CPU settings, without autotune's own port, name
         and log options. Writes nothing (the built-in model's folder is named, not written)."""
-        settings = cls.settings_of(spec)
+        settings = cls.section(spec)
         folder = model_dir(spec, write=False)
         argv = ["python", "-m", API_SERVER, "--model", str(folder)]
         if not has_tokenizer(folder):
@@ -229,8 +229,8 @@ class VllmRunner(WorkloadRunner):
     def deploy_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
         flags = {k: config[k] for k in ENGINE_FLAGS if config.get(k) is not None}
         env = {}
-        if cls.value(config, "device") == "cpu":
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(cls.value(config, "kv_cache_space_gib")))
+        if cls.knob(config, "device") == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(cls.knob(config, "kv_cache_space_gib")))
         return {"vllm": {"engine_flags": flags, "env": env}}
 
     # ---- the trial --------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class VllmRunner(WorkloadRunner):
         env = {**os.environ, **self.server_env(self.config, self.device.cores, self.settings)}
         scratch = os.environ.get("AUTOTUNE_TRIAL_DIR") or tempfile.mkdtemp(prefix="autotune-vllm-")
         log_path = Path(scratch) / "vllm-server.log"
-        knobs = {k: self.value(self.config, k) for k in self.knobs if k not in LOAD_KNOBS}
+        knobs = {k: self.knob(self.config, k) for k in self.knobs if k not in LOAD_KNOBS}
         ladder = levels(self.spec, self.config, LOAD_KNOBS)
         asked = level_of(self.config, LOAD_KNOBS)
         if self.block_s is not None:  # a race or verify block: its own level only
@@ -323,8 +323,8 @@ class VllmRunner(WorkloadRunner):
             warmup_s=warmup_s,
             peak_memory_mb=rss_mb,
             host_rss_mb=rss_mb,
-            kv_cache_mb=float(self.value(self.config, "kv_cache_space_gib")) * 1024.0
-            if self.value(self.config, "device") == "cpu"
+            kv_cache_mb=float(self.knob(self.config, "kv_cache_space_gib")) * 1024.0
+            if self.knob(self.config, "device") == "cpu"
             else math.nan,
             accuracy_token_agreement=token_agreement(ref["tokens"], got),
         )
@@ -387,14 +387,14 @@ def has_tokenizer(folder: Path) -> bool:
 def kv_bytes_per_token(spec: Spec, config: dict[str, Any]) -> int:
     s = llama_shape(spec)
     head_dim = s["hidden"] // s["heads"]
-    kv = VllmRunner.value(config, "kv_cache_dtype") or "auto"
-    dtype = VllmRunner.value(config, "dtype") or "auto"
+    kv = VllmRunner.knob(config, "kv_cache_dtype") or "auto"
+    dtype = VllmRunner.knob(config, "dtype") or "auto"
     elem = KV_DTYPE_BYTES.get(kv) or DTYPE_BYTES.get(dtype, 4)
     return 2 * s["layers"] * s["kv_heads"] * head_dim * elem
 
 
 def max_model_len(spec: Spec, config: dict[str, Any]) -> int:
-    given = VllmRunner.value(config, "max_model_len")
+    given = VllmRunner.knob(config, "max_model_len")
     if given is not None:
         return int(given)
     if spec.model.hf is not None:
