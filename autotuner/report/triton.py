@@ -127,7 +127,7 @@ def tensors(spec: Spec, model: Path) -> tuple[list[Tensor], list[Tensor]]:
 
 def batching_of(spec: Spec, config: dict[str, Any], inputs: list[Tensor], outputs: list[Tensor]) -> Batching:
     """max_batch_size: the tuned one behind a batcher (scenario serving), else the batch size."""
-    value = runner_for(backend_of(config)).value
+    value = runner_for(backend_of(config)).knob
 
     def knob(name: str) -> Any:
         got = value(config, name)
