@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import optuna
@@ -19,6 +20,7 @@ from autotuner.search.estimates import (
     spread_evidence,
 )
 from autotuner.search.pick import Pick, Rule, race_status
+from autotuner.search.stats import t_quantile
 from autotuner.spec.schema import Spec
 from autotuner.study import records as rec
 
@@ -97,7 +99,7 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
     progress.say(f"  {pick.reason}")
     if pick.baseline:
         progress.say(f"  baseline {fmt_config(pick.baseline.get('config', {}))}: {pick.baseline['text']}")
-    progress.say(f"  {noise_line(estimates, Rule.parse(pick.rule).metric)}")
+    progress.say(f"  {noise_line(estimates, Rule.parse(pick.rule).metric, pick)}")
 
 
 # A between-block spread above this is called out: the recorded landscapes of steady machines
@@ -105,10 +107,19 @@ def summary(spec: Spec, study: optuna.Study, pick: Pick | None, progress: Progre
 NOISY_SPREAD = 0.10
 
 
-def noise_line(estimates: dict[str, Estimate], metric: str) -> str:
+def resolvable(spread: float, blocks: int, confidence: float) -> float:
+    """The smallest relative difference two configs measured `blocks` times each can be told
+    apart by at this between-block spread (sd of log values): the half-width of the interval
+    of the difference of two means of independent blocks. The race pairs its rounds, which
+    does better where the drift hits both configs alike."""
+    return math.expm1(t_quantile(confidence, 2 * blocks - 2) * spread * math.sqrt(2 / blocks))
+
+
+def noise_line(estimates: dict[str, Estimate], metric: str, pick: Pick | None = None) -> str:
     """How much one config's blocks vary in this study (the pooled spread as measured; the
     intervals above shrink it toward DEFAULT_REL_SD while few configs repeat), and, when it is
-    high, what that means for the pick."""
+    high, what that means for the pick: how far apart two configs must be to be told apart with
+    as many blocks as the chosen one had."""
     ss, df, n = spread_evidence(estimates, metric)
     if df < 2:
         return (
@@ -121,10 +132,19 @@ def noise_line(estimates: dict[str, Estimate], metric: str) -> str:
         f"{n} configs measured twice or more)"
     )
     if spread > NOISY_SPREAD:
+        close = "configs this close to the chosen one may be as good"
+        if pick is not None:
+            blocks = max(len(pick.chosen.rounds), 2) if pick.remeasured else max(pick.chosen.blocks, 2)
+            d = resolvable(spread, blocks, pick.confidence)
+            close = (
+                f"with {blocks} blocks each, two configs must differ by about {d:.0%} to be told apart "
+                "(unpaired; the race's paired rounds do better where the drift hits both alike), so "
+                "configs that close to the chosen one may be as good"
+            )
         line += (
-            "; that is high: configs this close to the chosen one may be as good, and the machine's "
-            "state changing between blocks is the likely cause (longer blocks do not remove it; more "
-            "interleaved rounds, pick.rounds and pick.max_rounds, average it out)"
+            f"; that is high: {close}, and the machine's state changing between blocks is the likely "
+            "cause (longer blocks do not remove it; more interleaved rounds, pick.rounds and "
+            "pick.max_rounds, average it out)"
         )
     return line
 

@@ -78,3 +78,13 @@ def test_the_summary_states_the_studys_noise(
     assert int(m.group(1)) == round(100 * want), (line, want)
     assert int(m.group(2)) >= 2
     assert ("that is high" in line) is noisy, line
+    if noisy:
+        # How far apart two configs must be, from the same spread and the chosen one's blocks:
+        # the 95% half-width of a difference of two means of n independent log values each.
+        from scipy.stats import t
+
+        m = re.search(r"with (\d+) blocks each, two configs must differ by about (\d+)%", line)
+        assert m, line
+        n = int(m.group(1))
+        d = math.expm1(t.ppf(0.975, 2 * n - 2) * want * math.sqrt(2 / n))
+        assert int(m.group(2)) == round(100 * d) and d > want, (line, d)
