@@ -28,7 +28,7 @@ from autotuner.measure.load import over_limit
 from autotuner.progress import Progress, fmt_config
 from autotuner.result import TrialResult
 from autotuner.search.estimates import budget_use, config_key, counted, uses_budget
-from autotuner.search.ladder import tell_levels
+from autotuner.search.ladder import recover_levels, tell_levels
 from autotuner.search.pick import Rule
 from autotuner.search.precheck import precheck
 from autotuner.search.proposals import Arms, Proposal
@@ -257,6 +257,9 @@ class Driver:
             "replaying the journal",
         )
         self._db(lambda: recover_stale(study, self.progress), "recovering stale trials")
+        levels = self._db(lambda: recover_levels(spec, study), "storing load levels")
+        if levels:
+            self.say(f"stored {levels} load level(s) that an earlier run measured but did not store")
         trials = self._read()
         # A resumed study gets a new seed, so the sampler does not replay the configs it began with.
         base_seed = spec.seed if spec.seed is not None else int(rec.study_attr(study, rec.SAMPLER_SEED, 0))

@@ -11,6 +11,9 @@ of its own, right after the measured one is told:
 - marked `ladder_of: N` (the trial whose server measured it), so it does not use the trial
   budget (the budget counts server starts) and the report can say where it came from.
 
+The measured trial keeps the whole ladder in its info, so levels a dead driver never stored are
+stored when the study is resumed (`recover_levels`), never measured again.
+
 Every reader then sees every level as it sees any trial: the sampler (its params and values),
 the arms (a block of its config, so a later ask for that engine config at that load is answered
 free with its pooled value), the Pareto front, the pick and the race.
@@ -71,27 +74,56 @@ def tell_levels(
     spec: Spec, study: optuna.Study, trial: Trial, config: dict[str, Any], result: TrialResult
 ) -> str:
     """Store the other load levels a measured trial brought back; what to add to its summary."""
-    levels = result.info.get(LADDER) or []
-    if not result.ok or not levels:
+    if not result.ok or not result.info.get(LADDER):
         return ""
     measured = study._storage.get_trial(trial._trial_id)
+    n = _store_levels(spec, study, measured, config, result)
+    return f" (+{n} load level(s) on the same server)" if n else ""
+
+
+def recover_levels(spec: Spec, study: optuna.Study) -> int:
+    """Store the load levels of measured trials whose levels were never told (the driver died
+    between storing the trial and its levels): each measured trial keeps them in its info.
+    Returns how many were stored."""
+    trials = study.get_trials(deepcopy=False)
+    n = 0
+    for t in trials:
+        if t.state != TrialState.COMPLETE or rec.marker(t, rec.LADDER_OF) is not None:
+            continue
+        info = rec.info(t)
+        if not info.get(LADDER):
+            continue
+        result = TrialResult(ok=True, metrics=rec.metrics(t), info=info)
+        n += _store_levels(spec, study, t, rec.trial_config(t), result, trials)
+    return n
+
+
+def _store_levels(
+    spec: Spec,
+    study: optuna.Study,
+    measured: optuna.trial.FrozenTrial,
+    config: dict[str, Any],
+    result: TrialResult,
+    trials: list[optuna.trial.FrozenTrial] | None = None,
+) -> int:
+    """Add each level of `result`'s ladder not yet stored for `measured`; how many were added."""
     if measured.state != TrialState.COMPLETE:
-        return ""
+        return 0
     have = {
         config_key(rec.trial_config(t))
-        for t in study.get_trials(deepcopy=False)
+        for t in (trials if trials is not None else study.get_trials(deepcopy=False))
         if rec.marker(t, rec.LADDER_OF) == measured.number
     }
     n = 0
-    for entry in levels:
+    for entry in result.info.get(LADDER) or []:
         level = dict(entry["load"])
         if config_key({**config, **level}) in have:
-            continue  # told before (a retried store)
+            continue  # told before (a retried store, or a run that got this far)
         t = sibling_trial(spec, measured, config, result, level, entry["metrics"])
         if t is not None:
             study.add_trial(t)
             n += 1
-    return f" (+{n} load level(s) on the same server)" if n else ""
+    return n
 
 
-__all__ = ["sibling_trial", "tell_levels"]
+__all__ = ["recover_levels", "sibling_trial", "tell_levels"]

@@ -30,7 +30,7 @@ from autotuner.backends.vllm.server import classify_start, flag_args, last_excep
 from autotuner.result import TrialResult
 from autotuner.runners.ladder import LADDER, level_of, levels
 from autotuner.search.estimates import uses_budget
-from autotuner.search.ladder import tell_levels
+from autotuner.search.ladder import recover_levels, tell_levels
 from autotuner.search.precheck import precheck
 from autotuner.search.proposals import Arms
 from autotuner.search.space import suggest
@@ -295,7 +295,7 @@ def test_concurrency_caps_the_requests_in_flight() -> None:
         srv.shutdown()
 
 
-def _ladder_study(tmp_path: Path) -> tuple[Any, Any, dict[str, Any], TrialResult]:
+def _ladder_study(tmp_path: Path, tell: bool = True) -> tuple[Any, Any, dict[str, Any], TrialResult]:
     spec = spec_from_dict(
         {
             "name": "lad",
@@ -334,8 +334,26 @@ def _ladder_study(tmp_path: Path) -> tuple[Any, Any, dict[str, Any], TrialResult
         },  # fmt: skip
     )
     record(spec, study, trial, result)
-    assert tell_levels(spec, study, trial, config, result) == " (+2 load level(s) on the same server)"
+    if tell:
+        assert tell_levels(spec, study, trial, config, result) == " (+2 load level(s) on the same server)"
     return spec, study, config, result
+
+
+def test_levels_a_dead_driver_never_stored_are_stored_on_resume_once(tmp_path: Path) -> None:
+    """The driver died between storing the measured trial and its levels: the next run's resume
+    stores them from the measured trial's info (as tell_levels would have), and only once."""
+    spec, study, config, _ = _ladder_study(tmp_path, tell=False)
+    assert len(study.get_trials()) == 1
+    assert recover_levels(spec, study) == 2
+    assert recover_levels(spec, study) == 0  # a second resume adds nothing
+    measured, *sibs = study.get_trials()
+    assert sorted(t.params["rate_rps"] for t in sibs) == sorted({1, 4, 16} - {config["rate_rps"]})
+    for t in sibs:  # what tell_levels stores (the test above): the level's own figures
+        rate = t.params["rate_rps"]
+        assert t.state == TrialState.COMPLETE and t.values == [100.0 + rate]
+        assert t.user_attrs[rec.CONFIG] == {**config, "rate_rps": rate} and t.user_attrs["startup_s"] == 40.0
+        assert (t.system_attrs["constraints:ttft_p95_ms <= 500"] > 0) == (100.0 * rate > 500)
+    assert all(t.user_attrs[rec.LADDER_OF] == measured.number and not uses_budget(t) for t in sibs)
 
 
 def test_each_other_level_is_a_complete_trial_free_of_budget_and_answered_pooled(tmp_path: Path) -> None:
@@ -359,6 +377,23 @@ def test_each_other_level_is_a_complete_trial_free_of_budget_and_answered_pooled
     trial = optuna.trial.Trial(study, measured._trial_id)
     assert tell_levels(spec, study, trial, config, result) == ""
     assert len(study.get_trials()) == 3
+
+
+def test_the_drivers_resume_stores_the_lost_levels(tmp_path: Path) -> None:
+    """The next run of the study stores them before it asks for anything (its budget of one
+    server start is spent already, so it launches nothing)."""
+    import io
+
+    from autotuner.api import search
+    from autotuner.execution.replay import ReplayExecutor
+    from autotuner.progress import Progress
+
+    spec, study, _, _ = _ladder_study(tmp_path, tell=False)
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": 1})})
+    out = io.StringIO()
+    search(spec, study, ReplayExecutor(spec, {}, {}, seed=0), caps={}, progress=Progress(out=out))
+    assert len(study.get_trials()) == 3, out.getvalue()
+    assert "stored 2 load level(s) that an earlier run measured but did not store" in out.getvalue()
 
 
 def test_the_report_plots_ttft_and_tpot_against_the_ladders_load(tmp_path: Path) -> None:
