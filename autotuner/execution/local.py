@@ -8,8 +8,7 @@ from typing import Any
 
 from autotuner.execution.base import GPUS_VAR, Executor, TrialRequest, trial_gpus, visible_gpus
 from autotuner.execution.process import run_worker
-from autotuner.execution.warm import WarmWorkers, runner_modules
-from autotuner.models.builtins import library_modules
+from autotuner.execution.warm import WarmWorkers, zygote_modules
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -20,9 +19,10 @@ from autotuner.subprocesses import nvidia_smi
 def start_warm_workers(spec: Spec) -> WarmWorkers | None:
     """The spec's warm workers, their zygote starting in the background now (its imports take
     5-8 s on 2 cores: started before the machine probe, they overlap it), or None for `fresh`."""
-    if spec.measurement.workers != "warm":
+    modules = zygote_modules(spec)
+    if modules is None:
         return None
-    warm = WarmWorkers(runner_modules(spec) + library_modules(spec))
+    warm = WarmWorkers(modules)
     warm.begin()
     return warm
 

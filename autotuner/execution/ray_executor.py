@@ -28,8 +28,7 @@ from autotuner.execution.capabilities import probe
 from autotuner.execution.cores import hold_cores
 from autotuner.execution.process import run_worker
 from autotuner.execution.ray_cluster import describe, join, session_name
-from autotuner.execution.warm import runner_modules, shared_warm_workers
-from autotuner.models.builtins import library_modules
+from autotuner.execution.warm import shared_warm_workers, zygote_modules
 from autotuner.result import TrialResult
 from autotuner.runners.base import Device
 from autotuner.spec.loading import public_spec_dict
@@ -222,9 +221,7 @@ class RayExecutor(Executor):
             )
         self.spec_dict = public_spec_dict(spec)
         # What each Ray worker's zygote imports (None: a fresh interpreter per block).
-        self.warm_modules = (
-            runner_modules(spec) + library_modules(spec) if spec.measurement.workers == "warm" else None
-        )
+        self.warm_modules = zygote_modules(spec)
         if self.remote_fs:
             self.spec_dict["base_dir"] = "."
         self.nodes = cluster_nodes(ray.nodes())

@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from autotuner.models.builtins import library_modules
 from autotuner.runners.registry import targets
 
 if TYPE_CHECKING:
@@ -235,6 +236,14 @@ def _killpg(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def zygote_modules(spec: Spec) -> tuple[str, ...] | None:
+    """What a zygote for this spec imports: its runners' modules and its model's libraries; None
+    where the spec asks for a fresh interpreter per block (`measurement.workers: fresh`)."""
+    if spec.measurement.workers != "warm":
+        return None
+    return runner_modules(spec) + library_modules(spec)
 
 
 def runner_modules(spec: Spec) -> tuple[str, ...]:
