@@ -257,10 +257,16 @@ class Driver:
             "replaying the journal",
         )
         self._db(lambda: recover_stale(study, self.progress), "recovering stale trials")
-        levels = self._db(lambda: recover_levels(spec, study), "storing load levels")
+        trials = self._read()
+        # The trials just read serve the first try; a try after a dropped connection reads them
+        # again (a level stored before the drop is then not stored twice).
+        known = [trials]
+        levels = self._db(
+            lambda: recover_levels(spec, study, known.pop() if known else None), "storing load levels"
+        )
         if levels:
             self.say(f"stored {levels} load level(s) that an earlier run measured but did not store")
-        trials = self._read()
+            trials = self._read()
         # A resumed study gets a new seed, so the sampler does not replay the configs it began with.
         base_seed = spec.seed if spec.seed is not None else int(rec.study_attr(study, rec.SAMPLER_SEED, 0))
         study.sampler = make_sampler(spec, seed=base_seed + len(trials))

@@ -81,11 +81,14 @@ def tell_levels(
     return f" (+{n} load level(s) on the same server)" if n else ""
 
 
-def recover_levels(spec: Spec, study: optuna.Study) -> int:
+def recover_levels(
+    spec: Spec, study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
+) -> int:
     """Store the load levels of measured trials whose levels were never told (the driver died
     between storing the trial and its levels): each measured trial keeps them in its info.
-    Returns how many were stored."""
-    trials = study.get_trials(deepcopy=False)
+    `trials`: the study's trials, read already. Returns how many were stored."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
     n = 0
     for t in trials:
         if t.state != TrialState.COMPLETE or rec.marker(t, rec.LADDER_OF) is not None:
