@@ -28,23 +28,28 @@ from _machine import load_average, machine_lines, write_doc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LEVELS = ("basic", "extended", "all")
-STATIC = {"calibration": "minmax", "per_channel": True, "exclude": "none", "activations": "uint8"}
 
 
 def build(spec_path: Path, folder: Path) -> list[str]:
     """The models and the reference into `folder`; the model names."""
     import numpy as np
 
+    from autotuner.backends.onnxruntime.runner import OnnxRuntimeRunner
     from autotuner.models.artifacts import accuracy_inputs, onnx_path, reference_outputs
+    from autotuner.models.quantization import ort_quantization
     from autotuner.spec.loading import read_spec
 
     spec = read_spec(spec_path)
     models = {"fp32": onnx_path(spec, "fp32")}
     for rr in (False, True):
         bits = "7-bit" if rr else "8-bit"
-        models[f"int8-dynamic, {bits}"] = onnx_path(spec, "int8-dynamic", {"reduce_range": rr})
-        if spec.data is not None:
-            models[f"int8 static, {bits}"] = onnx_path(spec, "int8", {**STATIC, "reduce_range": rr})
+        for precision, label in (("int8-dynamic", "int8-dynamic"), ("int8", "int8 static")):
+            if precision == "int8" and spec.data is None:
+                continue
+            # The file a trial of this config runs (the knobs' defaults: minmax, per channel).
+            config = {"backend": "onnxruntime-cpu", "precision": precision, "reduce_range": rr}
+            quant = ort_quantization(OnnxRuntimeRunner.knob, config)
+            models[f"{label}, {bits}"] = onnx_path(spec, precision, quant)
     for i, source in enumerate(models.values()):
         shutil.copy(source, folder / f"m{i}.onnx")
     inputs = accuracy_inputs(spec)
