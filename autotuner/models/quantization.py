@@ -80,8 +80,13 @@ def quant_settings(value: Callable[[dict[str, Any], str], Any], config: dict[str
         "per_channel": bool(value(config, "per_channel")),
         "exclude": value(config, "int8_exclude"),
         "activations": "int8-symmetric" if symmetric else "uint8",
-        "reduce_range": reduce_range(value(config, "reduce_range"), backend),
+        "reduce_range": seven_bits(value, config),
     }
+
+
+def seven_bits(value: Callable[[dict[str, Any], str], Any], config: dict[str, Any]) -> bool:
+    """The config's `reduce_range` resolved for its backend on this CPU (models.int8_cpu)."""
+    return reduce_range(value(config, "reduce_range"), value(config, "backend"))
 
 
 def variant_name(settings: dict[str, Any], data_sha256: str) -> str:
@@ -108,7 +113,7 @@ def ort_quantization(
         return None
     if precision == "int8":
         return quant_settings(value, config)
-    return {"reduce_range": reduce_range(value(config, "reduce_range"), value(config, "backend"))}
+    return {"reduce_range": seven_bits(value, config)}
 
 
 def batches(arrays: dict[str, np.ndarray], size: int = CALIBRATION_BATCH) -> Iterator[dict[str, np.ndarray]]:
