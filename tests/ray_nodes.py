@@ -98,10 +98,14 @@ def running_trials(mark: str) -> list[int]:
             out.append(pid)
         elif zygote in cmd:
             with contextlib.suppress(OSError, IndexError, ValueError):
-                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
-                if zygote in procs.get(parent, ""):
+                if zygote in procs.get(parent_of(pid), ""):
                     out.append(pid)
     return out
+
+
+def parent_of(pid: int) -> int:
+    """A process's parent, from /proc (OSError where it is gone)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
 
 
 def kill_marked(mark: str, grace_s: float = 5.0, hard: bool = False) -> None:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from helpers import FAST_MEASUREMENT, fixed_time, looked_then_promoted, write_spec
 from optuna.trial import TrialState
+from ray_nodes import parent_of
 
 from autotuner.api import run
 from autotuner.progress import Progress
@@ -76,7 +77,7 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_rest_complete(in_tmp: Path,
         time.sleep(0.5)
         worker, parent = (int(x) for x in pidfile.read_text().split())
         # A warm worker's parent is the Ray worker's zygote; the Ray worker is the zygote's parent.
-        ray_worker = _parent(parent) if b"autotuner.execution.zygote" in _cmdline(parent) else parent
+        ray_worker = parent_of(parent) if b"autotuner.execution.zygote" in _cmdline(parent) else parent
         for pid in (ray_worker, worker):  # the Ray worker first: that is the drill
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -135,10 +136,6 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
 
 
 @pytest.mark.parametrize("workers", ["warm", "fresh"])
