@@ -330,7 +330,7 @@ class Driver:
         if self.design and not self.waiting:
             self._queue(self.design.pop(0), **{rec.DRAWN: "initial design"})
         elif self.room <= self.reserve and not self.waiting:
-            near = self.arms.surrogate_pick(self._runnable) or self.arms.next_neighbor(self._runnable)
+            near = self.arms.refinement(self._runnable)
             if near is not None:
                 self._queue(near, **{rec.DRAWN: "refinement"})
 

@@ -229,6 +229,46 @@ class Arms:
         order = [lists[(self.turn + i) % len(lists)] for i in range(len(lists))] if lists else []
         return self.first_runnable((c for cands in order for c in cands), runnable)
 
+    def refinement(self, runnable: Any) -> dict[str, Any] | None:
+        """The reserve's next config, by turns: the model's best unmeasured config
+        (`surrogate_pick`), then an unmeasured neighbour of the leader (`polish_pick`); each turn
+        falls back to the other kind, then to the diverse leaders' neighbours. The model alone
+        stops short of the best where a last knob is off by one value: on the semi-synthetic
+        landscape (60 trials of 6,370 configs) most misses had the right corner with the batch
+        next to the best, or the other execution mode (docs/benchmarks/synthetic_landscape.md)."""
+        self.refine_turn = getattr(self, "refine_turn", 0) + 1
+        model = self.surrogate_pick(runnable)  # also fits the model the polish orders by
+        polish = self.polish_pick(runnable) if self.refine_turn % 2 == 0 else None
+        return polish or model or self.next_neighbor(runnable)
+
+    def polish_pick(self, runnable: Any) -> dict[str, Any] | None:
+        """An unmeasured, runnable config one step from the leader (the best feasible pooled
+        estimate), the one the additive model scores highest first. Where a step breaks an
+        accuracy constraint (known or predicted), the steps from it that change another setting
+        of the numbers are candidates too: per-tensor int8 may hold its accuracy only with the
+        FFN layers kept in fp32, so per-channel with no layers kept is two steps from such a
+        leader, through a config that fails."""
+        lead = self.leaders(1)
+        if not lead:
+            return None
+        here = lead[0].config
+        steps = neighbors(self.spec, here)
+        bridges = []
+        for c in steps:
+            e = self.estimates.get(config_key(c))
+            broke = e is not None and e.has_clean and not feasible(e, self.spec.constraints)[0]
+            if broke or self.predicted_infeasible(c):
+                moved = {n for n in c if c.get(n) != here.get(n)} | SPEED_ONLY
+                bridges += [
+                    d for d in neighbors(self.spec, c) if not any(d.get(n) != c.get(n) for n in moved)
+                ]
+        cands = steps + bridges
+        scores, space = getattr(self, "_scores", None), self._space()
+        if scores is not None and space is not None:
+            pos = self._pos
+            cands.sort(key=lambda c: -float(scores[pos[k]]) if (k := config_key(c)) in pos else 0.0)
+        return self.first_runnable(cands, runnable)
+
     def first_runnable(self, configs: Any, runnable: Any) -> dict[str, Any] | None:
         """The first config not measured, not refused, and accepted by `runnable`; the ones it
         refuses on the way are remembered as refused."""
