@@ -6,7 +6,10 @@ seeds each. tests/data/landscape_picks.json holds the config each run chose when
 were a typed-in table (df 1-30 rounded to three decimals, bisection beyond); with SciPy's exact
 quantiles every run must choose the same config. quickstart6 and tiny5 (recorded 2026-12-03 with
 short blocks, for the specs' first looks) replaced quickstart and tiny that day; their picks were
-recorded then. Re-record with AUTOTUNE_RECORD_PICKS=1.
+recorded then. Re-recorded 2026-12-04 when the refinement began taking turns with the leader's
+neighbours (search/proposals.py `polish_pick`): 2 of the 40 picks moved (wide default seed 2,
+batch 16 to 8; wide random seed 1, batch 8 to 32) and 12 block counts. Re-record with
+AUTOTUNE_RECORD_PICKS=1.
 """
 
 from __future__ import annotations
