@@ -10,12 +10,11 @@ noise; otherwise the best mean on the rule stands.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotuner.metrics import is_number
-from autotuner.search.stats import mean_ci, mean_sd, paired_difference, t_quantile
+from autotuner.search.stats import mean_ci, paired_difference
 
 
 @dataclass
@@ -162,47 +161,6 @@ def settle(active: list[Candidate], rule: Rule, confidence: float, tolerance: fl
     return len(left) <= 1 or all(
         equivalent(best, c, rule, confidence, tolerance) for c in left if c is not best
     )
-
-
-def futile(
-    active: list[Candidate],
-    rule: Rule,
-    confidence: float,
-    tolerance: float,
-    looks: int,
-    rounds_left: int,
-) -> str | None:
-    """Why more rounds cannot settle the race, or None. For every contender still racing the
-    leader (not beaten, not a tie for sure): were its paired differences with the leader to keep
-    their mean and spread for the `rounds_left` rounds the race may still run, the interval after
-    the last one would still hold 0 (no win) and still reach past the tolerance (no tie for sure).
-    Then the contenders are ties as they stand, and the last rounds would only spend time."""
-    best = leader(active, rule)
-    if best is None or rounds_left <= 0:
-        return None
-    strict = 1 - (1 - confidence) / max(1, looks)
-    stuck = []
-    for c in active:
-        if c is best or c.dropped is not None or equivalent(best, c, rule, confidence, tolerance):
-            continue
-        xs, ys = paired(best, c, rule.metric)
-        if len(xs) < 2:
-            return None
-        m, sd = mean_sd([x - y for x, y in zip(xs, ys, strict=True)])
-        if sd <= 0:
-            return None
-        n = len(xs) + rounds_left
-        se = sd / math.sqrt(n)
-        ahead = m if rule.direction == "max" else -m
-        if ahead > t_quantile(strict, n - 1) * se:
-            return None  # at this trend the leader wins by the last round
-        if abs(m) + t_quantile(confidence, n - 1) * se <= tolerance * abs(sum(xs) / len(xs)):
-            return None  # at this spread the two are shown a tie by the last round
-        stuck.append(c)
-    if not stuck:
-        return None
-    names = ", ".join(f"#{c.trial}" for c in stuck)
-    return f"{rounds_left} more round(s) could not tell {names} from #{best.trial} at the spread seen"
 
 
 def pick_winner(

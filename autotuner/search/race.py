@@ -4,11 +4,9 @@ Contenders are the feasible configs whose interval still overlaps the leader's (
 pick.top_k). Each round measures every contender still in the race once, in an order that
 rotates each round, each block in a fresh worker process (so the rounds hold the variation
 between processes). After `pick.rounds` rounds, a contender beaten with confidence is dropped, and
-the race stops once one is left, the rest are ties within the tolerance, `pick.max_rounds` /
-`pick.time_s` runs out, or the rounds left could not settle it (`pick.futile`: at the spread seen,
-no contender would be beaten or shown a tie by the last round). The spec's baseline runs in the
-same rounds, so the gain over it is a paired, same-conditions figure. A block under foreign load
-is measured again.
+the race stops once one is left, the rest are ties within the tolerance, or `pick.max_rounds` /
+`pick.time_s` runs out. The spec's baseline runs in the same rounds, so the gain over it is a
+paired, same-conditions figure. A block under foreign load is measured again.
 
 Blocks run one at a time on every executor: `measure` returns when its block has ended, with its
 worker process and the GPU memory it held, so no two contenders are loaded at once (a Ray block
@@ -24,7 +22,7 @@ from typing import Any
 from autotuner.measure.load import over_limit
 from autotuner.result import TrialResult
 from autotuner.search.estimates import Estimate, config_key, feasible, reaches, relative_spread
-from autotuner.search.pick import Candidate, Rule, futile, race_mean, settle
+from autotuner.search.pick import Candidate, Rule, race_mean, settle
 from autotuner.spec.schema import Spec
 
 MeasureBlock = Callable[[dict[str, Any]], TrialResult]
@@ -113,10 +111,6 @@ def run_race(
             break
         if p.time_s is not None and time.monotonic() - started > p.time_s:
             say(f"  the race's time budget ({p.time_s:g} s) is spent")
-            break
-        why = futile(racing, rule, p.confidence, p.tie_tolerance, looks, p.max_rounds - rounds)
-        if why:
-            say(f"  the race stops: {why}")
             break
     return rounds
 

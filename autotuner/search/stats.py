@@ -45,7 +45,7 @@ def t_cdf(t: float, df: float) -> float:
     return float(student.cdf(t, df))
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
+def _mean_sd(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = math.fsum(values) / n
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
@@ -57,7 +57,7 @@ def mean_ci(values: list[float], confidence: float) -> tuple[float, float, float
     n = len(values)
     if n == 0:
         raise ValueError("mean_ci needs at least one value")
-    mean, sd = mean_sd(values)
+    mean, sd = _mean_sd(values)
     if n < 2:
         return mean, -math.inf, math.inf
     half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
@@ -71,7 +71,7 @@ def paired_difference(a: list[float], b: list[float], confidence: float) -> tupl
 
 def welch_df(a: list[float], b: list[float]) -> float:
     """Welch-Satterthwaite degrees of freedom of mean(a) - mean(b) (unequal variances)."""
-    va, vb = mean_sd(a)[1] ** 2 / len(a), mean_sd(b)[1] ** 2 / len(b)
+    va, vb = _mean_sd(a)[1] ** 2 / len(a), _mean_sd(b)[1] ** 2 / len(b)
     if va + vb == 0:
         return math.inf
     return (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
@@ -87,7 +87,7 @@ def welch_difference(a: list[float], b: list[float], confidence: float) -> tuple
     d = ma - mb
     if len(a) < 2 or len(b) < 2:
         return d, -math.inf, math.inf
-    se = math.sqrt(mean_sd(a)[1] ** 2 / len(a) + mean_sd(b)[1] ** 2 / len(b))
+    se = math.sqrt(_mean_sd(a)[1] ** 2 / len(a) + _mean_sd(b)[1] ** 2 / len(b))
     if se == 0:
         return d, d, d
     half = t_quantile(confidence, welch_df(a, b)) * se

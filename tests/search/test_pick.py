@@ -236,9 +236,7 @@ def test_the_race_stops_when_its_time_budget_is_spent() -> None:
     speed); the same race without a budget goes on."""
     import time
 
-    # 10% apart at 3% noise: a race that more rounds settle (a tie of equals under heavy noise
-    # would stop after the first look anyway, the rounds left being of no use).
-    truth = {1: (110.0, 500.0, 10.0), 2: (100.0, 500.0, 10.0)}
+    truth = {1: (100.0, 500.0, 10.0), 2: (100.0, 500.0, 10.0)}
 
     def slow(measure: Noisy) -> Any:
         def block(config: dict[str, Any]) -> TrialResult:
@@ -249,10 +247,10 @@ def test_the_race_stops_when_its_time_budget_is_spent() -> None:
 
     said: list[str] = []
     spec = _spec(rounds=3, max_rounds=12, time_s=0.01)
-    timed = slow(Noisy(truth, rel_noise=0.03, seed=2))
+    timed = slow(Noisy(truth, rel_noise=0.3, seed=5))
     rounds = run_race(spec, MAX_TP, _cands(1, 2), timed, lambda *a: None, said.append)
     assert rounds == 3 and "  the race's time budget (0.01 s) is spent" in said
-    again = Noisy(truth, rel_noise=0.03, seed=2)
+    again = Noisy(truth, rel_noise=0.3, seed=5)
     unbounded = _race(_spec(rounds=3, max_rounds=12), _cands(1, 2), again)
     assert unbounded > 3, "without the budget this race goes on: the budget is what stopped it"
 
@@ -343,57 +341,3 @@ def test_a_second_block_that_agrees_narrows_a_configs_interval_not_widens_it() -
     # Two blocks that disagree widely still get a wide interval: their own spread counts.
     _, _, hi3 = est(200.0, 410.0).interval("throughput_items_s", 0.95, rel_sd)
     assert hi3 - 305.0 > hi1 - m1
-
-
-def test_a_race_more_rounds_cannot_settle_stops_at_the_spread_seen() -> None:
-    """Two equal configs under 5% noise: a tie within the 2% tolerance would take some 50 rounds
-    to show, and no win is there to find, so once the rounds left cannot settle it at the spread
-    seen the race stops as a tie instead of running to max_rounds (12: every race did before)."""
-    same = (100.0, 500.0, 10.0)
-    lengths = []
-    for seed in range(20):
-        said: list[str] = []
-        cands = _cands(1, 2)
-        rounds = run_race(
-            _spec(),
-            MAX_TP,
-            cands,
-            Noisy({1: same, 2: same}, rel_noise=0.05, seed=seed),
-            lambda *a: None,
-            said.append,
-        )
-        lengths.append(rounds)
-        if rounds < 12 and not any(c.dropped for c in cands):
-            assert any("the race stops" in s and "could not tell" in s for s in said), said
-    assert sorted(lengths)[10] <= 4, lengths
-    pick = pick_winner(cands, MAX_TP, TIE_BREAKS[:1], 0.95, 0.02)
-    assert len(pick.tied_with) == 1 or any(c.dropped for c in cands)
-
-
-def test_a_race_more_rounds_can_settle_goes_on_until_they_do() -> None:
-    """10% apart under 3% noise: not yet beaten at the split confidence after 3 rounds, but at
-    that trend it would be by the last round, so the race goes on and drops the slower one."""
-    said: list[str] = []
-    cands = _cands(1, 2)
-    measure = Noisy({1: (110.0, 500.0, 10.0), 2: (100.0, 500.0, 10.0)}, rel_noise=0.03, seed=2)
-    rounds = run_race(_spec(), MAX_TP, cands, measure, lambda *a: None, said.append)
-    assert not [s for s in said if "the race stops" in s], said
-    assert cands[1].dropped and "beaten by trial #1" in cands[1].dropped
-    assert rounds > 3, "the case must need more than the first look to be of use"
-
-
-def test_futile_needs_every_open_contender_stuck() -> None:
-    from autotuner.search.pick import futile
-
-    def cand(n: int, values: list[float]) -> Candidate:
-        c = Candidate(trial=n, config={"batch_size": n}, value=0.0)
-        c.round_metrics = [{"throughput_items_s": v} for v in values]
-        c.rounds = list(values)
-        return c
-
-    best = cand(1, [110.0, 90.0, 105.0])
-    noisy = cand(2, [95.0, 102.0, 99.0])  # paired differences 15, -12, 6: no trend
-    clear = cand(3, [80.0, 65.0, 77.0])  # 30, 25, 28: a win by the last round
-    assert futile([best, noisy], MAX_TP, 0.95, 0.02, looks=10, rounds_left=9) is not None
-    assert futile([best, noisy, clear], MAX_TP, 0.95, 0.02, looks=10, rounds_left=9) is None
-    assert futile([best, noisy], MAX_TP, 0.95, 0.02, looks=10, rounds_left=0) is None
