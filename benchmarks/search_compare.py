@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -116,7 +117,7 @@ def main() -> None:
             rows.append(f"| {case[0]}{held} | {b['graded']} | {b['strategy']} | {cells} |")
             print(rows[-1], flush=True)
         print(f"  {case[0]}: {time.monotonic() - t0:.0f} s, load {load0} -> {load_average()}", flush=True)
-    cmd = " ".join(["python benchmarks/search_compare.py", *sys.argv[1:]])
+    cmd = shlex.join(["python", "benchmarks/search_compare.py", *sys.argv[1:]])
     lines = [
         f"# {args.title}",
         "",
