@@ -17,11 +17,10 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import replayed_run
 
-from autotuner import api
 from autotuner.api import spec_from_dict
-from autotuner.execution.replay import ReplayExecutor, load_landscape
-from autotuner.progress import Progress
+from autotuner.execution.replay import load_landscape
 from autotuner.search.space import all_configs, initial_design
 
 SPACE: dict[str, Any] = {
@@ -91,17 +90,9 @@ def _landscape(path: Path, rounds: int = 3) -> dict[str, list[dict[str, Any]]]:
 
 def _run(seed: int, land: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], Any]:
     spec = _spec(seed)
-    ex = ReplayExecutor(spec, CAPS, land, seed=seed)
-    study = optuna.create_study(
-        study_name=f"pairs-{seed}",
-        storage=optuna.storages.InMemoryStorage(),
-        directions=[o.direction for o in spec.objectives],
-    )
-    study.set_user_attr("sampler_seed", seed)
-    quiet = Progress(quiet=True)
-    api.search(spec, study, ex, caps=CAPS, progress=quiet, storage="sqlite:///:memory:")
+    study, pick = replayed_run(spec, CAPS, land, seed)
     measured = [t.params for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return measured, api.choose(spec, study, None, ex, quiet)
+    return measured, pick
 
 
 def _int8_all(c: dict[str, Any]) -> bool:

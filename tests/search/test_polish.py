@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
+from helpers import replayed_run
 
 from autotuner import api
 from autotuner.api import spec_from_dict
@@ -132,9 +132,6 @@ def test_on_6370_configs_most_picks_are_within_2pct_of_the_best() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from synthetic_landscape import construction_batches, generate, true_log
 
-    from autotuner.execution.replay import ReplayExecutor
-    from autotuner.progress import Progress
-
     c = json.loads((ROOT / "benchmarks" / "landscapes" / "synthetic.json").read_text())
     land = generate(c)
     batches = construction_batches(c)
@@ -148,16 +145,7 @@ def test_on_6370_configs_most_picks_are_within_2pct_of_the_best() -> None:
     close = []
     for seed in range(20):
         s = spec_from_dict({**_spec_dict(spec), "seed": seed}, "synthetic")
-        ex = ReplayExecutor(s, c["caps"], land, seed=seed)
-        study = optuna.create_study(
-            study_name=f"s{seed}",
-            storage=optuna.storages.InMemoryStorage(),
-            directions=[o.direction for o in s.objectives],
-        )
-        study.set_user_attr("sampler_seed", seed)
-        quiet = Progress(quiet=True)
-        api.search(s, study, ex, caps=c["caps"], progress=quiet, storage="sqlite:///:memory:")
-        pick = api.choose(s, study, None, ex, quiet)
+        _, pick = replayed_run(s, c["caps"], land, seed)
         assert pick is not None
         close.append(truth[config_key(pick.config)] >= 0.98 * best)
     assert sum(close) >= 14, f"{sum(close)} of 20 picks within 2% of the best"
