@@ -207,15 +207,9 @@ def pick_winner(
         return Pick(str(rule), tb, confidence, best.trial, cands, [], reason, True, best.config, n)
     group = [best, *tied]
     names = ", ".join("#" + str(c.trial) for c in group)
-    # A tie-break chooses among the ties that are also close on the rule's means (within the
-    # tolerance of the best): a tie under heavy noise can trail by 16% (a measured quickstart
-    # race: batch 4 at 140 items/s against batch 16 at 163), and the latency rule would take the
-    # smaller batch every time, trading the first objective for the second.
-    lead = race_mean(best, rule.metric) or 0.0
-    close = [c for c in group if abs((race_mean(c, rule.metric) or 0.0) - lead) <= tolerance * abs(lead)]
-    for t in tie_breaks if len(close) > 1 else []:
-        for c in close:
-            if all(beats(c, o, t, confidence, tolerance) for o in close if o is not c):
+    for t in tie_breaks:
+        for c in group:
+            if all(beats(c, o, t, confidence, tolerance) for o in group if o is not c):
                 reason = (
                     f"trials {names} tie on {rule} (paired {pct}% interval of the difference includes 0); "
                     f"#{c.trial} is better on {t} beyond the noise (more than {tolerance:.0%})"
@@ -232,14 +226,10 @@ def pick_winner(
                     c.config,
                     n,
                 )
-    why = (
-        f"the others' means trail #{best.trial}'s by more than {tolerance:.0%}, so no tie-break applies"
-        if len(close) == 1
-        else f"no tie-break ({', '.join(tb) or 'none'}) separates them beyond the noise"
-    )
     reason = (
         f"trials {names} tie on {rule} (paired {pct}% interval of the difference includes 0); "
-        f"{why}, so the best mean on {rule} stands"
+        f"no tie-break ({', '.join(tb) or 'none'}) separates them beyond the noise, so the best mean "
+        f"on {rule} stands"
     )
     return Pick(
         str(rule), tb, confidence, best.trial, cands, [c.trial for c in tied], reason, True, best.config, n
