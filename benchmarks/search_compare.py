@@ -29,44 +29,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import load_average, machine_lines, write_doc  # noqa: E402
+from search_quality_report import HELD_OUT, LANDSCAPES, SYNTHETIC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LAND = "benchmarks/landscapes"
-# (name, spec, landscape, grading flags, strategies, held out)
+# (name, grading flags, strategies, held out); each landscape's spec is the one
+# search_quality_report.py replays it with.
 CASES = [
-    (
-        "quickstart6",
-        "search_spaces/quickstart.yaml",
-        f"{LAND}/quickstart6.jsonl",
-        ["--truth-rounds", "2"],
-        "default",
-        False,
-    ),
-    ("tiny5", "search_spaces/tiny.yaml", f"{LAND}/tiny5.jsonl", ["--truth-rounds", "2"], "default", False),
-    ("llm", "search_spaces/llm.yaml", f"{LAND}/llm.jsonl", [], "default", False),
-    (
-        "synthetic",
-        f"{LAND}/synthetic.yaml",
-        f"{LAND}/synthetic.json",
-        ["--exact-truth"],
-        "default,first-look,first-look-x4",
-        False,
-    ),
-    ("wide", f"{LAND}/wide.yaml", f"{LAND}/wide.jsonl", ["--truth-rounds", "1"], "default", True),
-    (
-        "sessions5",
-        f"{LAND}/sessions.yaml",
-        f"{LAND}/sessions5.jsonl",
-        ["--truth-rounds", "2"],
-        "default",
-        True,
-    ),
+    ("quickstart6", ["--truth-rounds", "2"], "default", False),
+    ("tiny5", ["--truth-rounds", "2"], "default", False),
+    ("llm", [], "default", False),
+    ("synthetic", ["--exact-truth"], "default,first-look,first-look-x4", False),
+    ("wide", ["--truth-rounds", "1"], "default", True),
+    ("sessions5", ["--truth-rounds", "2"], "default", True),
 ]
+
+
+def spec_and_landscape(name: str) -> tuple[str, str]:
+    if name in SYNTHETIC:
+        return SYNTHETIC[name]
+    return {**LANDSCAPES, **HELD_OUT}[name], f"benchmarks/landscapes/{name}.jsonl"
+
+
 COLS = ("p_best", "p_within_2pct", "median_regret", "worst_regret", "measure_s_ratio")
 
 
 def replay(tree: Path, case: tuple, seeds: int, jobs: int) -> list[dict]:
-    _, spec, land, flags, strategies, _ = case
+    name, flags, strategies, _ = case
+    spec, land = spec_and_landscape(name)
     cmd = [
         sys.executable,
         "benchmarks/search_quality.py",
@@ -113,7 +102,7 @@ def main() -> None:
         new = replay(ROOT, case, args.seeds, args.jobs)
         for a, b in zip(old, new, strict=True):
             cells = " | ".join(f"{a[c]} / {b[c]}" for c in COLS)
-            held = " (held out)" if case[5] else ""
+            held = " (held out)" if case[3] else ""
             rows.append(f"| {case[0]}{held} | {b['graded']} | {b['strategy']} | {cells} |")
             print(rows[-1], flush=True)
         print(f"  {case[0]}: {time.monotonic() - t0:.0f} s, load {load0} -> {load_average()}", flush=True)

@@ -203,34 +203,53 @@ def strategy_spec(spec_path: str, strategy: str) -> Any:
     return spec_from_dict(d, "strategy")
 
 
-def one_run(args: tuple[Any, ...]) -> dict[str, Any]:
-    """One seeded run of the real driver and pick against the replayed landscape."""
+def replayed_run(
+    spec: Any, caps: dict[str, Any], landscape: dict[str, Any], seed: int, name: str
+) -> tuple[Any, ...]:
+    """The real search and pick from scratch against a replayed landscape, in an in-memory study:
+    (the study, the replay executor, the pick, the search's measurement seconds). `name` names the
+    study, and with it the driver's journal in the cache: runs side by side need names of their own."""
     import optuna
 
     from autotuner import api
-    from autotuner.api import spec_from_dict
     from autotuner.execution.replay import ReplayExecutor
     from autotuner.progress import Progress
-    from autotuner.spec.loading import spec_to_dict
 
-    spec_path, landscape_path, strategy, seed = args[:4]
-    truth_rounds = int(args[4]) if len(args) > 4 else 0
-    spec = strategy_spec(spec_path, strategy)
-    spec = spec_from_dict({**spec_to_dict(spec), "seed": seed}, "strategy")
-    landscape, _ = split(landscape_path, truth_rounds)
-    caps = landscape_caps(landscape_path)
     ex = ReplayExecutor(spec, caps, landscape, seed=seed)
-    quiet = Progress(quiet=True)
-    name = f"{Path(landscape_path).stem}-{strategy}-{seed}"
-    storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
-        study_name=name, storage=storage, directions=[o.direction for o in spec.objectives]
+        study_name=name,
+        storage=optuna.storages.InMemoryStorage(),
+        directions=[o.direction for o in spec.objectives],
     )
     study.set_user_attr("sampler_seed", seed)
-    started = time.monotonic()
+    quiet = Progress(quiet=True)
     api.search(spec, study, ex, caps=caps, progress=quiet, storage="sqlite:///:memory:")
     search_s = ex.measure_s
-    pick = api.choose(spec, study, None, ex, quiet)
+    return study, ex, api.choose(spec, study, None, ex, quiet), search_s
+
+
+def seeded_spec(spec_path: str, strategy: str, seed: int) -> Any:
+    """The strategy's spec with the sampler's seed fixed."""
+    from autotuner.api import spec_from_dict
+    from autotuner.spec.loading import spec_to_dict
+
+    return spec_from_dict({**spec_to_dict(strategy_spec(spec_path, strategy)), "seed": seed}, "strategy")
+
+
+def one_run(args: tuple[Any, ...]) -> dict[str, Any]:
+    """One seeded run of the real driver and pick against the replayed landscape."""
+    spec_path, landscape_path, strategy, seed = args[:4]
+    truth_rounds = int(args[4]) if len(args) > 4 else 0
+    spec = seeded_spec(spec_path, strategy, seed)
+    landscape, _ = split(landscape_path, truth_rounds)
+    started = time.monotonic()
+    study, ex, pick, search_s = replayed_run(
+        spec,
+        landscape_caps(landscape_path),
+        landscape,
+        seed,
+        f"{Path(landscape_path).stem}-{strategy}-{seed}",
+    )
     return {
         "strategy": strategy,
         "seed": seed,

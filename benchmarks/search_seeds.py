@@ -28,19 +28,11 @@ import search_quality as sq  # noqa: E402
 
 
 def one_seed(args: tuple[str, str, str, int, int]) -> tuple[Any, ...]:
-    import optuna
-
-    from autotuner import api
-    from autotuner.api import spec_from_dict
-    from autotuner.execution.replay import ReplayExecutor
-    from autotuner.progress import Progress
     from autotuner.search.estimates import config_key
-    from autotuner.spec.loading import spec_to_dict
     from autotuner.study import records as rec
 
     spec_path, land_path, strategy, truth_rounds, seed = args
-    spec = sq.strategy_spec(spec_path, strategy)
-    spec = spec_from_dict({**spec_to_dict(spec), "seed": seed}, "strategy")
+    spec = sq.seeded_spec(spec_path, strategy, seed)
     land, graded = sq.split(land_path, max(truth_rounds, 0))
     t = sq.exact_truth(spec, land_path, graded) if truth_rounds < 0 else sq.truth(spec, graded)
     sign = 1.0 if spec.objectives[0].direction == "maximize" else -1.0
@@ -51,18 +43,8 @@ def one_seed(args: tuple[str, str, str, int, int]) -> tuple[Any, ...]:
     def regret(k: str | None) -> float:
         return max(0.0, sign * (best - feas[k]["mean"]) / abs(best)) if k in feas else 1.0
 
-    caps = sq.landscape_caps(land_path)
-    ex = ReplayExecutor(spec, caps, land, seed=seed)
-    study = optuna.create_study(
-        study_name="seed",
-        storage=optuna.storages.InMemoryStorage(),
-        directions=[o.direction for o in spec.objectives],
-    )
-    study.set_user_attr("sampler_seed", seed)
-    quiet = Progress(quiet=True)
-    api.search(spec, study, ex, caps=caps, progress=quiet, storage="sqlite:///:memory:")
-    search_s = ex.measure_s
-    pick = api.choose(spec, study, None, ex, quiet)
+    name = f"seeds-{Path(land_path).stem}-{strategy}-{seed}"
+    study, ex, pick, search_s = sq.replayed_run(spec, sq.landscape_caps(land_path), land, seed, name)
     measured = {config_key(rec.trial_config(tr)) for tr in study.trials}
     closest = min((regret(k) for k in measured), default=1.0)
     got = pick.config if pick else {}

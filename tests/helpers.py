@@ -165,25 +165,3 @@ def looked_then_promoted(trials: list[Any], min_time_s: float) -> set[str]:
             assert rec.is_promotion(t) and t.user_attrs["measure_s"] >= min_time_s
         seen.add(k)
     return seen
-
-
-def replayed_run(spec: Any, caps: dict[str, Any], landscape: dict[str, Any], seed: int) -> tuple[Any, Any]:
-    """The real search and pick from scratch against a replayed landscape (the replay executor
-    answers each block with one of a config's recorded rounds), in an in-memory study: (the
-    study, the pick)."""
-    import optuna
-
-    from autotuner import api
-    from autotuner.execution.replay import ReplayExecutor
-    from autotuner.progress import Progress
-
-    ex = ReplayExecutor(spec, caps, landscape, seed=seed)
-    study = optuna.create_study(
-        study_name=f"replay-{seed}",
-        storage=optuna.storages.InMemoryStorage(),
-        directions=[o.direction for o in spec.objectives],
-    )
-    study.set_user_attr("sampler_seed", seed)
-    quiet = Progress(quiet=True)
-    api.search(spec, study, ex, caps=caps, progress=quiet, storage="sqlite:///:memory:")
-    return study, api.choose(spec, study, None, ex, quiet)

@@ -231,8 +231,9 @@ class Arms:
 
     def refinement(self, runnable: Any) -> dict[str, Any] | None:
         """The reserve's next config, by turns: the model's best unmeasured config
-        (`surrogate_pick`), then an unmeasured neighbour of the leader (`polish_pick`); each turn
-        falls back to the other kind, then to the diverse leaders' neighbours. The model alone
+        (`surrogate_pick`), then an unmeasured neighbour of the leader (`polish_pick`). A polish
+        turn with no step left takes the model's config; either turn with nothing from the model
+        (an unbounded space) takes a neighbour of the diverse leaders. The model alone
         stops short of the best where a last knob is off by one value: on the semi-synthetic
         landscape (60 trials of 6,370 configs) most misses had the right corner with the batch
         next to the best, or the other execution mode (docs/benchmarks/synthetic_landscape.md)."""

@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from helpers import replayed_run
 
 from autotuner.api import spec_from_dict
 from autotuner.execution.replay import load_landscape
 from autotuner.search.space import all_configs, initial_design
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from search_quality import replayed_run  # noqa: E402
 
 SPACE: dict[str, Any] = {
     "backend": ["torch-eager", "onnxruntime-cpu"],
@@ -90,7 +93,7 @@ def _landscape(path: Path, rounds: int = 3) -> dict[str, list[dict[str, Any]]]:
 
 def _run(seed: int, land: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], Any]:
     spec = _spec(seed)
-    study, pick = replayed_run(spec, CAPS, land, seed)
+    study, _, pick, _ = replayed_run(spec, CAPS, land, seed, f"pairs-{seed}")
     measured = [t.params for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return measured, pick
 

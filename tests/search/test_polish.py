@@ -8,16 +8,12 @@ graded against the construction's own noiseless truth.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import replayed_run
 
-from autotuner import api
 from autotuner.api import spec_from_dict
 from autotuner.search.estimates import config_key
 from autotuner.search.proposals import Arms
@@ -130,32 +126,19 @@ def test_on_6370_configs_most_picks_are_within_2pct_of_the_best() -> None:
     10 generated rounds. Measured 2026-12-04: 16 of these 20 within 2% with the polish, 10 of 20
     with the model's ranking alone (the same seeds, the commit before)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from synthetic_landscape import construction_batches, generate, true_log
+    from search_quality import exact_truth, landscape_caps, read_landscape, replayed_run, seeded_spec
 
-    c = json.loads((ROOT / "benchmarks" / "landscapes" / "synthetic.json").read_text())
-    land = generate(c)
-    batches = construction_batches(c)
-    truth = {}
-    for key, recs in land.items():
-        if any("metrics" in r for r in recs):
-            mu, acc = true_log(c, recs[0]["config"], batches)
-            truth[key] = math.exp(mu) if acc >= 0.99 else 0.0
-    best = max(truth.values())
-    spec = api.load_spec(ROOT / "benchmarks" / "landscapes" / "synthetic.yaml")
+    spec_path = str(ROOT / "benchmarks" / "landscapes" / "synthetic.yaml")
+    land_path = str(ROOT / "benchmarks" / "landscapes" / "synthetic.json")
+    land = read_landscape(land_path)
+    caps = landscape_caps(land_path)
+    truth = exact_truth(seeded_spec(spec_path, "default", 0), land_path, land)
+    best = max(v["mean"] for v in truth.values() if v["feasible"])
     close = []
     for seed in range(20):
-        s = spec_from_dict({**_spec_dict(spec), "seed": seed}, "synthetic")
-        _, pick = replayed_run(s, c["caps"], land, seed)
+        spec = seeded_spec(spec_path, "default", seed)
+        _, _, pick, _ = replayed_run(spec, caps, land, seed, f"polish-{seed}")
         assert pick is not None
-        close.append(truth[config_key(pick.config)] >= 0.98 * best)
+        got = truth[config_key(pick.config)]
+        close.append(got["feasible"] and got["mean"] >= 0.98 * best)
     assert sum(close) >= 14, f"{sum(close)} of 20 picks within 2% of the best"
-
-
-def _spec_dict(spec: Any) -> dict[str, Any]:
-    from record_landscape import landscape_spec
-
-    from autotuner.spec.loading import spec_to_dict
-
-    d = spec_to_dict(landscape_spec(spec))
-    d.pop("storage", None)
-    return d
